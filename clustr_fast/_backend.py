@@ -1,0 +1,184 @@
+"""Which implementation of an op runs: availability, overrides, per-op defaults.
+
+Backends: ``reference`` (plain PyTorch, always there), ``cpu`` (C++ CPU kernels of
+the extension ``clustr_fast._C``), ``cuda`` (C++/CUDA kernels of the same
+extension, when it was built with CUDA and a GPU is visible) and ``triton``
+(Triton kernels; on a GPU, or on the CPU under ``TRITON_INTERPRET=1``).
+
+Choice, highest priority first: ``use_backend(name)`` (a context manager, per
+thread), then the ``CLUSTR_FAST_BACKEND`` environment variable, then ``auto``.
+An explicit backend that cannot run the op on the tensors' device raises
+``RuntimeError``; ``auto`` picks the fastest available one and falls back to the
+reference silently.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import threading
+import warnings
+from typing import Iterator
+
+import torch
+
+NAMES = ("reference", "cpu", "cuda", "triton")
+_CHOICES = ("auto",) + NAMES
+_local = threading.local()
+
+# ``auto`` order on CUDA tensors, per op: the faster backend first. Measured by
+# benchmarks/report.py; see benchmarks/RESULTS.md for the card and date.
+# Ops not listed use _DEFAULT_CUDA_ORDER.
+_DEFAULT_CUDA_ORDER = ("cuda", "triton", "reference")
+AUTO_CUDA_ORDER: dict[str, tuple[str, ...]] = {
+    # H200, 2026-11-26: the Triton kernel uses tensor cores (3xTF32 / TF32 / bf16);
+    # the CUDA kernel is a SIMT FFMA kernel.
+    "pairwise_sqdist": ("triton", "cuda", "reference"),
+}
+_CPU_ORDER = ("cpu", "reference")
+
+# --------------------------------------------------------------------------- extension
+
+
+def _load_extension():
+    if os.environ.get("CLUSTR_FAST_NO_EXT", "0") == "1":
+        return None, "disabled by CLUSTR_FAST_NO_EXT=1"
+    try:
+        from . import _C  # noqa: F401  (loading it registers torch.ops.clustr_fast_C)
+
+        return _C, None
+    except Exception as exc:  # pragma: no cover - depends on the install
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+_C, _C_ERROR = _load_extension()
+if _C is None and os.environ.get("CLUSTR_FAST_NO_EXT", "0") != "1":
+    warnings.warn(
+        "clustr_fast: the C++ extension clustr_fast._C is not available "
+        f"({_C_ERROR}); running on the Triton and reference backends only.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+
+def extension_has(kernel: str, device_type: str) -> bool:
+    """True when ``torch.ops.clustr_fast_C.<kernel>`` has a kernel for ``device_type``."""
+    if _C is None:
+        return False
+    key = "CPU" if device_type == "cpu" else "CUDA"
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"clustr_fast_C::{kernel}", key)
+    except RuntimeError:
+        return False
+
+
+def _cuda_extension_built() -> bool:
+    return _C is not None and extension_has("pairwise_sqdist", "cuda")
+
+
+def _triton_importable() -> bool:
+    try:
+        importlib.import_module("triton")
+        return True
+    except Exception:
+        return False
+
+
+def triton_interpreted() -> bool:
+    """Triton kernels run on the CPU through the interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def backends() -> list[str]:
+    """The backends that are built and importable here, in the order of ``NAMES``."""
+    out = ["reference"]
+    if _C is not None:
+        out.append("cpu")
+    if _cuda_extension_built() and torch.cuda.is_available():
+        out.append("cuda")
+    if _triton_importable() and (torch.cuda.is_available() or triton_interpreted()):
+        out.append("triton")
+    return out
+
+
+# --------------------------------------------------------------------------- choice
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or name.lower() not in _CHOICES:
+        raise ValueError(f"backend must be one of {_CHOICES}, got {name!r}")
+    return name.lower()
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Run the ops inside the block on backend ``name`` ("auto" restores the default).
+
+    Raises ``RuntimeError`` when an op runs inside the block on tensors that
+    the named backend cannot handle.
+    """
+    name = _check_name(name)
+    if name != "auto" and name not in backends():
+        raise RuntimeError(
+            f"clustr_fast backend {name!r} is not available here; available: {backends()}"
+        )
+    prev = getattr(_local, "name", None)
+    _local.name = name
+    try:
+        yield
+    finally:
+        _local.name = prev
+
+
+def requested() -> str:
+    """The backend asked for right now: use_backend, else CLUSTR_FAST_BACKEND, else auto."""
+    name = getattr(_local, "name", None)
+    if name is not None:
+        return name
+    return _check_name(os.environ.get("CLUSTR_FAST_BACKEND", "auto"))
+
+
+def _can_run(backend: str, op: str, device: torch.device, kernel: str | None) -> bool:
+    if backend == "reference":
+        return True
+    if backend == "cpu":
+        return device.type == "cpu" and extension_has(kernel or op, "cpu")
+    if backend == "cuda":
+        return device.type == "cuda" and extension_has(kernel or op, "cuda")
+    if backend == "triton":
+        if not _triton_importable():
+            return False
+        return device.type == "cuda" or (device.type == "cpu" and triton_interpreted())
+    return False
+
+
+def pick(op: str, device: torch.device, implemented: tuple[str, ...], kernel: str | None = None) -> str:
+    """Backend that runs ``op`` on ``device``.
+
+    ``implemented`` lists the backends the op has; ``kernel`` is the name of its
+    extension kernel (defaults to ``op``).
+    """
+    name = requested()
+    if name != "auto":
+        if name not in implemented or not _can_run(name, op, device, kernel):
+            raise RuntimeError(
+                f"clustr_fast: backend {name!r} cannot run {op} on {device.type} tensors "
+                f"(available backends here: {backends()})"
+            )
+        return name
+    order = AUTO_CUDA_ORDER.get(op, _DEFAULT_CUDA_ORDER) if device.type == "cuda" else _CPU_ORDER
+    for cand in order:
+        if cand in implemented and _can_run(cand, op, device, kernel):
+            return cand
+    return "reference"
+
+
+PRECISIONS = {"highest": 0, "high": 1, "medium": 2}
+
+
+def precision_code(precision: str) -> int:
+    """Map "highest" | "high" | "medium" to the extension's integer code."""
+    try:
+        return PRECISIONS[precision]
+    except (KeyError, TypeError):
+        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}") from None

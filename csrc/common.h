@@ -1,0 +1,28 @@
+// Small helpers shared by the CPU and CUDA kernels of clustr_fast.
+#pragma once
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+namespace clustr_fast {
+
+// float64 stays float64; everything else accumulates in float32.
+inline at::ScalarType acc_type(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+inline void check_floating(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble ||
+                  t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16,
+              name, " must be float16, bfloat16, float32 or float64, got ", t.scalar_type());
+}
+
+inline void check_matrix(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() == 2, name, " must be 2-D, got ", t.dim(), "-D");
+  check_floating(t, name);
+}
+
+inline void check_precision(int64_t p) {
+  TORCH_CHECK(p >= 0 && p <= 2, "precision code must be 0 (highest), 1 (high) or 2 (medium), got ", p);
+}
+
+}  // namespace clustr_fast

@@ -1,0 +1,121 @@
+// pairwise_sqdist on CUDA: a register-tiled SIMT kernel with the distance
+// epilogue fused in (IEEE fp32 products and accumulation, so every precision
+// mode is float32-exact here; the Triton backend uses tensor cores for
+// "high"/"medium"). Backward: two cuBLAS products with the rank-1 terms folded
+// into addmm's beta.
+//   out[i,k] = max(||x_i||^2 + ||c_k||^2 - 2 x_i.c_k, 0)
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "common.h"
+
+namespace clustr_fast {
+namespace {
+
+constexpr int BM = 64, BN = 64, BK = 16, TM = 4, TN = 4;  // 256 threads, 4x4 outputs each
+
+template <typename scalar_t, typename acc_t>
+__global__ void sqdist_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ c,
+                              const acc_t* __restrict__ xn, const acc_t* __restrict__ cn,
+                              acc_t* __restrict__ out, int64_t N, int64_t K, int64_t D,
+                              int64_t sxn, int64_t sxd, int64_t scn, int64_t scd) {
+  __shared__ acc_t xs[BK][BM + 1];
+  __shared__ acc_t cs[BK][BN + 1];
+  const int tid = threadIdx.x;
+  const int tx = tid % (BN / TN), ty = tid / (BN / TN);
+  const int64_t row0 = (int64_t)blockIdx.y * BM, col0 = (int64_t)blockIdx.x * BN;
+  acc_t acc[TM][TN];
+#pragma unroll
+  for (int i = 0; i < TM; ++i)
+#pragma unroll
+    for (int j = 0; j < TN; ++j) acc[i][j] = acc_t(0);
+
+  for (int64_t k0 = 0; k0 < D; k0 += BK) {
+    // 256 threads load a 64x16 tile of x and of c (4 elements each).
+    for (int e = tid; e < BM * BK; e += blockDim.x) {
+      const int r = e / BK, kk = e % BK;
+      const int64_t gr = row0 + r, gk = k0 + kk;
+      xs[kk][r] = (gr < N && gk < D) ? static_cast<acc_t>(x[gr * sxn + gk * sxd]) : acc_t(0);
+      const int64_t gc = col0 + r;
+      cs[kk][r] = (gc < K && gk < D) ? static_cast<acc_t>(c[gc * scn + gk * scd]) : acc_t(0);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < BK; ++kk) {
+      acc_t a[TM], b[TN];
+#pragma unroll
+      for (int i = 0; i < TM; ++i) a[i] = xs[kk][ty * TM + i];
+#pragma unroll
+      for (int j = 0; j < TN; ++j) b[j] = cs[kk][tx * TN + j];
+#pragma unroll
+      for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[i][j] = fma(a[i], b[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < TM; ++i) {
+    const int64_t gr = row0 + ty * TM + i;
+    if (gr >= N) continue;
+    const acc_t xi = xn[gr];
+#pragma unroll
+    for (int j = 0; j < TN; ++j) {
+      const int64_t gc = col0 + tx * TN + j;
+      if (gc >= K) continue;
+      const acc_t v = xi + cn[gc] - acc_t(2) * acc[i][j];
+      out[gr * K + gc] = v > acc_t(0) ? v : acc_t(0);
+    }
+  }
+}
+
+at::Tensor pairwise_sqdist_cuda(const at::Tensor& x, const at::Tensor& c, int64_t precision) {
+  check_matrix(x, "x");
+  check_matrix(c, "c");
+  check_precision(precision);
+  TORCH_CHECK(x.size(1) == c.size(1), "x and c must have the same number of columns");
+  TORCH_CHECK(x.scalar_type() == c.scalar_type(), "x and c must have the same dtype");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto acc = acc_type(x.scalar_type());
+  const int64_t N = x.size(0), K = c.size(0), D = x.size(1);
+  at::Tensor out = at::empty({N, K}, x.options().dtype(acc));
+  if (N == 0 || K == 0) return out;
+  const at::Tensor xn = x.to(acc).square().sum(1).contiguous();
+  const at::Tensor cn = c.to(acc).square().sum(1).contiguous();
+  const dim3 grid((K + BN - 1) / BN, (N + BM - 1) / BM);
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pairwise_sqdist_cuda", [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    sqdist_kernel<scalar_t, acc_t><<<grid, 256, 0, stream>>>(
+        x.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), xn.data_ptr<acc_t>(), cn.data_ptr<acc_t>(),
+        out.data_ptr<acc_t>(), N, K, D, x.stride(0), x.stride(1), c.stride(0), c.stride(1));
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> pairwise_sqdist_backward_cuda(const at::Tensor& grad,
+                                                                 const at::Tensor& x_in,
+                                                                 const at::Tensor& c_in,
+                                                                 int64_t precision) {
+  check_precision(precision);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const auto acc = acc_type(x_in.scalar_type());
+  const at::Tensor g = grad.detach().to(acc);
+  const at::Tensor x = x_in.detach().to(acc);
+  const at::Tensor c = c_in.detach().to(acc);
+  at::Tensor gx = at::addmm(x * g.sum(1, /*keepdim=*/true), g, c, /*beta=*/2, /*alpha=*/-2);
+  at::Tensor gc = at::addmm(c * g.sum(0).unsqueeze(1), g.t(), x, /*beta=*/2, /*alpha=*/-2);
+  return {gx.to(x_in.scalar_type()), gc.to(c_in.scalar_type())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(clustr_fast_C, CUDA, m) {
+  m.impl("pairwise_sqdist", &pairwise_sqdist_cuda);
+  m.impl("pairwise_sqdist_backward", &pairwise_sqdist_backward_cuda);
+}
+
+}  // namespace clustr_fast

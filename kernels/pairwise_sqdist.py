@@ -1,0 +1,153 @@
+"""Triton kernels for ``pairwise_sqdist``.
+
+Forward: one program computes a BLOCK_M x BLOCK_N tile of
+    out[i,k] = max(||x_i||^2 + ||c_k||^2 - 2 x_i.c_k, 0)
+accumulating the dot products and both squared norms in the same loop over d,
+so x and c are read once per tile and nothing but ``out`` is written.
+Products: fp16/bf16 operands go straight to the tensor cores (exact products,
+fp32 accumulation); fp32 operands use 3xTF32 ("highest", float32-exact), TF32
+("high") or bf16 ("medium"); float64 uses IEEE fp64.
+
+Backward: grad_a = 2 (rowsum(G) * a - G b), one kernel used twice
+(G, x, c for grad_x and G^T, c, x for grad_c through strides).
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ._common import acc_dtype, dot_precision, interpreted, tl_dtype
+
+
+@triton.jit
+def _sqdist_fwd_kernel(X, C, OUT, N, K, D,
+                       sxn, sxd, scn, scd,
+                       ACC: tl.constexpr, DOT_PREC: tl.constexpr, CAST_BF16: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                       GROUP_M: tl.constexpr):
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(N, BLOCK_M)
+    num_n = tl.cdiv(K, BLOCK_N)
+    # grouped ordering: neighbouring programs share c tiles in L2
+    group = pid // (GROUP_M * num_n)
+    first_m = group * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % size_m)
+    pid_n = (pid % (GROUP_M * num_n)) // size_m
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_m = offs_m < N
+    mask_n = offs_n < K
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    xn = tl.zeros((BLOCK_M,), dtype=ACC)
+    cn = tl.zeros((BLOCK_N,), dtype=ACC)
+    for d0 in range(0, D, BLOCK_D):
+        dd = d0 + offs_d
+        mask_d = dd < D
+        xt = tl.load(X + offs_m[:, None] * sxn + dd[None, :] * sxd,
+                     mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+        ct = tl.load(C + offs_n[None, :] * scn + dd[:, None] * scd,
+                     mask=mask_n[None, :] & mask_d[:, None], other=0.0)
+        xf = xt.to(ACC)
+        cf = ct.to(ACC)
+        xn += tl.sum(xf * xf, axis=1)
+        cn += tl.sum(cf * cf, axis=0)
+        if CAST_BF16:
+            acc = tl.dot(xt.to(tl.bfloat16), ct.to(tl.bfloat16), acc)
+        elif xt.dtype == tl.float16 or xt.dtype == tl.bfloat16:
+            acc = tl.dot(xt, ct, acc)
+        else:
+            acc = tl.dot(xf, cf, acc, input_precision=DOT_PREC)
+    out = xn[:, None] + cn[None, :] - 2.0 * acc
+    out = tl.maximum(out, 0.0)
+    tl.store(OUT + offs_m[:, None] * K + offs_n[None, :], out,
+             mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _sqdist_bwd_kernel(G, A, B, OUT, M, K, D,
+                       sgm, sgk, sam, sad, sbk, sbd,
+                       ACC: tl.constexpr, DOT_PREC: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+    """OUT[m, :] = 2 * (sum_k G[m,k] * A[m,:] - sum_k G[m,k] B[k,:])."""
+    pid_m = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m = offs_m < M
+    mask_d = offs_d < D
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=ACC)
+    rs = tl.zeros((BLOCK_M,), dtype=ACC)
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + offs_k
+        mask_k = kk < K
+        g = tl.load(G + offs_m[:, None] * sgm + kk[None, :] * sgk,
+                    mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(ACC)
+        b = tl.load(B + kk[:, None] * sbk + offs_d[None, :] * sbd,
+                    mask=mask_k[:, None] & mask_d[None, :], other=0.0).to(ACC)
+        rs += tl.sum(g, axis=1)
+        acc = tl.dot(g, b, acc, input_precision=DOT_PREC)
+    a = tl.load(A + offs_m[:, None] * sam + offs_d[None, :] * sad,
+                mask=mask_m[:, None] & mask_d[None, :], other=0.0).to(ACC)
+    out = 2.0 * (rs[:, None] * a - acc)
+    tl.store(OUT + offs_m[:, None] * D + offs_d[None, :], out.to(OUT.dtype.element_ty),
+             mask=mask_m[:, None] & mask_d[None, :])
+
+
+def _fwd_config(dtype: torch.dtype):
+    if interpreted():
+        return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_D=32, GROUP_M=4), {}
+    if dtype == torch.float64:
+        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=16, GROUP_M=8), dict(num_warps=4, num_stages=2)
+    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_D=32, GROUP_M=8), dict(num_warps=8, num_stages=3)
+
+
+def pairwise_sqdist(x: torch.Tensor, c: torch.Tensor, precision: int = 0) -> torch.Tensor:
+    """x [N,d], c [K,d] -> [N,K] squared distances (float32; float64 for float64 inputs)."""
+    N, D = x.shape
+    K = c.shape[0]
+    acc = acc_dtype(x.dtype)
+    out = torch.empty((N, K), device=x.device, dtype=acc)
+    if N == 0 or K == 0:
+        return out
+    if D == 0:
+        return out.zero_()
+    meta, launch = _fwd_config(x.dtype)
+    grid = (triton.cdiv(N, meta["BLOCK_M"]) * triton.cdiv(K, meta["BLOCK_N"]),)
+    _sqdist_fwd_kernel[grid](
+        x, c, out, N, K, D, x.stride(0), x.stride(1), c.stride(0), c.stride(1),
+        ACC=tl_dtype(acc), DOT_PREC=dot_precision(acc, precision),
+        CAST_BF16=(precision == 2 and x.dtype == torch.float32 and not interpreted()),
+        **meta, **launch)
+    return out
+
+
+def _bwd_one(g: torch.Tensor, a: torch.Tensor, b: torch.Tensor, precision: int) -> torch.Tensor:
+    M, D = a.shape
+    K = b.shape[0]
+    acc = acc_dtype(a.dtype)
+    out = torch.empty((M, D), device=a.device, dtype=a.dtype)
+    if M == 0 or D == 0:
+        return out
+    if K == 0:
+        return out.zero_()
+    if interpreted():
+        meta, launch = dict(BLOCK_M=32, BLOCK_K=32, BLOCK_D=32), {}
+    elif acc == torch.float64:
+        meta, launch = dict(BLOCK_M=64, BLOCK_K=16, BLOCK_D=64), dict(num_warps=4, num_stages=2)
+    else:
+        meta, launch = dict(BLOCK_M=128, BLOCK_K=32, BLOCK_D=64), dict(num_warps=8, num_stages=3)
+    grid = (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(D, meta["BLOCK_D"]))
+    _sqdist_bwd_kernel[grid](
+        g, a, b, out, M, K, D,
+        g.stride(0), g.stride(1), a.stride(0), a.stride(1), b.stride(0), b.stride(1),
+        ACC=tl_dtype(acc), DOT_PREC=dot_precision(acc, precision), **meta, **launch)
+    return out
+
+
+def pairwise_sqdist_backward(grad: torch.Tensor, x: torch.Tensor, c: torch.Tensor, precision: int = 0):
+    """grad [N,K] -> (grad_x [N,d], grad_c [K,d]) in the dtypes of x and c."""
+    grad = grad.to(acc_dtype(x.dtype))
+    return _bwd_one(grad, x, c, precision), _bwd_one(grad.t(), c, x, precision)
