@@ -6,6 +6,7 @@ The CPU sources (csrc/*.cpp, csrc/cpu/*.cpp) are always compiled. CUDA sources
 
 Environment:
   CLUSTR_FAST_SKIP_EXT=1   pure-Python install (Triton + reference backends only)
+  CLUSTR_FAST_CPU_ONLY=1   build the C++ CPU kernels only (skip csrc/cuda)
   FORCE_CUDA=1             build the CUDA sources even if detection says no
   TORCH_CUDA_ARCH_LIST     CUDA archs, default "8.0;9.0"
   MAX_JOBS                 parallel compile jobs (ninja)
@@ -66,6 +67,8 @@ def _extensions():
 
     torch_cuda = torch.version.cuda is not None
     use_cuda = _flag("FORCE_CUDA") or (torch_cuda and cuda_home is not None)
+    if _flag("CLUSTR_FAST_CPU_ONLY"):  # developer switch: skip the CUDA sources
+        use_cuda = False
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
 
     sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
