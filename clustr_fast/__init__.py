@@ -4,6 +4,7 @@ Public API (see README.md and shared DESIGN): distances, Magnet loss, soft
 nearest-cluster classification (Eq. 4), the certified radius of Theorem 1,
 k-means, and backend selection.
 """
+from . import nn  # noqa: F401  (clustr_fast.nn.MagnetLoss, SoftClusterHead)
 from ._backend import backends, use_backend
 from .kmeans import KMeans, kmeans_per_group
 from .ops.certified_radius import certified_radius

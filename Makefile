@@ -1,0 +1,34 @@
+# clustr_fast: the two quick-start commands are `make demo` and `make test`.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+# torch 2.14.1 is the CUDA 13.0 build; with a CUDA toolkit present, the .cu kernels compile too.
+TORCH_SPEC ?= torch==2.14.1
+export MAX_JOBS ?= 2
+export CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
+DEMO_OUT ?= demo_out
+
+.PHONY: install install-test demo test bench gpu-check clean
+
+install:
+	$(PIP) install "$(TORCH_SPEC)" ninja "setuptools>=77" wheel
+	$(PIP) install --no-build-isolation -e .
+
+install-test:
+	$(PIP) install "$(TORCH_SPEC)" ninja "setuptools>=77" wheel
+	$(PIP) install --no-build-isolation -e ".[test]"
+
+demo: install
+	clustr-fast demo --out $(DEMO_OUT)
+	@echo "report: $(DEMO_OUT)/report.md (and report.json, PNG plots)"
+
+test: install-test
+	$(PYTHON) -m pytest
+
+bench: install-test
+	$(PYTHON) -m pytest benchmarks --benchmark-only
+
+gpu-check:
+	bash benchmarks/gpu_check.sh
+
+clean:
+	rm -rf build *.egg-info clustr_fast/_C*.so $(DEMO_OUT)

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The GPU check: build in place, run the GPU tests, print the benchmark table.
+# Made for one H100/H200 machine with torch + Triton + nvcc and no network;
+# finishes inside 8 minutes. Logs and JSON go to $OUT when it is set.
+#   bash benchmarks/gpu_check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$(mktemp -d /tmp/clustr_fast_gpu_check.XXXX)}
+mkdir -p "$OUT"
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} PYTHONUNBUFFERED=1
+export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+PY=${PYTHON:-python3}
+SECONDS=0
+stage() { echo; echo "=== [$SECONDS s] $*"; }
+
+stage "machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+$PY -c "import torch, triton, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
+
+stage "build (pip install --no-build-isolation --no-deps -e .)"
+if ! timeout 240 $PY -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1; then
+  echo "editable install failed; falling back to setup.py build_ext --inplace" | tee -a "$OUT/build.log"
+  timeout 240 $PY setup.py build_ext --inplace >>"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+fi
+grep -A8 "clustr_fast build configuration" "$OUT/build.log" | head -9
+$PY -c "import clustr_fast; print('backends:', clustr_fast.backends())" | tee -a "$OUT/gpu.txt"
+
+stage "GPU tests (pytest -m gpu)"
+timeout ${GPU_TEST_TIMEOUT:-150} $PY -m pytest -m gpu -q -p no:cacheprovider -o addopts="" -m gpu \
+  --junitxml="$OUT/gpu_tests.xml" >"$OUT/gpu_tests.log" 2>&1
+echo "pytest exit code: $?"
+grep -E "passed|failed|error" "$OUT/gpu_tests.log" | tail -3
+grep -E "^(FAILED|ERROR)" "$OUT/gpu_tests.log" | head -30
+
+stage "benchmark table (benchmarks/report.py)"
+timeout ${REPORT_TIMEOUT:-240} $PY benchmarks/report.py --json "$OUT/report.json" ${REPORT_ARGS:-} \
+  2>"$OUT/report_progress.log" | tee "$OUT/report.md"
+echo "report exit code: ${PIPESTATUS[0]}"
+tail -5 "$OUT/report_progress.log"
+stage "done; logs in $OUT"
