@@ -5,8 +5,9 @@ the extension ``clustr_fast._C``), ``cuda`` (C++/CUDA kernels of the same
 extension, when it was built with CUDA and a GPU is visible) and ``triton``
 (Triton kernels; on a GPU, or on the CPU under ``TRITON_INTERPRET=1``).
 
-Choice, highest priority first: ``use_backend(name)`` (a context manager, per
-thread), then the ``CLUSTR_FAST_BACKEND`` environment variable, then ``auto``.
+Choice, highest priority first: ``use_backend(name)`` (a context manager; its
+choice holds process-wide while the block runs, so that autograd's backward
+threads, which run CUDA backward passes, see it too), then the ``CLUSTR_FAST_BACKEND`` environment variable, then ``auto``.
 An explicit backend that cannot run the op on the tensors' device raises
 ``RuntimeError``; ``auto`` picks the fastest available one and falls back to the
 reference silently.
@@ -24,7 +25,8 @@ import torch
 
 NAMES = ("reference", "cpu", "cuda", "triton")
 _CHOICES = ("auto",) + NAMES
-_local = threading.local()
+_override: list[str] = []  # stack of use_backend() choices, innermost last
+_override_lock = threading.Lock()
 
 # ``auto`` order on CUDA tensors, per op: the faster backend first. Measured by
 # benchmarks/report.py; see benchmarks/RESULTS.md for the card and date.
@@ -122,19 +124,19 @@ def use_backend(name: str) -> Iterator[None]:
         raise RuntimeError(
             f"clustr_fast backend {name!r} is not available here; available: {backends()}"
         )
-    prev = getattr(_local, "name", None)
-    _local.name = name
+    with _override_lock:
+        _override.append(name)
     try:
         yield
     finally:
-        _local.name = prev
+        with _override_lock:
+            _override.pop()
 
 
 def requested() -> str:
     """The backend asked for right now: use_backend, else CLUSTR_FAST_BACKEND, else auto."""
-    name = getattr(_local, "name", None)
-    if name is not None:
-        return name
+    if _override:
+        return _override[-1]
     return _check_name(os.environ.get("CLUSTR_FAST_BACKEND", "auto"))
 
 

@@ -9,7 +9,11 @@ fp32 accumulation); fp32 operands use 3xTF32 ("highest", float32-exact), TF32
 ("high") or bf16 ("medium"); float64 uses IEEE fp64.
 
 Backward: grad_a = 2 (rowsum(G) * a - G b), one kernel used twice
-(G, x, c for grad_x and G^T, c, x for grad_c through strides).
+(G, x, c for grad_x and G^T, c, x for grad_c through strides). When the output
+has few rows (grad_c: K centers against N samples) the sum over the long axis
+is split across programs that add atomically into a float32 buffer (not
+bitwise deterministic; with torch.use_deterministic_algorithms(True) it runs
+unsplit).
 """
 import torch
 import triton
@@ -47,18 +51,18 @@ def _sqdist_fwd_kernel(X, C, OUT, N, K, D,
         mask_d = dd < D
         xt = tl.load(X + offs_m[:, None] * sxn + dd[None, :] * sxd,
                      mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-        ct = tl.load(C + offs_n[None, :] * scn + dd[:, None] * scd,
-                     mask=mask_n[None, :] & mask_d[:, None], other=0.0)
+        ct = tl.load(C + offs_n[:, None] * scn + dd[None, :] * scd,
+                     mask=mask_n[:, None] & mask_d[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
         xf = xt.to(ACC)
         cf = ct.to(ACC)
         xn += tl.sum(xf * xf, axis=1)
-        cn += tl.sum(cf * cf, axis=0)
+        cn += tl.sum(cf * cf, axis=1)
         if CAST_BF16:
-            acc = tl.dot(xt.to(tl.bfloat16), ct.to(tl.bfloat16), acc)
+            acc = tl.dot(xt.to(tl.bfloat16), tl.trans(ct.to(tl.bfloat16)), acc)
         elif xt.dtype == tl.float16 or xt.dtype == tl.bfloat16:
-            acc = tl.dot(xt, ct, acc)
+            acc = tl.dot(xt, tl.trans(ct), acc)
         else:
-            acc = tl.dot(xf, cf, acc, input_precision=DOT_PREC)
+            acc = tl.dot(xf, tl.trans(cf), acc, input_precision=DOT_PREC, out_dtype=ACC)
     out = xn[:, None] + cn[None, :] - 2.0 * acc
     out = tl.maximum(out, 0.0)
     tl.store(OUT + offs_m[:, None] * K + offs_n[None, :], out,
@@ -66,13 +70,18 @@ def _sqdist_fwd_kernel(X, C, OUT, N, K, D,
 
 
 @triton.jit
-def _sqdist_bwd_kernel(G, A, B, OUT, M, K, D,
+def _sqdist_bwd_kernel(G, A, B, OUT, M, K, D, k_per_split,
                        sgm, sgk, sam, sad, sbk, sbd,
-                       ACC: tl.constexpr, DOT_PREC: tl.constexpr,
+                       ACC: tl.constexpr, DOT_PREC: tl.constexpr, ATOMIC: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
-    """OUT[m, :] = 2 * (sum_k G[m,k] * A[m,:] - sum_k G[m,k] B[k,:])."""
+    """OUT[m, :] (+)= 2 * (sum_k G[m,k] * A[m,:] - sum_k G[m,k] B[k,:]) over one K split.
+
+    Both terms are linear in the partial sums over k, so K splits (grid axis 2)
+    add their contributions atomically into a float32/float64 OUT.
+    """
     pid_m = tl.program_id(0)
     pid_d = tl.program_id(1)
+    pid_k = tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_k = tl.arange(0, BLOCK_K)
@@ -80,20 +89,26 @@ def _sqdist_bwd_kernel(G, A, B, OUT, M, K, D,
     mask_d = offs_d < D
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=ACC)
     rs = tl.zeros((BLOCK_M,), dtype=ACC)
-    for k0 in range(0, K, BLOCK_K):
+    k_lo = pid_k * k_per_split
+    k_hi = tl.minimum(K, k_lo + k_per_split)
+    for k0 in range(k_lo, k_hi, BLOCK_K):
         kk = k0 + offs_k
-        mask_k = kk < K
+        mask_k = kk < k_hi
         g = tl.load(G + offs_m[:, None] * sgm + kk[None, :] * sgk,
                     mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(ACC)
         b = tl.load(B + kk[:, None] * sbk + offs_d[None, :] * sbd,
                     mask=mask_k[:, None] & mask_d[None, :], other=0.0).to(ACC)
         rs += tl.sum(g, axis=1)
-        acc = tl.dot(g, b, acc, input_precision=DOT_PREC)
+        acc = tl.dot(g, b, acc, input_precision=DOT_PREC, out_dtype=ACC)
     a = tl.load(A + offs_m[:, None] * sam + offs_d[None, :] * sad,
                 mask=mask_m[:, None] & mask_d[None, :], other=0.0).to(ACC)
     out = 2.0 * (rs[:, None] * a - acc)
-    tl.store(OUT + offs_m[:, None] * D + offs_d[None, :], out.to(OUT.dtype.element_ty),
-             mask=mask_m[:, None] & mask_d[None, :])
+    ptrs = OUT + offs_m[:, None] * D + offs_d[None, :]
+    mask = mask_m[:, None] & mask_d[None, :]
+    if ATOMIC:
+        tl.atomic_add(ptrs, out, mask=mask)
+    else:
+        tl.store(ptrs, out.to(OUT.dtype.element_ty), mask=mask)
 
 
 def _fwd_config(dtype: torch.dtype):
@@ -125,26 +140,33 @@ def pairwise_sqdist(x: torch.Tensor, c: torch.Tensor, precision: int = 0) -> tor
 
 
 def _bwd_one(g: torch.Tensor, a: torch.Tensor, b: torch.Tensor, precision: int) -> torch.Tensor:
+    """2 (rowsum(g) a - g b) for g [M,K], a [M,D], b [K,D]; split over K when M is small."""
     M, D = a.shape
     K = b.shape[0]
     acc = acc_dtype(a.dtype)
-    out = torch.empty((M, D), device=a.device, dtype=a.dtype)
-    if M == 0 or D == 0:
-        return out
-    if K == 0:
-        return out.zero_()
+    if M == 0 or D == 0 or K == 0:
+        return torch.zeros((M, D), device=a.device, dtype=a.dtype)
     if interpreted():
         meta, launch = dict(BLOCK_M=32, BLOCK_K=32, BLOCK_D=32), {}
     elif acc == torch.float64:
         meta, launch = dict(BLOCK_M=64, BLOCK_K=16, BLOCK_D=64), dict(num_warps=4, num_stages=2)
     else:
         meta, launch = dict(BLOCK_M=128, BLOCK_K=32, BLOCK_D=64), dict(num_warps=8, num_stages=3)
-    grid = (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(D, meta["BLOCK_D"]))
+    tiles = triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(D, meta["BLOCK_D"])
+    splits = 1
+    if a.is_cuda and not torch.are_deterministic_algorithms_enabled():
+        sms = torch.cuda.get_device_properties(a.device).multi_processor_count
+        splits = max(1, min(triton.cdiv(2 * sms, tiles), triton.cdiv(K, 8 * meta["BLOCK_K"])))
+    k_per_split = triton.cdiv(triton.cdiv(K, splits), meta["BLOCK_K"]) * meta["BLOCK_K"]
+    splits = triton.cdiv(K, k_per_split)
+    atomic = splits > 1
+    out = torch.zeros((M, D), device=a.device, dtype=acc) if atomic else torch.empty((M, D), device=a.device, dtype=a.dtype)
+    grid = (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(D, meta["BLOCK_D"]), splits)
     _sqdist_bwd_kernel[grid](
-        g, a, b, out, M, K, D,
+        g, a, b, out, M, K, D, k_per_split,
         g.stride(0), g.stride(1), a.stride(0), a.stride(1), b.stride(0), b.stride(1),
-        ACC=tl_dtype(acc), DOT_PREC=dot_precision(acc, precision), **meta, **launch)
-    return out
+        ACC=tl_dtype(acc), DOT_PREC=dot_precision(acc, precision), ATOMIC=atomic, **meta, **launch)
+    return out.to(a.dtype)
 
 
 def pairwise_sqdist_backward(grad: torch.Tensor, x: torch.Tensor, c: torch.Tensor, precision: int = 0):

@@ -151,3 +151,27 @@ def test_explicit_unavailable_backend_raises():
     with pytest.raises(ValueError, match="backend"):
         with clustr_fast.use_backend("fastest"):
             pass
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["triton", "cuda"])
+@pytest.mark.parametrize("precision,tol", [("highest", 1e-5), ("high", 2e-3), ("medium", 2e-2)])
+def test_gpu_large_forward_backward(name, precision, tol):
+    """Shapes that take the tiled and split-K paths on the GPU."""
+    if name not in clustr_fast.backends():
+        pytest.skip(f"{name} not available")
+    x, c = _inputs(20_011, 65, 130, torch.float32, "cuda", seed=9)
+    x.requires_grad_(True)
+    c.requires_grad_(True)
+    g = torch.randn(20_011, 65, device="cuda", generator=torch.Generator("cuda").manual_seed(1))
+    with clustr_fast.use_backend(name):
+        out = clustr_fast.pairwise_sqdist(x, c, precision=precision)
+        gx, gc = torch.autograd.grad(out, (x, c), g)
+    x64, c64 = x.detach().double().requires_grad_(True), c.detach().double().requires_grad_(True)
+    ref = f64_sqdist(x64, c64)
+    rgx, rgc = torch.autograd.grad(ref, (x64, c64), g.double())
+    err = ((out.double() - ref).abs() / _scale(x64.detach(), c64.detach())).max().item()
+    assert err < tol, f"forward error {err:.2e} ({precision})"
+    for got, want in ((gx, rgx), (gc, rgc)):
+        gerr = ((got.double() - want).abs().max() / want.abs().max()).item()
+        assert gerr < max(tol, 1e-5) * 10, f"gradient error {gerr:.2e} ({precision})"
