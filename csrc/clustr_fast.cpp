@@ -22,9 +22,27 @@ TORCH_LIBRARY(clustr_fast_C, m) {
   // grad_x = 2 (rowsum(g) * x - g c), grad_c = 2 (colsum(g) * c - g^T x), in the inputs' dtypes.
   m.def("pairwise_sqdist_backward(Tensor grad, Tensor x, Tensor c, int precision) -> (Tensor, Tensor)");
   // ---- magnet_loss --------------------------------------------------------
-  // (schemas added by the magnet_loss kernels)
+  // Per-row losses [N] and stats [3, N] = (own, logsumexp over impostors (-inf if none),
+  // softmax-weighted impostor distance) in the accumulation dtype. valid [C] (optional)
+  // removes centers from every impostor set; var is a 0-d tensor (sigma^2).
+  m.def("magnet_loss_fwd(Tensor feats, Tensor centers, Tensor assign, Tensor classes, Tensor? valid, Tensor var, float alpha, float eps) -> (Tensor, Tensor)");
+  // (grad_feats, grad_centers, grad_var) for the gradient [N] of the per-row losses.
+  m.def("magnet_loss_bwd(Tensor grad, Tensor feats, Tensor centers, Tensor assign, Tensor classes, Tensor? valid, Tensor var, Tensor loss, Tensor stats, float alpha, float eps) -> (Tensor, Tensor, Tensor)");
   // ---- soft_cluster_logits / certified_radius ------------------------------
-  // (schemas added by the soft_cluster_logits kernels)
+  // out[i,c] = log_softmax over classes of logsumexp_{top-D j of class c}(-d_ij / (2 variance));
+  // -inf for classes with no selected center. Returns (out [N,L] acc dtype, idx [N,D] int64).
+  m.def("soft_cluster_logits(Tensor feats, Tensor centers, Tensor center_classes, int num_classes, float variance, int top_d, int precision) -> (Tensor, Tensor)");
+  // (grad_feats, grad_centers) in the inputs' dtypes; only the centers in idx carry gradient.
+  m.def("soft_cluster_logits_backward(Tensor grad, Tensor out, Tensor idx, Tensor feats, Tensor centers, Tensor center_classes, float variance) -> (Tensor, Tensor)");
+  // [N] radius of the nearest-center classifier; mode 0 = sound (min over other-class bisectors), 1 = paper.
+  m.def("certified_radius(Tensor feats, Tensor centers, Tensor center_classes, float lipschitz, int mode) -> Tensor");
   // ---- kmeans -------------------------------------------------------------
-  // (schemas added by the kmeans kernels)
+  // labels[i] = argmin_k ||x_i - c_k||^2 (first minimum), sqdist[i] = that minimum (accumulation dtype).
+  // With groups: row i only sees centers [groups[i]*group_k, (groups[i]+1)*group_k).
+  m.def("kmeans_assign(Tensor x, Tensor centers, int precision, Tensor? groups, int group_k) -> (Tensor, Tensor)");
+  // centers[j] = mean of rows labelled j (prev_centers[j], else 0, when empty), counts int64[k].
+  m.def("kmeans_update(Tensor x, Tensor labels, int k, Tensor? prev_centers, bool deterministic) -> (Tensor, Tensor)");
+  // Greedy k-means++ in every segment [offsets[g], offsets[g+1]) of x: first[g] is the first row,
+  // draws [k-1, G, T] the uniforms of the T local trials of each later step. -> indices int64 [G, k].
+  m.def("kmeans_plusplus(Tensor x, Tensor offsets, int k, Tensor first, Tensor draws) -> Tensor");
 }

@@ -1,7 +1,147 @@
-"""Public entry points for soft_cluster_logits, soft_cluster_predict.
+"""``soft_cluster_logits`` / ``soft_cluster_predict``: the top-D soft nearest-cluster
+classifier of ClusTR Eq. 4 as custom ops.
 
-Reference backend only for now: the fused kernels (custom ops with
-register_fake/register_autograd, dispatched by clustr_fast._backend) replace
-these calls as they land. Inputs are validated by the reference.
+With ``d_ij = ||f_i - mu_j||^2``, ``s = 1 / (2 sigma^2)`` and ``S_i`` the ``top_d``
+nearest centers of row i (ties: lower index),
+
+    logit_ic = logsumexp_{j in S_i, class_j = c}(-s d_ij)        (-inf if no such j)
+    out_ic   = logit_ic - logsumexp_{j in S_i}(-s d_ij)          (= log_softmax over classes)
+
+Shapes: feats [N,d], centers [C,d], center_classes [C] -> out [N,L] (float32, float64
+for float64 inputs). The fused kernels stream the distance tiles through a running
+top-D selection (no [N,C] buffer), then recompute the D selected distances exactly
+(direct differences in the accumulation dtype), so ``precision="high"`` only affects
+which centers are selected, never the values.
+
+Forward op returns ``(out, idx)``; ``idx [N,D]`` int64 holds the selected centers and
+is all the backward saves besides its inputs. Backward (also a custom op), with
+``p_j = exp(z_j - Z)``, ``w_j = exp(z_j - logit_{c_j})`` (within-class weight),
+``G = sum of grad over present classes`` and ``a_j = -s (grad_{c_j} w_j - G p_j)``:
+
+    grad_f_i  =  2 sum_{j in S_i} a_ij (f_i - mu_j)
+    grad_mu_j = -2 sum_{i: j in S_i} a_ij (f_i - mu_j)
+
+Gradient sent to a ``-inf`` (absent) class is dropped; variance is a constant.
 """
-from ..reference import soft_cluster_logits, soft_cluster_predict  # noqa: F401
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import _backend
+from .._validate import acc_dtype, check_soft_cluster_logits
+from ..reference import soft_cluster_logits as _reference
+from ..reference.pairwise_sqdist import _sqdist
+from ._dispatch import extension_kernel, reference_vjp, run, triton_kernel
+
+
+def _variance_value(variance) -> float:
+    return float(variance.detach().item() if isinstance(variance, Tensor) else variance)
+
+
+def _reference_fwd(feats, centers, classes, num_classes, variance, top_d, precision):
+    out = _reference(feats, centers, classes, num_classes, variance=variance, top_d=top_d)
+    acc = acc_dtype(feats.dtype)
+    d = _sqdist(feats.detach().to(acc), centers.detach().to(acc))
+    idx = torch.sort(d, dim=1, stable=True).indices[:, :top_d].contiguous()
+    return out, idx
+
+
+def _reference_bwd(grad, out, idx, feats, centers, classes, variance):
+    num_classes, top_d = out.shape[1], idx.shape[1]
+
+    def fn(f, mu):
+        return _reference(f, mu, classes, num_classes, variance=variance, top_d=top_d)
+
+    return reference_vjp(fn, (feats, centers), grad)
+
+
+_FWD = {
+    "reference": _reference_fwd,
+    "cpu": extension_kernel("soft_cluster_logits"),
+    "cuda": extension_kernel("soft_cluster_logits"),
+    "triton": triton_kernel("soft_cluster_logits", "soft_cluster_logits"),
+}
+_BWD = {
+    "reference": _reference_bwd,
+    "cpu": extension_kernel("soft_cluster_logits_backward"),
+    "cuda": extension_kernel("soft_cluster_logits_backward"),
+    "triton": triton_kernel("soft_cluster_logits", "soft_cluster_logits_backward"),
+}
+
+
+@torch.library.custom_op("clustr_fast::soft_cluster_logits", mutates_args=())
+def soft_cluster_logits_op(feats: Tensor, centers: Tensor, center_classes: Tensor, num_classes: int,
+                           variance: float, top_d: int, precision: int) -> tuple[Tensor, Tensor]:
+    out, idx = run("soft_cluster_logits", feats.device, _FWD, feats, centers, center_classes,
+                   num_classes, variance, top_d, precision)
+    return out, idx
+
+
+@soft_cluster_logits_op.register_fake
+def _(feats, centers, center_classes, num_classes, variance, top_d, precision):
+    n = feats.shape[0]
+    out = feats.new_empty((n, num_classes), dtype=acc_dtype(feats.dtype))
+    return out, feats.new_empty((n, top_d), dtype=torch.int64)
+
+
+@torch.library.custom_op("clustr_fast::soft_cluster_logits_backward", mutates_args=())
+def soft_cluster_logits_backward_op(grad: Tensor, out: Tensor, idx: Tensor, feats: Tensor, centers: Tensor,
+                                    center_classes: Tensor, variance: float) -> tuple[Tensor, Tensor]:
+    gf, gc = run("soft_cluster_logits", feats.device, _BWD, grad, out, idx, feats, centers, center_classes,
+                 variance, kernel="soft_cluster_logits_backward")
+    return gf.to(feats.dtype), gc.to(centers.dtype)
+
+
+@soft_cluster_logits_backward_op.register_fake
+def _(grad, out, idx, feats, centers, center_classes, variance):
+    return torch.empty_like(feats), torch.empty_like(centers)
+
+
+def _setup_context(ctx, inputs, output):
+    feats, centers, classes, _, variance, _, _ = inputs
+    out, idx = output
+    ctx.save_for_backward(out, idx, feats, centers, classes)
+    ctx.variance = variance
+
+
+def _backward(ctx, grad_out, grad_idx):
+    out, idx, feats, centers, classes = ctx.saved_tensors
+    if grad_out is None:
+        grad_out = torch.zeros_like(out)
+    gf, gc = soft_cluster_logits_backward_op(grad_out.contiguous(), out, idx, feats, centers, classes,
+                                             ctx.variance)
+    return gf, gc, None, None, None, None, None
+
+
+soft_cluster_logits_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def soft_cluster_logits(feats: Tensor, centers: Tensor, center_classes: Tensor, num_classes: int, *,
+                        variance, top_d: int | None = None, precision: str = "highest") -> Tensor:
+    """Class log-probabilities ``[N, num_classes]`` over the ``top_d`` nearest centers (Eq. 4).
+
+    ``feats [N,d]``, ``centers [C,d]``, ``center_classes [C]`` (ids in ``[0, num_classes)``),
+    ``variance`` sigma^2 > 0 (float or 0-d tensor, a constant), ``top_d`` in ``[1, C]`` or
+    None (all centers). A class with no selected center is ``-inf`` with zero gradient.
+    ``precision``: "highest" selects with float32-exact distances; "high"/"medium" let the
+    GPU select with TF32/bf16 products. The returned values always come from distances
+    recomputed exactly for the selected centers. Differentiable in ``feats`` and ``centers``.
+    """
+    code = _backend.precision_code(precision)
+    if torch.compiler.is_compiling():  # the value checks read tensors back; they run in eager mode
+        top_d = centers.shape[0] if top_d is None else int(top_d)
+    else:
+        top_d = check_soft_cluster_logits(feats, centers, center_classes, num_classes, variance, top_d)
+    classes = center_classes.to(torch.int64).contiguous()
+    out, _ = soft_cluster_logits_op(feats, centers, classes, int(num_classes), _variance_value(variance),
+                                    top_d, code)
+    return out
+
+
+def soft_cluster_predict(feats: Tensor, centers: Tensor, center_classes: Tensor, num_classes: int, *,
+                         variance, top_d: int | None = None, precision: str = "highest"):
+    """``(labels int64 [N], probs [N, L])``: argmax and ``exp`` of :func:`soft_cluster_logits`."""
+    logits = soft_cluster_logits(feats, centers, center_classes, num_classes, variance=variance,
+                                 top_d=top_d, precision=precision)
+    return logits.argmax(1), logits.exp()

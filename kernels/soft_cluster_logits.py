@@ -1,0 +1,273 @@
+"""Triton kernels for ``soft_cluster_logits`` (ClusTR Eq. 4 over the top-D nearest centers).
+
+Forward, one program per BLOCK_M rows:
+1. distance tiles ``[BLOCK_M, BLOCK_N]`` from ``tl.dot`` (3xTF32 for "highest", TF32 for
+   "high", bf16 for "medium"), merged into a running top-D list held in registers:
+   while a tile holds a pair (value, index) lexicographically below the list's worst,
+   the tile's best replaces it (so ties go to the lower index, as a stable sort);
+2. the D selected distances recomputed exactly by direct differences (float32, or
+   float64 for float64 inputs);
+3. per-class online logsumexp of ``z = -d / (2 sigma^2)`` over the selection, minus the
+   logsumexp over the whole selection: ``out [N, L]``, -inf for absent classes.
+It writes ``out`` and the selected indices ``idx [N, D]``; no [N, C] buffer.
+
+Backward, one program per BLOCK_M rows: recompute the D distances, the coefficients
+``a_j = -s (g_{c_j} exp(z_j - Z - out_{c_j}) - G exp(z_j - Z))`` (G = sum of the
+gradient over present classes), then ``grad_f = 2 sum_j a_j (f - mu_j)`` and, by
+atomic adds, ``grad_mu_j -= 2 a_j (f - mu_j)``.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ._common import acc_dtype, dot_precision, interpreted, tl_dtype
+
+_INIT = 1 << 30  # index of the empty list slots (plus the slot number): above every center
+_NONE = 2147483647  # index of masked-out tile columns: never enters the list
+
+
+@triton.jit
+def _lexmin(v, i, NONE: tl.constexpr):
+    """Row-wise minimum of (value, index) pairs."""
+    m = tl.min(v, axis=1)
+    im = tl.min(tl.where(v == m[:, None], i, NONE), axis=1)
+    return m, im
+
+
+@triton.jit
+def _lexmax(v, i):
+    m = tl.max(v, axis=1)
+    im = tl.max(tl.where(v == m[:, None], i, -2), axis=1)
+    return m, im
+
+
+@triton.jit
+def _column(t, slot, s):
+    """t[:, s] of a [BLOCK_M, DP] tensor."""
+    return tl.sum(tl.where(slot[None, :] == s, t, 0), axis=1)
+
+
+@triton.jit
+def _exact_selected(X, MU, rows, mrow, ti, slot, TOP_D, D_FEAT, sxn, sxd, smc, smd,
+                    ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, DP: tl.constexpr):
+    """[BLOCK_M, DP] squared distances ||f_i - mu_{ti[i,s]}||^2 by direct differences."""
+    dv = tl.zeros((BLOCK_M, DP), dtype=ACC)
+    offs_d = tl.arange(0, BLOCK_D)
+    for s in range(0, TOP_D):
+        js = _column(ti, slot, s).to(tl.int64)
+        js = tl.where(mrow, js, 0)
+        ds = tl.zeros((BLOCK_M,), dtype=ACC)
+        for d0 in range(0, D_FEAT, BLOCK_D):
+            dd = d0 + offs_d
+            m2 = mrow[:, None] & (dd < D_FEAT)[None, :]
+            xt = tl.load(X + rows[:, None] * sxn + dd[None, :] * sxd, mask=m2, other=0.0).to(ACC)
+            mt = tl.load(MU + js[:, None] * smc + dd[None, :] * smd, mask=m2, other=0.0).to(ACC)
+            diff = xt - mt
+            ds += tl.sum(diff * diff, axis=1)
+        dv = tl.where(slot[None, :] == s, ds[:, None], dv)
+    return dv
+
+
+@triton.jit
+def _soft_fwd_kernel(X, MU, CLS, OUT, IDX, N, C, D_FEAT, L, TOP_D, scale,
+                     sxn, sxd, smc, smd,
+                     ACC: tl.constexpr, DOT_PREC: tl.constexpr, CAST_BF16: tl.constexpr, ALL: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                     BLOCK_L: tl.constexpr, DP: tl.constexpr, INIT: tl.constexpr, NONE: tl.constexpr):
+    pid = tl.program_id(0)
+    rows = (pid * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    mrow = rows < N
+    slot = tl.arange(0, DP)
+    real = slot < TOP_D
+    offs_d = tl.arange(0, BLOCK_D)
+    zero_md = tl.zeros((BLOCK_M, DP), dtype=tl.int32)
+    if ALL:
+        ti = zero_md + tl.where(real, slot, -1)[None, :]
+    else:
+        inf_md = tl.zeros((BLOCK_M, DP), dtype=ACC) + float("inf")
+        tv = tl.where(real[None, :], inf_md, -inf_md)  # padding slots (-inf) are never evicted
+        ti = zero_md + tl.where(real, INIT + slot, -1)[None, :]
+        xn = tl.zeros((BLOCK_M,), dtype=ACC)
+        for d0 in range(0, D_FEAT, BLOCK_D):
+            dd = d0 + offs_d
+            xt = tl.load(X + rows[:, None] * sxn + dd[None, :] * sxd,
+                         mask=mrow[:, None] & (dd < D_FEAT)[None, :], other=0.0).to(ACC)
+            xn += tl.sum(xt * xt, axis=1)
+        for c0 in range(0, C, BLOCK_N):
+            cols = c0 + tl.arange(0, BLOCK_N)
+            mcol = cols < C
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+            cn = tl.zeros((BLOCK_N,), dtype=ACC)
+            for d0 in range(0, D_FEAT, BLOCK_D):
+                dd = d0 + offs_d
+                mask_d = dd < D_FEAT
+                xt = tl.load(X + rows[:, None] * sxn + dd[None, :] * sxd,
+                             mask=mrow[:, None] & mask_d[None, :], other=0.0)
+                ct = tl.load(MU + cols[None, :].to(tl.int64) * smc + dd[:, None] * smd,
+                             mask=mcol[None, :] & mask_d[:, None], other=0.0)
+                cf = ct.to(ACC)
+                cn += tl.sum(cf * cf, axis=0)
+                if CAST_BF16:
+                    acc = tl.dot(xt.to(tl.bfloat16), ct.to(tl.bfloat16), acc)
+                elif xt.dtype == tl.float16 or xt.dtype == tl.bfloat16:
+                    acc = tl.dot(xt, ct, acc)
+                else:
+                    acc = tl.dot(xt.to(ACC), cf, acc, input_precision=DOT_PREC, out_dtype=ACC)
+            dist = tl.maximum(xn[:, None] + cn[None, :] - 2.0 * acc, 0.0)
+            dist = tl.where(mcol[None, :], dist, float("inf"))
+            cid = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32) + tl.where(mcol, cols, NONE)[None, :]
+            cv, ci = _lexmin(dist, cid, NONE)
+            wv, wi = _lexmax(tv, ti)
+            need = ((cv < wv) | ((cv == wv) & (ci < wi))) & mrow
+            todo = tl.sum(need.to(tl.int32), axis=0)
+            while todo > 0:
+                evict = need[:, None] & (tv == wv[:, None]) & (ti == wi[:, None])
+                tv = tl.where(evict, cv[:, None], tv)
+                ti = tl.where(evict, ci[:, None], ti)
+                taken = need[:, None] & (cid == ci[:, None])
+                dist = tl.where(taken, float("inf"), dist)
+                cid = tl.where(taken, NONE, cid)
+                cv, ci = _lexmin(dist, cid, NONE)
+                wv, wi = _lexmax(tv, ti)
+                need = ((cv < wv) | ((cv == wv) & (ci < wi))) & mrow
+                todo = tl.sum(need.to(tl.int32), axis=0)
+    ti = tl.where(mrow[:, None] & real[None, :], ti, 0)
+    tl.store(IDX + rows[:, None] * TOP_D + slot[None, :], ti.to(tl.int64), mask=mrow[:, None] & real[None, :])
+
+    dv = _exact_selected(X, MU, rows, mrow, ti, slot, TOP_D, D_FEAT, sxn, sxd, smc, smd,
+                         ACC, BLOCK_M, BLOCK_D, DP)
+    z = tl.where(real[None, :], -scale * dv, float("-inf"))
+    zmax = tl.max(z, axis=1)
+    zsafe = tl.where(zmax > float("-inf"), zmax, 0.0)
+    lse = zsafe + tl.log(tl.sum(tl.exp(z - zsafe[:, None]), axis=1))  # -inf when every z is -inf
+    sc = tl.load(CLS + ti, mask=mrow[:, None] & real[None, :], other=0).to(tl.int32)
+    for l0 in range(0, L, BLOCK_L):
+        lc = l0 + tl.arange(0, BLOCK_L)
+        cm = tl.zeros((BLOCK_M, BLOCK_L), dtype=ACC) + float("-inf")
+        cs = tl.zeros((BLOCK_M, BLOCK_L), dtype=ACC)
+        for s in range(0, TOP_D):
+            zs = tl.sum(tl.where(slot[None, :] == s, z, 0.0), axis=1)
+            ks = _column(sc, slot, s)
+            hit = (ks[:, None] == lc[None, :]) & (zs[:, None] > float("-inf"))
+            m_new = tl.where(hit, tl.maximum(cm, zs[:, None]), cm)
+            upd = cs * tl.exp(cm - m_new) + tl.exp(zs[:, None] - m_new)
+            cs = tl.where(hit, upd, cs)
+            cm = m_new
+        present = cm > float("-inf")
+        res = tl.where(present, cm + tl.log(tl.where(present, cs, 1.0)) - lse[:, None], float("-inf"))
+        tl.store(OUT + rows[:, None] * L + lc[None, :], res, mask=mrow[:, None] & (lc < L)[None, :])
+
+
+@triton.jit
+def _soft_bwd_kernel(G, OUT, IDX, X, MU, CLS, GX, GMU, N, D_FEAT, L, TOP_D, scale,
+                     sxn, sxd, smc, smd,
+                     ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+                     BLOCK_L: tl.constexpr, DP: tl.constexpr):
+    pid = tl.program_id(0)
+    rows = (pid * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    mrow = rows < N
+    slot = tl.arange(0, DP)
+    real = slot < TOP_D
+    m2 = mrow[:, None] & real[None, :]
+    ti = tl.load(IDX + rows[:, None] * TOP_D + slot[None, :], mask=m2, other=0)
+    dv = _exact_selected(X, MU, rows, mrow, ti, slot, TOP_D, D_FEAT, sxn, sxd, smc, smd,
+                         ACC, BLOCK_M, BLOCK_D, DP)
+    z = tl.where(real[None, :], -scale * dv, float("-inf"))
+    zmax = tl.max(z, axis=1)
+    zsafe = tl.where(zmax > float("-inf"), zmax, 0.0)
+    lse = zsafe + tl.log(tl.sum(tl.exp(z - zsafe[:, None]), axis=1))
+    gsum = tl.zeros((BLOCK_M,), dtype=ACC)
+    for l0 in range(0, L, BLOCK_L):
+        lc = l0 + tl.arange(0, BLOCK_L)
+        ml = mrow[:, None] & (lc < L)[None, :]
+        o = tl.load(OUT + rows[:, None] * L + lc[None, :], mask=ml, other=float("-inf"))
+        g = tl.load(G + rows[:, None] * L + lc[None, :], mask=ml, other=0.0)
+        gsum += tl.sum(tl.where(o > float("-inf"), g, 0.0), axis=1)
+    sc = tl.load(CLS + ti, mask=m2, other=0)
+    oc = tl.load(OUT + rows[:, None] * L + sc, mask=m2, other=float("-inf"))
+    gc = tl.load(G + rows[:, None] * L + sc, mask=m2, other=0.0)
+    ok = m2 & (z > float("-inf")) & (oc > float("-inf"))
+    zl = tl.where(ok, z - lse[:, None], 0.0)
+    a = -2.0 * scale * (gc * tl.exp(zl - tl.where(ok, oc, 0.0)) - gsum[:, None] * tl.exp(zl))
+    a = tl.where(ok, a, 0.0)  # 2 * dL/dd_j
+    offs_d = tl.arange(0, BLOCK_D)
+    for d0 in range(0, D_FEAT, BLOCK_D):
+        dd = d0 + offs_d
+        md = mrow[:, None] & (dd < D_FEAT)[None, :]
+        xt = tl.load(X + rows[:, None] * sxn + dd[None, :] * sxd, mask=md, other=0.0).to(ACC)
+        gx = tl.zeros((BLOCK_M, BLOCK_D), dtype=ACC)
+        for s in range(0, TOP_D):
+            js = _column(ti, slot, s)
+            a_s = tl.sum(tl.where(slot[None, :] == s, a, 0.0), axis=1)
+            mt = tl.load(MU + js[:, None] * smc + dd[None, :] * smd, mask=md, other=0.0).to(ACC)
+            t = a_s[:, None] * (xt - mt)
+            gx += t
+            tl.atomic_add(GMU + js[:, None] * D_FEAT + dd[None, :], -t, mask=md & (a_s != 0.0)[:, None])
+        tl.store(GX + rows[:, None] * D_FEAT + dd[None, :], gx, mask=md)
+
+
+def _pow2(n: int) -> int:
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+def _block_m(dp: int, n: int, acc: torch.dtype) -> int:
+    if interpreted():  # numpy per op: few large programs
+        return max(16, min(128, _pow2(n)))
+    if acc == torch.float64:  # the float64 tl.dot wants 64x64 tiles (as in pairwise_sqdist)
+        return 64
+    return max(16, min(64, 2048 // dp))
+
+
+def soft_cluster_logits(feats, centers, center_classes, num_classes: int, variance: float, top_d: int,
+                        precision: int = 0):
+    """feats [N,d], centers [C,d], center_classes [C] int64 -> (out [N,L] acc dtype, idx [N,D] int64)."""
+    N, D_FEAT = feats.shape
+    C = centers.shape[0]
+    acc = acc_dtype(feats.dtype)
+    out = torch.empty((N, num_classes), device=feats.device, dtype=acc)
+    idx = torch.empty((N, top_d), device=feats.device, dtype=torch.int64)
+    if N == 0:
+        return out, idx
+    if centers.dtype != feats.dtype:
+        centers = centers.to(feats.dtype)
+    cls = center_classes.to(torch.int64).contiguous()
+    dp = _pow2(top_d)
+    bm = _block_m(dp, N, acc)
+    if interpreted():
+        meta, launch = dict(BLOCK_N=64, BLOCK_D=64, BLOCK_L=64), {}
+    elif acc == torch.float64:
+        meta, launch = dict(BLOCK_N=64, BLOCK_D=16, BLOCK_L=32), dict(num_warps=4, num_stages=2)
+    else:
+        meta, launch = dict(BLOCK_N=64, BLOCK_D=32, BLOCK_L=32), dict(num_warps=4, num_stages=3)
+    grid = (triton.cdiv(N, bm),)
+    _soft_fwd_kernel[grid](
+        feats, centers, cls, out, idx, N, C, D_FEAT, num_classes, top_d, 0.5 / variance,
+        feats.stride(0), feats.stride(1), centers.stride(0), centers.stride(1),
+        ACC=tl_dtype(acc), DOT_PREC=dot_precision(acc, precision),
+        CAST_BF16=(precision == 2 and feats.dtype == torch.float32 and not interpreted()),
+        ALL=(top_d == C), BLOCK_M=bm, DP=dp, INIT=_INIT, NONE=_NONE, **meta, **launch)
+    return out, idx
+
+
+def soft_cluster_logits_backward(grad, out, idx, feats, centers, center_classes, variance: float):
+    """grad [N,L] -> (grad_feats [N,d], grad_centers [C,d]) in the inputs' dtypes."""
+    N, D_FEAT = feats.shape
+    C = centers.shape[0]
+    top_d = idx.shape[1]
+    acc = acc_dtype(feats.dtype)
+    gx = torch.empty((N, D_FEAT), device=feats.device, dtype=acc)
+    gmu = torch.zeros((C, D_FEAT), device=feats.device, dtype=acc)
+    if N == 0 or D_FEAT == 0:
+        return gx.zero_().to(feats.dtype), gmu.to(centers.dtype)
+    dp = _pow2(top_d)
+    bm = _block_m(dp, N, acc)
+    if interpreted():
+        meta, launch = dict(BLOCK_D=64, BLOCK_L=64), {}
+    else:
+        meta, launch = dict(BLOCK_D=64, BLOCK_L=32), dict(num_warps=4)
+    _soft_bwd_kernel[(triton.cdiv(N, bm),)](
+        grad.to(acc).contiguous(), out.contiguous(), idx.contiguous(), feats, centers,
+        center_classes.to(torch.int64).contiguous(), gx, gmu, N, D_FEAT, out.shape[1], top_d, 0.5 / variance,
+        feats.stride(0), feats.stride(1), centers.stride(0), centers.stride(1),
+        ACC=tl_dtype(acc), BLOCK_M=bm, DP=dp, **meta, **launch)
+    return gx.to(feats.dtype), gmu.to(centers.dtype)
