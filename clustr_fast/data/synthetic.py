@@ -34,7 +34,7 @@ CIFAR_SHAPES = {  # name: (train size, test size, classes)
 
 def _random_images(n, num_classes, gen, name):
     """Class-dependent colour offset plus noise, in [0, 1]: learnable, not meaningful."""
-    y = torch.randint(0, num_classes, (n,), generator=gen)
+    y = (torch.arange(n) % num_classes)[torch.randperm(n, generator=gen)]   # balanced classes
     palette = torch.rand(num_classes, 3, 1, 1, generator=gen)
     x = torch.empty(n, 3, 32, 32)
     for s in range(0, n, 8192):  # chunks keep the peak memory at one copy of x
@@ -43,9 +43,12 @@ def _random_images(n, num_classes, gen, name):
     return ArrayDataset(x, y, num_classes, name)
 
 
-def random_images(like: str = "cifar10", seed: int = 0):
-    """Synthetic ``(train, test)`` with the sizes and shapes of ``like`` (32x32 RGB)."""
-    n_train, n_test, classes = CIFAR_SHAPES[like]
+def random_images(like: str = "cifar10", seed: int = 0, n_train: int | None = None, n_test: int | None = None):
+    """Synthetic ``(train, test)`` with the sizes and shapes of ``like`` (32x32 RGB);
+    ``n_train`` / ``n_test`` make smaller sets of the same kind."""
+    full_train, full_test, classes = CIFAR_SHAPES[like]
+    n_train = full_train if n_train is None else min(n_train, full_train)
+    n_test = full_test if n_test is None else min(n_test, full_test)
     gen = torch.Generator().manual_seed(seed)
     name = f"synthetic-{like}"
     return _random_images(n_train, classes, gen, name), _random_images(n_test, classes, gen, name)

@@ -19,8 +19,7 @@ COMMANDS = {
 }
 
 
-class UserError(Exception):
-    """An error the user can fix; printed as one line, exit code 2."""
+from clustr_fast.train.errors import UserError  # noqa: E402  (one class, also under `python -m`)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,255 @@
+"""``fit``: the training run (cross-entropy warm start and/or Magnet phase), with
+per-epoch evaluation, metrics files and resumable checkpoints."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..data import ArrayDataset, load_dataset, random_images
+from ..models import build_model
+from ..nn import SoftClusterHead
+from .ce import ce_epoch, ce_lr
+from .checkpoint import CHECKPOINT_NAME, FORMAT, head_state, read_state, save_atomic
+from .classifier import ClusterClassifier
+from .config import RESUME_FREE, ConfigError, TrainConfig
+from .magnet import magnet_epoch, refresh
+from .metrics import write_metrics
+from .refresh import Clustering, accuracy
+from .sampler import NeighbourhoodSampler
+from .timing import Timer
+
+
+@dataclass
+class TrainResult:
+    """``classifier`` (eval mode), ``history`` (one dict per epoch), ``seconds`` (wall time
+    of this call), ``checkpoint`` (path, or None without ``out_dir``), ``config`` (resolved)."""
+
+    classifier: ClusterClassifier
+    history: list
+    seconds: float
+    checkpoint: str | None
+    config: TrainConfig
+
+
+def _datasets(cfg, train_set, test_set):
+    if train_set is None or test_set is None:
+        if cfg.dry_run:
+            loaded = random_images(cfg.data, cfg.seed, cfg.train_size, cfg.test_size)
+        else:
+            loaded = load_dataset(cfg.data, cfg.data_root, cfg.seed)
+        train_set = train_set if train_set is not None else loaded[0]
+        test_set = test_set if test_set is not None else loaded[1]
+    for name, ds in (("train_set", train_set), ("test_set", test_set)):
+        if not isinstance(ds, ArrayDataset):
+            raise TypeError(f"fit: `{name}` must be a clustr_fast.data.ArrayDataset, got {type(ds).__name__}")
+    if train_set.num_classes != test_set.num_classes:
+        raise ConfigError(f"fit: `train_set` has {train_set.num_classes} classes, `test_set` {test_set.num_classes}")
+    if cfg.train_size is not None:
+        train_set = train_set.subset(cfg.train_size, cfg.seed)
+    if cfg.test_size is not None:
+        test_set = test_set.subset(cfg.test_size, cfg.seed)
+    if len(train_set) < 2 or len(test_set) < 1:
+        raise ConfigError(f"fit: need >= 2 training and >= 1 test examples, got {len(train_set)} and {len(test_set)}")
+    return train_set, test_set
+
+
+def _model_spec(cfg, train):
+    """Model name, classes and constructor keywords (input size, normalisation from ``train``)."""
+    x, name = train.x, cfg.model
+    if name == "mlp":
+        if x.dim() != 2:
+            raise ConfigError(f"fit: model 'mlp' takes [N, D] points; {train.name} has shape {tuple(x.shape[1:])}")
+        mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+        kw = {"in_dim": int(x.shape[1])}
+    else:
+        need = (8, 8) if name == "cnn" else None
+        if x.dim() != 4 or (need and tuple(x.shape[2:]) != need):
+            want = "[N, C, 8, 8] images" if need else "[N, C, H, W] images"
+            raise ConfigError(f"fit: model {name!r} takes {want}; {train.name} has shape {tuple(x.shape[1:])}")
+        mean = x.mean((0, 2, 3))
+        std = x.transpose(0, 1).reshape(x.shape[1], -1).std(1).clamp_min(1e-6)
+        kw = {"in_channels": int(x.shape[1])}
+    kw.update(mean=[float(v) for v in mean], std=[float(v) for v in std])
+    return {"name": name, "num_classes": int(train.num_classes), "kwargs": kw}
+
+
+def _schedule(cfg):
+    phases = []
+    if cfg.method in ("ce", "clustr", "clustr-qtrades"):
+        phases += [("ce", e) for e in range(1, cfg.epochs_ce + 1)]
+    if cfg.method != "ce":
+        phases += [("magnet", e) for e in range(1, cfg.epochs_magnet + 1)]
+    return phases
+
+
+def _check_clusters(cfg, train, num_classes):
+    if cfg.method == "ce":
+        return
+    counts = torch.bincount(train.y, minlength=num_classes)
+    if int(counts.min()) < cfg.k:
+        c = int(counts.argmin())
+        raise ConfigError(f"fit: class {c} has {int(counts[c])} training examples, fewer than `k`={cfg.k}")
+    if cfg.top_d is not None and cfg.top_d > cfg.k * num_classes:
+        raise ConfigError(f"fit: `top_d`={cfg.top_d} exceeds the {cfg.k * num_classes} cluster centers")
+
+
+def _resume_state(cfg, path, spec, n_train):
+    if path is None or not cfg.resume or not os.path.exists(path):
+        return None
+    try:
+        state = read_state(path)
+    except ValueError as exc:
+        raise ConfigError(f"fit: cannot resume from {path}: {exc}; use another `out_dir` or resume=False") from None
+    old, new = state["config"], cfg.to_dict()
+    diff = [k for k in new if k not in RESUME_FREE and old.get(k) != new[k]]
+    if diff or state["model"] != spec or state.get("num_train") != n_train:
+        what = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in diff) or "model or data set"
+        raise ConfigError(f"fit: {path} holds a run with another configuration ({what}); "
+                         "use another `out_dir` or resume=False")
+    return state
+
+
+def _head(clustering, num_classes, top_d):
+    return SoftClusterHead(clustering.centers, clustering.center_classes, num_classes,
+                           float(clustering.variance), top_d=top_d)
+
+
+def fit(config: TrainConfig, train_set: ArrayDataset | None = None, test_set: ArrayDataset | None = None,
+        *, callback=None) -> TrainResult:
+    """Train ``config.method`` and return a :class:`TrainResult`.
+
+    Data come from ``config.data`` unless ``train_set``/``test_set`` are given.
+    With ``config.out_dir``, every epoch ends with an atomic checkpoint
+    (``out_dir/checkpoint.pt``) and rewritten ``metrics.jsonl``/``metrics.csv``; a
+    later call with the same config resumes after the last finished epoch (an
+    interrupted epoch is redone from its start). ``callback(record)`` is called
+    after each epoch's record is saved.
+    """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"fit: `config` must be a TrainConfig, got {type(config).__name__}")
+    t0 = time.perf_counter()
+    cfg = config.resolved()
+    device = torch.device(cfg.device)
+    train, test = _datasets(cfg, train_set, test_set)
+    num_classes = train.num_classes
+    _check_clusters(cfg, train, num_classes)
+    spec = _model_spec(cfg, train)
+    path = os.path.join(cfg.out_dir, CHECKPOINT_NAME) if cfg.out_dir else None
+    state = _resume_state(cfg, path, spec, len(train))
+
+    torch.manual_seed(cfg.seed)
+    net = build_model(spec["name"], spec["num_classes"], **spec["kwargs"]).to(device)
+    classifier = ClusterClassifier(net, None, cfg.method, num_classes)
+    cpu_gen = torch.Generator().manual_seed(cfg.seed)
+    dev_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    schedule = _schedule(cfg)
+    sampler = NeighbourhoodSampler(len(train), cfg.m, cfg.d, cpu_gen) if cfg.method != "ce" else None
+    qtrades = ({"lambda": cfg.qtrades_lambda, "eps": cfg.qtrades_eps, "step": cfg.qtrades_step}
+               if cfg.method == "clustr-qtrades" else None)
+    history, done, clustering, opt_state = [], 0, None, None
+    if state is not None:
+        net.load_state_dict(state["net"])
+        cpu_gen.set_state(state["generators"]["cpu"])
+        dev_gen.set_state(state["generators"]["device"])
+        history, done, opt_state = list(state["history"]), int(state["epochs_done"]), state["optimizer"]
+        if state["clustering"] is not None:
+            clustering = Clustering.from_state(state["clustering"], device)
+            sampler.set_clusters(clustering.assign, clustering.centers, clustering.center_classes)
+            classifier.head = _head(clustering, num_classes, cfg.top_d).to(device)
+        if sampler is not None and state["sampler"] is not None:
+            sampler.load_state_dict(state["sampler"])
+
+    optimizer, phase_now = None, None
+    for global_epoch, (phase, epoch) in enumerate(schedule, 1):
+        if global_epoch <= done:
+            continue
+        if phase != phase_now:
+            lr = cfg.lr_ce if phase == "ce" else cfg.lr
+            optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+            if opt_state is not None and schedule[done - 1][0] == phase:
+                optimizer.load_state_dict(opt_state)
+            opt_state, phase_now = None, phase
+        timer = Timer(device)
+        desc = f"{phase} {epoch}/{cfg.epochs_ce if phase == 'ce' else cfg.epochs_magnet}"
+        with timer("epoch"):
+            if phase == "ce":
+                lr = ce_lr(cfg.lr_ce, epoch - 1, cfg.epochs_ce)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with timer("train"):
+                    stats = ce_epoch(net, optimizer, train, batch_size=cfg.batch_size, device=device,
+                                     generator=cpu_gen, augment=cfg.augment, max_steps=cfg.max_steps,
+                                     progress=cfg.progress, desc=desc)
+            else:
+                lr = cfg.lr
+                refresh_kw = dict(k=cfg.k, iters=cfg.kmeans_iters, alpha=cfg.alpha, device=device, generator=dev_gen, timer=timer)
+                start_loss = None
+                if clustering is None:
+                    clustering = refresh(net, train, sampler, **refresh_kw)
+                    start_loss = clustering.loss
+                with timer("train"):
+                    stats = magnet_epoch(net, optimizer, train, sampler, alpha=cfg.alpha, device=device,
+                                         cpu_gen=cpu_gen, dev_gen=dev_gen, timer=timer, augment=cfg.augment,
+                                         qtrades=qtrades, max_steps=cfg.max_steps, progress=cfg.progress,
+                                         desc=desc)
+                clustering = refresh(net, train, sampler, **refresh_kw)
+                classifier.head = _head(clustering, num_classes, cfg.top_d).to(device)
+            with timer("eval"):
+                test_acc = accuracy(classifier, test.x, test.y, device)
+        record = _record(phase, epoch, global_epoch, lr, stats, test_acc, timer.seconds, clustering)
+        if phase == "magnet":
+            record["full_loss"] = clustering.loss
+            if start_loss is not None:
+                record["full_loss_start"] = start_loss
+        history.append(record)
+        done = global_epoch
+        if path is not None:
+            _save(path, cfg, spec, net, optimizer, cpu_gen, dev_gen, sampler, clustering, history, done,
+                  len(schedule), len(train))
+            write_metrics(history, cfg.out_dir)
+        if callback is not None:
+            callback(record)
+
+    if cfg.method != "ce" and clustering is None:      # no Magnet epoch: cluster the warm-start features
+        clustering = refresh(net, train, sampler, k=cfg.k, iters=cfg.kmeans_iters, alpha=cfg.alpha, device=device,
+                             generator=dev_gen, timer=Timer(device))
+        classifier.head = _head(clustering, num_classes, cfg.top_d).to(device)
+        if path is not None:
+            _save(path, cfg, spec, net, optimizer, cpu_gen, dev_gen, sampler, clustering, history, done,
+                  len(schedule), len(train))
+    return TrainResult(classifier.eval(), history, time.perf_counter() - t0, path, cfg)
+
+
+def _record(phase, epoch, global_epoch, lr, stats, test_acc, sec, clustering):
+    r = {"phase": phase, "epoch": epoch, "global_epoch": global_epoch, "lr": lr, **stats, "test_acc": test_acc,
+         "epoch_s": sec["epoch"], "train_s": sec["train"], "eval_s": sec["eval"]}
+    if stats["steps"]:
+        r["step_s"] = sec["train"] / stats["steps"]
+    if phase == "magnet":
+        r.update(loss_s=sec["loss"], embed_s=sec["embed"], kmeans_s=sec["kmeans"], monitor_s=sec["monitor"],
+                 variance=float(clustering.variance))
+        phase_s = sec["train"] + sec["embed"] + sec["kmeans"]
+        r["cluster_frac"] = (sec["kmeans"] + sec["loss"]) / phase_s if phase_s > 0 else 0.0
+    if stats["steps"] < stats["planned_steps"] and stats["steps"]:
+        full = r["step_s"] * stats["planned_steps"]
+        r["full_epoch_s_est"] = full + (sec["embed"] + sec["kmeans"] if phase == "magnet" else 0.0)
+    return r
+
+
+def _save(path, cfg, spec, net, optimizer, cpu_gen, dev_gen, sampler, clustering, history, done, total, n_train):
+    state = {
+        "format": FORMAT, "config": cfg.to_dict(), "model": spec, "num_train": n_train,
+        "net": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "generators": {"cpu": cpu_gen.get_state(), "device": dev_gen.get_state()},
+        "sampler": sampler.state_dict() if sampler is not None else None,
+        "clustering": clustering.to_state() if clustering is not None else None,
+        **head_state(clustering, cfg.k, cfg.top_d),
+        "epochs_done": done, "epochs_total": total, "finished": done == total and (
+            cfg.method == "ce" or clustering is not None),
+        "history": history,
+    }
+    save_atomic(state, path)
