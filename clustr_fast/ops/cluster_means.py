@@ -1,7 +1,10 @@
-"""Public entry points for cluster_means, cluster_variance.
+"""Public entry points for cluster_means, cluster_variance (plain PyTorch).
 
-Reference backend only for now: the fused kernels (custom ops with
-register_fake/register_autograd, dispatched by clustr_fast._backend) replace
-these calls as they land. Inputs are validated by the reference.
+    means[m] = sum_{i: ids_i = m} f_i / max(count_m, 1)        sigma^2 = sum_i ||f_i - mu_{a_i}||^2 / (N - 1)
+
+Both are one scatter-add or one gathered difference plus a reduction: memory-bound
+work that ATen already does in a single pass, so they stay on the reference
+implementation (which also validates the inputs). The Magnet loss composes them with
+its fused kernel and lets autograd carry their gradients.
 """
 from ..reference import cluster_means, cluster_variance  # noqa: F401

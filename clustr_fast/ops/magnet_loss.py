@@ -31,9 +31,9 @@ import torch
 from torch import Tensor
 
 from .._validate import acc_dtype, check_magnet_loss, check_magnet_loss_batch
-from ..reference.cluster_means import _cluster_means, _cluster_variance
+from ..reference.cluster_means import _cluster_variance
 from ..reference.pairwise_sqdist import _sqdist
-from ._dispatch import extension_kernel, reference_vjp, run, triton_kernel
+from ._dispatch import extension_kernel, run, triton_kernel
 
 _OP = "magnet_loss"
 
@@ -92,12 +92,24 @@ def _reference_fwd(feats, centers, assign, classes, valid, var, alpha, eps):
 
 
 def _reference_bwd(grad, feats, centers, assign, classes, valid, var, loss, stats, alpha, eps):
+    """Plain-PyTorch backward with the full [N, C] matrix P (see the module docstring)."""
     acc = acc_dtype(feats.dtype)
-
-    def rows(f, mu, v):
-        return reference_rows(f.to(acc), mu.to(acc), assign, classes, valid, v.to(acc), alpha, eps)[0]
-
-    return reference_vjp(rows, (feats, centers, var), grad)
+    f, mu, v = feats.to(acc), centers.to(acc), var.to(acc)
+    s = 0.5 / v
+    g_a, g_l = row_coefficients(grad.to(acc), loss.to(acc), stats.to(acc), s, float(alpha), float(eps))
+    a = assign.long()
+    imp = classes[None, :] != classes[a][:, None]
+    if valid is not None:
+        imp = imp & valid[None, :]
+    lse = stats[1].to(acc)
+    lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+    z = torch.where(imp, -s * _sqdist(f, mu) - lse[:, None], torch.full_like(imp, float("-inf"), dtype=acc))
+    p = (-s * g_l)[:, None] * torch.exp(z)
+    p = p.index_put((torch.arange(f.shape[0], device=f.device), a), -s * g_a, accumulate=True)
+    grad_f = 2.0 * (p.sum(1, keepdim=True) * f - p @ mu)
+    grad_mu = -2.0 * (p.t() @ f - p.sum(0)[:, None] * mu)
+    grad_var = 2.0 * s * s * (g_a * stats[0].to(acc) + g_l * stats[2].to(acc)).sum()
+    return grad_f, grad_mu, grad_var
 
 
 _FWD = {
@@ -175,6 +187,14 @@ def _variance_tensor(variance, like):
     return torch.tensor(float(variance), device=like.device, dtype=like.dtype)
 
 
+def _batch_means(f, ids, m):
+    """(means [M, d], counts [M]) of ``f`` by ``ids``, with static shapes (no bincount)."""
+    ids = ids.long()
+    sums = f.new_zeros(m, f.shape[1]).index_add(0, ids, f)
+    counts = f.new_zeros(m).index_add_(0, ids, torch.ones_like(ids, dtype=f.dtype))
+    return sums / counts.clamp_min(1)[:, None], counts
+
+
 def _reduce(loss, reduction):
     if reduction == "mean":
         return loss.mean()
@@ -191,8 +211,10 @@ def magnet_loss(feats, centers, assign, center_classes, *, alpha=1.0, variance=N
     ``cluster_variance(feats, centers, assign)`` and gradients flow through it; a given
     variance is a constant. ``reduction``: "mean", "sum" or "none" ([N]).
     Returns the accumulation dtype; differentiable in ``feats`` and ``centers``.
+    Under ``torch.compile`` the input checks (which read id values back) are skipped.
     """
-    check_magnet_loss(feats, centers, assign, center_classes, alpha, variance, eps, reduction)
+    if not torch.compiler.is_compiling():  # the id-range checks read values back
+        check_magnet_loss(feats, centers, assign, center_classes, alpha, variance, eps, reduction)
     acc = acc_dtype(feats.dtype)
     if variance is None:
         var = _cluster_variance(feats.to(acc), centers.to(acc), assign)
@@ -211,9 +233,10 @@ def magnet_loss_batch(feats, cluster_ids, cluster_classes, *, alpha=1.0, varianc
     (gradients flow through the means and, with ``variance=None``, through sigma^2);
     a cluster without samples in the batch is no impostor of anyone.
     """
-    check_magnet_loss_batch(feats, cluster_ids, cluster_classes, alpha, variance, eps, reduction)
+    if not torch.compiler.is_compiling():
+        check_magnet_loss_batch(feats, cluster_ids, cluster_classes, alpha, variance, eps, reduction)
     f = feats.to(acc_dtype(feats.dtype))
-    mu, counts = _cluster_means(f, cluster_ids, cluster_classes.shape[0])
+    mu, counts = _batch_means(f, cluster_ids, cluster_classes.shape[0])
     if variance is None:
         var = _cluster_variance(f, mu, cluster_ids)
     else:

@@ -1,0 +1,354 @@
+// Magnet loss on the CPU, fused per block of rows.
+//   s = 1/(2 var), own_i = ||f_i - mu_{a_i}||^2, z_ik = -s d_ik on impostors (class differs,
+//   center valid), L_i = logsumexp_k z_ik, E_i = sum_k softmax(z_i)_k d_ik, A_i = -s own_i - alpha
+//   eps > 0: loss_i = relu(-logaddexp(A_i - logaddexp(L_i, log eps), log eps))
+//   eps = 0: loss_i = relu(L_i - A_i) (0 without impostor)
+// Forward: per block of rows one GEMM gives f.mu, the row then turns its distances into
+// z, max, sum of exp and E while the block is in cache. Writes loss [N], stats [3,N] = (own, L, E).
+// Backward: per block the distances are recomputed and turned into P = d(loss)/d(dist)
+//   P_ik = -s gL_i exp(z_ik - L_i) (impostors), P_{i,a_i} = -s gA_i,
+// then grad_f = 2 (rowsum(P) f - P mu) and grad_mu = -2 (P^T f - colsum(P) mu) (per-thread sums);
+// grad_var = 2 s^2 sum_i (gA_i own_i + gL_i E_i). Only a [rows, C] block per thread is held.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <vector>
+
+#include "common.h"
+
+namespace clustr_fast {
+namespace {
+
+constexpr int64_t kBlockRows = 64;
+constexpr int64_t kSerialWork = int64_t(1) << 22;  // below ~4M multiply-adds a call runs on one thread
+
+// Blocks of rows per parallel task, so that small problems (the ClusTR batch) stay serial.
+inline int64_t block_grain(int64_t C, int64_t D) {
+  return std::max<int64_t>(1, kSerialWork / std::max<int64_t>(1, kBlockRows * C * (D + 8)));
+}
+
+// exp for x <= ~88 with ~1 ulp error, written so that simd loops vectorise it (Cephes expf).
+inline float exp_fast(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  x = x > 88.0f ? 88.0f : x;
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
+  float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float y = 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  return y * std::bit_cast<float>(bits);
+}
+inline double exp_fast(double x) { return std::exp(x); }
+
+template <typename T>
+inline T logaddexp(T x, T y) {
+  const T hi = x > y ? x : y, lo = x > y ? y : x;
+  return hi + std::log1p(std::exp(lo - hi));
+}
+
+template <typename T>
+inline T sigmoid(T t) {
+  return t >= T(0) ? T(1) / (T(1) + std::exp(-t)) : std::exp(t) / (T(1) + std::exp(t));
+}
+
+// Per-row loss from A, L (has = L > -inf).
+template <typename T>
+inline T row_loss(T a, T lse, bool has, bool use_eps, T log_eps) {
+  if (use_eps) {
+    const T b = has ? logaddexp(lse, log_eps) : log_eps;
+    const T u = -logaddexp(a - b, log_eps);
+    return u > T(0) ? u : T(0);
+  }
+  if (!has) return T(0);
+  const T u = lse - a;
+  return u > T(0) ? u : T(0);
+}
+
+// (gA, gL): derivatives of g * loss_i in A_i and L_i.
+template <typename T>
+inline void row_coefficients(T g, T loss, T own, T lse, T s, T alpha, bool use_eps, T log_eps,
+                             T& ga, T& gl) {
+  const bool has = lse > -std::numeric_limits<T>::infinity();
+  const T gate = loss > T(0) ? g : T(0);
+  if (use_eps) {
+    const T b = has ? logaddexp(lse, log_eps) : log_eps;
+    const T sig = sigmoid(-s * own - alpha - b - log_eps);
+    const T tau = has ? sigmoid(lse - log_eps) : T(0);
+    ga = -gate * sig;
+    gl = gate * sig * tau;
+  } else {
+    ga = has ? -gate : T(0);
+    gl = has ? gate : T(0);
+  }
+}
+
+struct Inputs {
+  // x, c, cn, cls, valid in the accumulation dtype (classes renumbered 0..C-1, exact in float);
+  // assign int64. Same-typed arrays let the per-center loops vectorise.
+  at::Tensor x, c, cn, assign, cls, valid;
+  int64_t N, C, D;
+};
+
+Inputs prepare(const at::Tensor& feats, const at::Tensor& centers, const at::Tensor& assign,
+               const at::Tensor& classes, const std::optional<at::Tensor>& valid) {
+  check_matrix(feats, "feats");
+  check_matrix(centers, "centers");
+  TORCH_CHECK(feats.size(1) == centers.size(1), "feats and centers must have the same number of columns");
+  TORCH_CHECK(assign.dim() == 1 && assign.size(0) == feats.size(0), "assign must have shape [N]");
+  TORCH_CHECK(classes.dim() == 1 && classes.size(0) == centers.size(0), "classes must have shape [C]");
+  const auto acc = acc_type(feats.scalar_type());
+  Inputs in;
+  in.x = feats.detach().to(acc).contiguous();
+  in.c = centers.detach().to(acc).contiguous();
+  in.cn = in.c.square().sum(1).contiguous();
+  in.assign = assign.detach().to(at::kLong).contiguous();
+  in.cls = std::get<1>(at::_unique(classes.detach(), /*sorted=*/true, /*return_inverse=*/true))
+               .to(acc).contiguous();
+  if (valid.has_value()) {
+    TORCH_CHECK(valid->dim() == 1 && valid->size(0) == centers.size(0), "valid must have shape [C]");
+    in.valid = valid->detach().to(acc).contiguous();
+  } else {
+    in.valid = at::ones({centers.size(0)}, in.cls.options());
+  }
+  in.N = in.x.size(0);
+  in.C = in.c.size(0);
+  in.D = in.x.size(1);
+  return in;
+}
+
+// z[k] = -s max(xn + cn[k] - 2 dot[k], 0) on impostors, -inf elsewhere (in place over dot).
+template <typename T>
+inline void impostor_logits(T* row, const T* cn, const T* cls, const T* valid, T ci,
+                            T xn, T s, int64_t C) {
+  const T ninf = -std::numeric_limits<T>::infinity();
+#pragma omp simd
+  for (int64_t k = 0; k < C; ++k) {
+    const T z = -s * std::max(xn + cn[k] - T(2) * row[k], T(0));
+    const T keep = (cls[k] != ci) & (valid[k] != T(0)) ? T(0) : ninf;
+    row[k] = z + keep;
+  }
+}
+
+template <typename T>
+inline T squared_norm(const T* v, int64_t D) {
+  T acc = T(0);
+#pragma omp simd reduction(+ : acc)
+  for (int64_t j = 0; j < D; ++j) acc += v[j] * v[j];
+  return acc;
+}
+
+template <typename T>
+inline T squared_distance(const T* u, const T* v, int64_t D) {
+  T acc = T(0);
+#pragma omp simd reduction(+ : acc)
+  for (int64_t j = 0; j < D; ++j) {
+    const T t = u[j] - v[j];
+    acc += t * t;
+  }
+  return acc;
+}
+
+template <typename T>
+void forward_rows(const Inputs& in, T s, T alpha, bool use_eps, T log_eps, at::Tensor& loss,
+                  at::Tensor& stats) {
+  const int64_t N = in.N, C = in.C, D = in.D;
+  const T* x = in.x.data_ptr<T>();
+  const T* c = in.c.data_ptr<T>();
+  const T* cn = in.cn.data_ptr<T>();
+  const int64_t* a = in.assign.data_ptr<int64_t>();
+  const T* cls = in.cls.data_ptr<T>();
+  const T* valid = in.valid.data_ptr<T>();
+  T* lp = loss.data_ptr<T>();
+  T* own_p = stats.data_ptr<T>();
+  T* lse_p = own_p + N;
+  T* e_p = own_p + 2 * N;
+  const at::Tensor ct = in.c.t();
+  const T ninf = -std::numeric_limits<T>::infinity();
+  at::parallel_for(0, (N + kBlockRows - 1) / kBlockRows, block_grain(C, D), [&](int64_t b0, int64_t b1) {
+    at::Tensor buf = at::empty({kBlockRows, C}, in.x.options());
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t r0 = b * kBlockRows, r1 = std::min(N, r0 + kBlockRows);
+      at::Tensor blk = buf.narrow(0, 0, r1 - r0);
+      at::mm_out(blk, in.x.narrow(0, r0, r1 - r0), ct);
+      T* bp = blk.data_ptr<T>();
+      for (int64_t i = r0; i < r1; ++i) {
+        const T* xi = x + i * D;
+        T* z = bp + (i - r0) * C;
+        const T own = squared_distance(xi, c + a[i] * D, D);
+        impostor_logits(z, cn, cls, valid, cls[a[i]], squared_norm(xi, D), s, C);
+        T m = ninf;
+#pragma omp simd reduction(max : m)
+        for (int64_t k = 0; k < C; ++k) m = z[k] > m ? z[k] : m;
+        const bool has = m > ninf;
+        T l = T(0), e = T(0);
+        if (has) {
+#pragma omp simd reduction(+ : l, e)
+          for (int64_t k = 0; k < C; ++k) {
+            const T ez = exp_fast(z[k] - m);
+            const T p = z[k] > ninf ? ez : T(0);
+            l += p;
+            e += z[k] > ninf ? p * z[k] : T(0);
+          }
+        }
+        const T lse = has ? m + std::log(l) : ninf;
+        own_p[i] = own;
+        lse_p[i] = lse;
+        e_p[i] = has ? -(e / l) / s : T(0);
+        lp[i] = row_loss(-s * own - alpha, has ? lse : T(0), has, use_eps, log_eps);
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> magnet_loss_fwd_cpu(const at::Tensor& feats, const at::Tensor& centers,
+                                                       const at::Tensor& assign, const at::Tensor& classes,
+                                                       const std::optional<at::Tensor>& valid,
+                                                       const at::Tensor& var, double alpha, double eps) {
+  const Inputs in = prepare(feats, centers, assign, classes, valid);
+  const auto opts = in.x.options();
+  at::Tensor loss = at::empty({in.N}, opts);
+  at::Tensor stats = at::empty({3, in.N}, opts);
+  if (in.N == 0) return {loss, stats};
+  const double s = 0.5 / var.detach().item<double>();
+  const bool use_eps = eps > 0;
+  const double log_eps = use_eps ? std::log(eps) : 0.0;
+  AT_DISPATCH_FLOATING_TYPES(in.x.scalar_type(), "magnet_loss_fwd_cpu", [&] {
+    forward_rows<scalar_t>(in, scalar_t(s), scalar_t(alpha), use_eps, scalar_t(log_eps), loss, stats);
+  });
+  return {loss, stats};
+}
+
+// P for one block of rows, in place over the f.mu block; returns nothing, fills rowsum.
+template <typename T>
+inline void gradient_block(const Inputs& in, T* bp, int64_t r0, int64_t r1, T s, const T* coef_a,
+                           const T* coef_l, const T* lse, T* rowsum) {
+  const int64_t C = in.C, D = in.D;
+  const T* x = in.x.data_ptr<T>();
+  const T* cn = in.cn.data_ptr<T>();
+  const int64_t* a = in.assign.data_ptr<int64_t>();
+  const T* cls = in.cls.data_ptr<T>();
+  const T* valid = in.valid.data_ptr<T>();
+  const T ninf = -std::numeric_limits<T>::infinity();
+  for (int64_t i = r0; i < r1; ++i) {
+    T* p = bp + (i - r0) * C;
+    impostor_logits(p, cn, cls, valid, cls[a[i]], squared_norm(x + i * D, D), s, C);
+    const T cl = coef_l[i];
+    const T li = lse[i] > ninf ? lse[i] : T(0);
+    T sum = T(0);
+#pragma omp simd reduction(+ : sum)
+    for (int64_t k = 0; k < C; ++k) {
+      const T ez = exp_fast(p[k] - li);
+      const T v = p[k] > ninf ? cl * ez : T(0);
+      p[k] = v;
+      sum += v;
+    }
+    p[a[i]] += coef_a[i];
+    rowsum[i - r0] = sum + coef_a[i];
+  }
+}
+
+template <typename T>
+void backward_rows(const Inputs& in, T s, const T* coef_a, const T* coef_l, const T* lse,
+                   at::Tensor& grad_f, at::Tensor& grad_mu) {
+  const int64_t N = in.N, C = in.C, D = in.D;
+  const int64_t nblocks = (N + kBlockRows - 1) / kBlockRows;
+  const int64_t T_ = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), nblocks / block_grain(C, D)));
+  at::Tensor acc_mu = at::zeros({T_, C, D}, in.x.options());   // per-thread sum of P^T f
+  at::Tensor acc_col = at::zeros({T_, C}, in.x.options());     // per-thread colsum(P)
+  const T* x = in.x.data_ptr<T>();
+  T* gf = grad_f.data_ptr<T>();
+  // Static split: task t owns a contiguous range of blocks and its own accumulators.
+  at::parallel_for(0, T_, 1, [&](int64_t t0, int64_t t1) {
+    at::Tensor buf = at::empty({kBlockRows, C}, in.x.options());
+    std::vector<T> rowsum(kBlockRows);
+    for (int64_t t = t0; t < t1; ++t) {
+      at::Tensor my_mu = acc_mu[t];
+      T* my_col = acc_col[t].data_ptr<T>();
+      const int64_t bb0 = nblocks * t / T_, bb1 = nblocks * (t + 1) / T_;
+      for (int64_t b = bb0; b < bb1; ++b) {
+        const int64_t r0 = b * kBlockRows, r1 = std::min(N, r0 + kBlockRows), R = r1 - r0;
+        at::Tensor blk = buf.narrow(0, 0, R);
+        const at::Tensor xb = in.x.narrow(0, r0, R);
+        at::mm_out(blk, xb, in.c.t());
+        T* bp = blk.data_ptr<T>();
+        gradient_block(in, bp, r0, r1, s, coef_a, coef_l, lse, rowsum.data());
+        at::Tensor gfb = grad_f.narrow(0, r0, R);
+        at::mm_out(gfb, blk, in.c);  // P mu
+        for (int64_t i = 0; i < R; ++i) {
+          T* g = gf + (r0 + i) * D;
+          const T* xi = x + (r0 + i) * D;
+          const T rs = rowsum[i];
+#pragma omp simd
+          for (int64_t j = 0; j < D; ++j) g[j] = T(2) * (rs * xi[j] - g[j]);
+          const T* prow = bp + i * C;
+#pragma omp simd
+          for (int64_t k = 0; k < C; ++k) my_col[k] += prow[k];
+        }
+        my_mu.addmm_(blk.t(), xb);  // P^T f
+      }
+    }
+  });
+  // grad_mu = 2 colsum(P) mu - 2 P^T f
+  grad_mu.copy_(in.c * acc_col.sum(0).unsqueeze(1) - acc_mu.sum(0));
+  grad_mu.mul_(2);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> magnet_loss_bwd_cpu(
+    const at::Tensor& grad, const at::Tensor& feats, const at::Tensor& centers, const at::Tensor& assign,
+    const at::Tensor& classes, const std::optional<at::Tensor>& valid, const at::Tensor& var,
+    const at::Tensor& loss, const at::Tensor& stats, double alpha, double eps) {
+  const Inputs in = prepare(feats, centers, assign, classes, valid);
+  const auto opts = in.x.options();
+  const int64_t N = in.N;
+  at::Tensor grad_f = at::empty({N, in.D}, opts);
+  at::Tensor grad_mu = at::zeros({in.C, in.D}, opts);
+  at::Tensor grad_var = at::zeros({}, opts);
+  if (N == 0) return {grad_f.to(feats.scalar_type()), grad_mu.to(centers.scalar_type()), grad_var};
+  const double s = 0.5 / var.detach().item<double>();
+  const bool use_eps = eps > 0;
+  const double log_eps = use_eps ? std::log(eps) : 0.0;
+  const at::Tensor g = grad.detach().to(opts.dtype()).contiguous();
+  const at::Tensor l = loss.detach().to(opts.dtype()).contiguous();
+  const at::Tensor st = stats.detach().to(opts.dtype()).contiguous();
+  AT_DISPATCH_FLOATING_TYPES(in.x.scalar_type(), "magnet_loss_bwd_cpu", [&] {
+    using T = scalar_t;
+    std::vector<T> coef_a(N), coef_l(N);
+    const T* gp = g.data_ptr<T>();
+    const T* lp = l.data_ptr<T>();
+    const T* own = st.data_ptr<T>();
+    const T* lse = own + N;
+    const T* ex = own + 2 * N;
+    const T ts = T(s);
+    double gs = 0.0;  // sum_i gA own + gL E
+    for (int64_t i = 0; i < N; ++i) {
+      T ga, gl;
+      row_coefficients(gp[i], lp[i], own[i], lse[i], ts, T(alpha), use_eps, T(log_eps), ga, gl);
+      coef_a[i] = -ts * ga;
+      coef_l[i] = -ts * gl;
+      gs += double(ga) * double(own[i]) + double(gl) * double(ex[i]);
+    }
+    grad_var.fill_(2.0 * s * s * gs);
+    backward_rows<T>(in, ts, coef_a.data(), coef_l.data(), lse, grad_f, grad_mu);
+  });
+  return {grad_f.to(feats.scalar_type()), grad_mu.to(centers.scalar_type()), grad_var.to(var.scalar_type())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(clustr_fast_C, CPU, m) {
+  m.impl("magnet_loss_fwd", &magnet_loss_fwd_cpu);
+  m.impl("magnet_loss_bwd", &magnet_loss_bwd_cpu);
+}
+
+}  // namespace clustr_fast
