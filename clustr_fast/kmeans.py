@@ -1,77 +1,146 @@
 """KMeans estimator and the per-group (per-class) k-means refresh of ClusTR.
 
-Python loops over the k-means ops (kmeans_plusplus, kmeans_assign, kmeans_update).
+Both run Lloyd's algorithm on the fused ops of :mod:`clustr_fast.ops.kmeans`:
+k-means++ seeding, then per iteration one assignment and one update launch
+(for all groups together in :func:`kmeans_per_group`), and one host sync for
+the stopping test. Stopping follows scikit-learn: labels unchanged, or the total
+squared center shift at most ``tol * mean(var(x, 0))``.
 """
 from __future__ import annotations
 
 import torch
 
-from .ops.kmeans import kmeans_assign, kmeans_plusplus, kmeans_update
+from . import _backend
+from ._validate import acc_dtype, check_finite, check_float, check_ids, check_int, check_matrix, check_real
+from .ops.kmeans import kmeans_assign_op, kmeans_update_op, plusplus_segments
 
 
-def _lloyd(x, centers, max_iter, tol):
-    prev_inertia = None
-    labels, d = kmeans_assign(x, centers)
+def _tolerance(x: torch.Tensor, tol: float) -> float:
+    """scikit-learn's absolute tolerance: ``tol`` times the mean per-feature variance of ``x``."""
+    if x.shape[0] < 2 or tol == 0:
+        return 0.0
+    return float(x.var(0, unbiased=False).mean()) * tol
+
+
+def _lloyd(x, centers, max_iter, tol, *, groups=None, group_k=0, precision=0):
+    """Lloyd iterations from ``centers``; returns (centers, labels, inertia, n_iter)."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    labels, d = kmeans_assign_op(x, centers, precision, groups, group_k)
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
-        new_centers, _ = kmeans_update(x, labels, centers.shape[0], prev_centers=centers)
-        shift = (new_centers - centers).square().sum().item()
+        new_centers, _ = kmeans_update_op(x, labels, centers.shape[0], centers, deterministic)
+        shift = (new_centers - centers).square().sum()
         centers = new_centers
-        labels, d = kmeans_assign(x, centers)
-        inertia = d.sum().item()
-        if shift <= tol or (prev_inertia is not None and prev_inertia - inertia <= 0):
+        new_labels, d = kmeans_assign_op(x, centers, precision, groups, group_k)
+        stop = bool(((new_labels != labels).sum() == 0) | (shift <= tol))
+        labels = new_labels
+        if stop:
             break
-        prev_inertia = inertia
-    return centers, labels, d.sum().item(), n_iter
+    return centers, labels, float(d.sum(dtype=torch.float64)), n_iter
+
+
+def _generator(device, seed, generator=None):
+    if generator is not None:
+        return generator
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(seed) if seed is not None else int(torch.seed()))
+    return gen
 
 
 class KMeans:
-    """k-means with k-means++ seeding (scikit-learn names: fit, predict, cluster_centers_...).
+    """k-means with greedy k-means++ seeding, scikit-learn's names and stopping rule.
 
-    Runs on the device of its input; float16/bfloat16 inputs are computed in float32.
+    ``fit(x [N,d])`` sets ``cluster_centers_ [k,d]``, ``labels_ [N]``, ``inertia_`` (sum of squared
+    distances to the nearest center) and ``n_iter_``; the best of ``n_init`` runs is kept. Runs on
+    the device of its input; float16/bfloat16 inputs are computed in float32. ``precision`` is that
+    of :func:`clustr_fast.kmeans_assign`.
     """
 
-    def __init__(self, n_clusters, *, init="k-means++", n_init=1, max_iter=300, tol=1e-4, seed=None):
+    def __init__(self, n_clusters, *, init="k-means++", n_init=1, max_iter=300, tol=1e-4, seed=None,
+                 n_local_trials=None, precision="highest"):
         if init != "k-means++":
             raise ValueError(f"KMeans: `init` must be 'k-means++', got {init!r}")
-        self.n_clusters, self.init, self.n_init = int(n_clusters), init, int(n_init)
-        self.max_iter, self.tol, self.seed = int(max_iter), float(tol), seed
+        self.n_clusters = check_int(n_clusters, "n_clusters", low=1, op="KMeans")
+        self.n_init = check_int(n_init, "n_init", low=1, op="KMeans")
+        self.max_iter = check_int(max_iter, "max_iter", low=1, op="KMeans")
+        self.tol = check_real(tol, "tol", op="KMeans")
+        if self.tol < 0:
+            raise ValueError(f"KMeans: `tol` must be >= 0, got {self.tol}")
+        self.init, self.seed, self.n_local_trials = init, seed, n_local_trials
+        self._precision = _backend.precision_code(precision)
+
+    def _prepare(self, x):
+        x = torch.as_tensor(x)
+        check_matrix(x, "x", op="KMeans")
+        check_float(x, "x", op="KMeans")
+        return x.to(acc_dtype(x.dtype)) if x.dtype in (torch.float16, torch.bfloat16) else x
 
     def fit(self, x):
-        x = torch.as_tensor(x)
-        x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        gen = torch.Generator(device=x.device)
-        gen.manual_seed(self.seed if self.seed is not None else torch.seed())
-        tol = self.tol * x.var(0).mean().item() * x.shape[1] if x.shape[0] > 1 else 0.0
+        x = self._prepare(x)
+        check_finite(x, "x", op="KMeans")
+        if self.n_clusters > x.shape[0]:
+            raise ValueError(f"KMeans: `n_clusters`={self.n_clusters} is larger than the {x.shape[0]} rows of `x`")
+        x = x.contiguous()
+        gen = _generator(x.device, self.seed)
+        tol = _tolerance(x, self.tol)
+        offsets = torch.tensor([0, x.shape[0]], dtype=torch.int64, device=x.device)
         best = None
         for _ in range(self.n_init):
-            centers, _ = kmeans_plusplus(x, self.n_clusters, generator=gen)
-            res = _lloyd(x, centers, self.max_iter, tol)
+            idx = plusplus_segments(x, offsets, self.n_clusters, generator=gen,
+                                    n_local_trials=self.n_local_trials)[0]
+            res = _lloyd(x, x[idx].to(acc_dtype(x.dtype)), self.max_iter, tol, precision=self._precision)
             if best is None or res[2] < best[2]:
                 best = res
         self.cluster_centers_, self.labels_, self.inertia_, self.n_iter_ = best
         return self
 
     def predict(self, x):
-        return kmeans_assign(torch.as_tensor(x).to(self.cluster_centers_.dtype), self.cluster_centers_)[0]
+        x = self._prepare(x).to(self.cluster_centers_.dtype)
+        return kmeans_assign_op(x, self.cluster_centers_, self._precision, None, 0)[0]
 
     def fit_predict(self, x):
         return self.fit(x).labels_
 
 
-def kmeans_per_group(x, groups, k, *, max_iter=20, tol=1e-4, generator=None):
-    """k clusters in each group: returns (labels [N] = group * k + j, centers [G*k, d])."""
+def kmeans_per_group(x, groups, k, *, max_iter=20, tol=1e-4, generator=None, n_local_trials=None,
+                     precision="highest"):
+    """k clusters in each group (class) of ``x [N,d]``, every group in the same launches.
+
+    ``groups [N]`` holds group ids in ``[0, G)``; every group needs at least ``k`` rows. Rows are
+    sorted by group once; seeding runs greedy k-means++ in every group per step, and each Lloyd
+    iteration is one assignment (row i only sees its group's centers) and one update for all groups.
+    Stops when no label changes or the total squared center shift is at most ``tol * mean(var(x, 0))``.
+
+    Returns ``(labels int64 [N] = group * k + j, centers [G*k, d])`` with the centers of group g in
+    rows ``[g*k, (g+1)*k)`` (accumulation dtype: float32 for half inputs).
+    """
+    op = "kmeans_per_group"
+    check_matrix(x, "x", op=op)
+    check_float(x, "x", op=op)
     groups = torch.as_tensor(groups, device=x.device)
-    num_groups = int(groups.max().item()) + 1
-    labels = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
-    centers = []
-    for g in range(num_groups):
-        idx = (groups == g).nonzero().squeeze(1)
-        if idx.numel() < k:
-            raise ValueError(f"kmeans_per_group: group {g} has {idx.numel()} rows, fewer than k={k}")
-        xg = x[idx].float() if x.dtype in (torch.float16, torch.bfloat16) else x[idx]
-        c, _ = kmeans_plusplus(xg, k, generator=generator)
-        c, lab, _, _ = _lloyd(xg, c, max_iter, tol)
-        labels[idx] = lab + g * k
-        centers.append(c)
-    return labels, torch.cat(centers)
+    check_ids(groups, "groups", None, n=x.shape[0], op=op)
+    k = check_int(k, "k", low=1, op=op)
+    max_iter = check_int(max_iter, "max_iter", low=0, op=op)
+    tol = check_real(tol, "tol", op=op)
+    check_finite(x, "x", op=op)
+    if x.shape[0] == 0:
+        raise ValueError(f"{op}: `x` has no rows")
+    if int(groups.min()) < 0:
+        raise ValueError(f"{op}: `groups` must be >= 0, got min {int(groups.min())}")
+    groups = groups.long()
+    sizes = torch.bincount(groups)
+    small = (sizes < k).nonzero()
+    if small.numel():
+        g = int(small[0, 0])
+        raise ValueError(f"{op}: group {g} has {int(sizes[g])} rows, fewer than `k`={k}")
+    order = torch.argsort(groups, stable=True)
+    xs = x.detach()[order].to(acc_dtype(x.dtype)).contiguous()
+    gs = groups[order].contiguous()
+    offsets = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)])
+    idx = plusplus_segments(xs, offsets, k, generator=generator, n_local_trials=n_local_trials)
+    centers = xs[idx.reshape(-1)]
+    centers, lab_sorted, _, _ = _lloyd(xs, centers, max_iter, _tolerance(xs, tol), groups=gs, group_k=k,
+                                       precision=_backend.precision_code(precision))
+    labels = torch.empty_like(lab_sorted)
+    labels[order] = lab_sorted
+    return labels, centers

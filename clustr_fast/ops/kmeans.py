@@ -1,7 +1,194 @@
-"""Public entry points for kmeans_plusplus, kmeans_assign, kmeans_update.
+"""k-means ops: ``kmeans_assign``, ``kmeans_update``, ``kmeans_plusplus`` as custom ops.
 
-Reference backend only for now: the fused kernels (custom ops with
-register_fake/register_autograd, dispatched by clustr_fast._backend) replace
-these calls as they land. Inputs are validated by the reference.
+    assign:    labels[i] = argmin_k ||x_i - c_k||^2 (first minimum), sqdist[i] = that minimum
+    update:    centers[j] = mean_{labels_i = j} x_i (prev_centers[j], else 0, when empty), counts[j]
+    k-means++: greedy D^2 seeding (scikit-learn's), in every segment of x at once
+
+Not differentiable (no autograd is registered). Each op also takes the
+segment/group arguments that :func:`clustr_fast.kmeans_per_group` uses to run
+every group in one launch per step. Random numbers of k-means++ are drawn here,
+from the caller's ``torch.Generator``, and handed to the kernels, so a seed
+fixes the result on a given backend.
 """
-from ..reference import kmeans_plusplus, kmeans_assign, kmeans_update  # noqa: F401
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import _backend
+from .._validate import acc_dtype, check_kmeans_assign, check_kmeans_plusplus, check_kmeans_update
+from ..reference import kmeans as _ref
+from ._dispatch import extension_kernel, run, triton_kernel
+
+_NAMES = {0: "highest", 1: "high", 2: "medium"}
+
+# --------------------------------------------------------------------------- reference backend
+
+
+def _reference_assign(x, centers, precision, groups, group_k):
+    if groups is None:
+        return _ref.kmeans_assign(x, centers, precision=_NAMES[precision])
+    acc = acc_dtype(x.dtype)
+    xa, ca = x.to(acc), centers.to(acc)
+    base = groups.long() * group_k
+    dist = torch.stack([(xa - ca[base + j]).square().sum(1) for j in range(group_k)], 1)
+    j = dist.argmin(1)
+    return base + j, dist.gather(1, j[:, None])[:, 0]
+
+
+def _reference_update(x, labels, k, prev_centers, deterministic):
+    return _ref.kmeans_update(x, labels, k, prev_centers=prev_centers)
+
+
+def _reference_plusplus(x, offsets, k, first, draws):
+    """The reference algorithm of ``reference.kmeans_plusplus``, one segment at a time, on given draws."""
+    acc = acc_dtype(x.dtype)
+    xa = x.detach().to(acc)
+    off = offsets.tolist()
+    out = torch.empty((len(off) - 1, k), dtype=torch.int64, device=x.device)
+    for g in range(len(off) - 1):
+        seg = xa[off[g]:off[g + 1]]
+        f = int(first[g]) - off[g]
+        chosen = torch.zeros(seg.shape[0], dtype=torch.bool, device=x.device)
+        chosen[f] = True
+        idx = [f]
+        closest = (seg - seg[f]).square().sum(1)
+        for s in range(1, k):
+            pot = closest.to(torch.float64).sum()
+            weights = closest if pot > 0 else (~chosen).to(acc)
+            cand = _ref._sample(weights, draws[s - 1, g])
+            dc = torch.stack([torch.minimum((seg - seg[c]).square().sum(1), closest) for c in cand.tolist()])
+            b = int(dc.to(torch.float64).sum(1).argmin())
+            closest = dc[b]
+            idx.append(int(cand[b]))
+            chosen[idx[-1]] = True
+        out[g] = torch.tensor(idx, dtype=torch.int64, device=x.device) + off[g]
+    return out
+
+
+# --------------------------------------------------------------------------- custom ops
+
+_ASSIGN = {
+    "reference": _reference_assign,
+    "cpu": extension_kernel("kmeans_assign"),
+    "cuda": extension_kernel("kmeans_assign"),
+    "triton": triton_kernel("kmeans", "kmeans_assign"),
+}
+_UPDATE = {
+    "reference": _reference_update,
+    "cpu": extension_kernel("kmeans_update"),
+    "cuda": extension_kernel("kmeans_update"),
+    "triton": triton_kernel("kmeans", "kmeans_update"),
+}
+_PLUSPLUS = {
+    "reference": _reference_plusplus,
+    "cpu": extension_kernel("kmeans_plusplus"),
+    "cuda": extension_kernel("kmeans_plusplus"),
+    "triton": triton_kernel("kmeans", "kmeans_plusplus"),
+}
+
+
+@torch.library.custom_op("clustr_fast::kmeans_assign", mutates_args=())
+def kmeans_assign_op(x: Tensor, centers: Tensor, precision: int, groups: Optional[Tensor],
+                     group_k: int) -> tuple[Tensor, Tensor]:
+    labels, sq = run("kmeans_assign", x.device, _ASSIGN, x, centers, precision, groups, group_k)
+    return labels, sq.to(acc_dtype(x.dtype))
+
+
+@kmeans_assign_op.register_fake
+def _(x, centers, precision, groups, group_k):
+    n = x.shape[0]
+    return x.new_empty((n,), dtype=torch.int64), x.new_empty((n,), dtype=acc_dtype(x.dtype))
+
+
+@torch.library.custom_op("clustr_fast::kmeans_update", mutates_args=())
+def kmeans_update_op(x: Tensor, labels: Tensor, k: int, prev_centers: Optional[Tensor],
+                     deterministic: bool) -> tuple[Tensor, Tensor]:
+    centers, counts = run("kmeans_update", x.device, _UPDATE, x, labels, k, prev_centers, deterministic)
+    return centers.to(acc_dtype(x.dtype)), counts
+
+
+@kmeans_update_op.register_fake
+def _(x, labels, k, prev_centers, deterministic):
+    return x.new_empty((k, x.shape[1]), dtype=acc_dtype(x.dtype)), x.new_empty((k,), dtype=torch.int64)
+
+
+@torch.library.custom_op("clustr_fast::kmeans_plusplus", mutates_args=())
+def kmeans_plusplus_op(x: Tensor, offsets: Tensor, k: int, first: Tensor, draws: Tensor) -> Tensor:
+    return run("kmeans_plusplus", x.device, _PLUSPLUS, x, offsets, k, first, draws)
+
+
+@kmeans_plusplus_op.register_fake
+def _(x, offsets, k, first, draws):
+    return x.new_empty((offsets.shape[0] - 1, k), dtype=torch.int64)
+
+
+# --------------------------------------------------------------------------- public functions
+
+
+def default_trials(k: int) -> int:
+    """scikit-learn's number of greedy local trials: 2 + floor(log k)."""
+    return 2 + int(math.log(k))
+
+
+def plusplus_draws(sizes: Tensor, k: int, trials: int, generator, device):
+    """Random inputs of the seeding: first row of each segment (uniform) and the [k-1, G, T] uniforms.
+
+    Drawn on the generator's device (then moved to ``device``), so a CPU generator also seeds CUDA inputs.
+    """
+    g = sizes.numel()
+    src = generator.device if generator is not None else torch.device(device)  # a CPU generator also serves CUDA x
+    u0 = torch.rand(g, generator=generator, device=src, dtype=torch.float64).to(device)
+    sizes = sizes.to(device)
+    first = torch.minimum((u0 * sizes.to(torch.float64)).long(), sizes - 1)
+    draws = torch.rand((max(k - 1, 0), g, trials), generator=generator, device=src, dtype=torch.float64)
+    return first, draws.to(device)
+
+
+def plusplus_segments(x: Tensor, offsets: Tensor, k: int, *, generator=None, n_local_trials=None) -> Tensor:
+    """Greedy k-means++ in every segment ``x[offsets[g]:offsets[g+1]]`` -> row indices int64 [G, k]."""
+    trials = default_trials(k) if n_local_trials is None else int(n_local_trials)
+    sizes = (offsets[1:] - offsets[:-1]).to(device=x.device, dtype=torch.int64)
+    first, draws = plusplus_draws(sizes, k, trials, generator, x.device)
+    first = first + offsets[:-1].to(x.device)
+    return kmeans_plusplus_op(x, offsets.to(x.device, torch.int64), k, first, draws)
+
+
+def kmeans_assign(x: Tensor, centers: Tensor, *, precision: str = "highest"):
+    """Nearest center of each row of ``x [N,d]`` among ``centers [K,d]``, fused (no [N,K] buffer).
+
+    Returns ``(labels int64 [N], sqdist [N])``, ties to the lower index; ``sqdist`` in the
+    accumulation dtype. ``precision``: "highest" (float32-exact products), "high" (TF32 on the GPU)
+    or "medium" (bf16 products on the GPU).
+    """
+    check_kmeans_assign(x, centers, precision)
+    return kmeans_assign_op(x, centers, _backend.precision_code(precision), None, 0)
+
+
+def kmeans_update(x: Tensor, labels: Tensor, k: int, *, prev_centers: Optional[Tensor] = None):
+    """Lloyd update: ``(centers [k,d] in the accumulation dtype, counts int64 [k])``.
+
+    An empty cluster keeps its row of ``prev_centers`` (zero when None). On the GPU the sums use
+    atomics unless ``torch.are_deterministic_algorithms_enabled()``, which selects an ordered sum.
+    """
+    check_kmeans_update(x, labels, k, prev_centers)
+    return kmeans_update_op(x, labels, int(k), prev_centers, torch.are_deterministic_algorithms_enabled())
+
+
+def kmeans_plusplus(x: Tensor, k: int, *, generator: Optional[torch.Generator] = None,
+                    n_local_trials: Optional[int] = None):
+    """Greedy k-means++ seeding of ``k`` centers from the rows of ``x [N,d]`` (scikit-learn's).
+
+    The first center is uniform; each later step draws ``n_local_trials`` candidates with
+    probability ``D^2 / sum D^2`` and keeps the one of least potential (``None`` -> ``2 + log k``,
+    1 = plain D^2 sampling). Every step reads ``x`` once. Deterministic for a given generator seed
+    and backend. Returns ``(centers [k,d] in the accumulation dtype, indices int64 [k])``.
+    """
+    trials = check_kmeans_plusplus(x, k, n_local_trials)
+    k = int(k)
+    offsets = torch.tensor([0, x.shape[0]], dtype=torch.int64, device=x.device)
+    idx = plusplus_segments(x, offsets, k, generator=generator, n_local_trials=trials)[0]
+    return x.detach().to(acc_dtype(x.dtype))[idx], idx

@@ -1,0 +1,447 @@
+"""Triton kernels for k-means: fused assignment, Lloyd update, k-means++ seeding.
+
+assign (dense): one program owns BLOCK_M rows and sweeps all K centers in
+    BLOCK_N tiles; each tile's ``||c||^2 - 2 x.c`` is reduced to a running
+    (min, first argmin) in registers, so no [N, K] buffer exists.
+    sqdist = max(||x||^2 + min, 0). fp32 products: 3xTF32 ("highest") or TF32.
+assign (grouped): row i sees only centers [g_i*k, (g_i+1)*k), by explicit differences.
+update: per-cluster sums by atomics (summed per row block through one-hot masks first
+    when k <= 32), or, when deterministic, an ordered sum over each cluster's
+    rows after a stable sort by label.
+k-means++ (segments [offsets[g], offsets[g+1]) of x, all groups in every launch):
+    per step ``sample`` (D^2 draws from block sums, then inside one block),
+    ``eval`` (distances of the T candidates: the only read of x; kept in dc),
+    ``select`` (least potential per group), ``update`` (closest = min(closest,
+    dc[best]) and the block sums of the next draw).
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ._common import acc_dtype, dot_precision, interpreted, tl_dtype
+
+
+# --------------------------------------------------------------------------- assign
+
+
+@triton.jit
+def _assign_dense_kernel(X, C, CN, LAB, SQ, N, K, D, sxn, sxd, scn, scd,
+                         ACC: tl.constexpr, DOT_PREC: tl.constexpr, CAST_BF16: tl.constexpr,
+                         USE_DOT: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid = tl.program_id(0)
+    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < N
+    offs_d = tl.arange(0, BLOCK_D)
+    xn = tl.zeros((BLOCK_M,), dtype=ACC)
+    for d0 in range(0, D, BLOCK_D):
+        dd = d0 + offs_d
+        xt = tl.load(X + offs_m[:, None] * sxn + dd[None, :] * sxd,
+                     mask=mask_m[:, None] & (dd < D)[None, :], other=0.0).to(ACC)
+        xn += tl.sum(xt * xt, axis=1)
+    best = tl.full((BLOCK_M,), float("inf"), dtype=ACC)
+    arg = tl.zeros((BLOCK_M,), dtype=tl.int32)
+    for k0 in range(0, K, BLOCK_N):
+        offs_n = k0 + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < K
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+        for d0 in range(0, D, BLOCK_D):
+            dd = d0 + offs_d
+            mask_d = dd < D
+            xt = tl.load(X + offs_m[:, None] * sxn + dd[None, :] * sxd,
+                         mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+            ct = tl.load(C + offs_n[None, :] * scn + dd[:, None] * scd,
+                         mask=mask_n[None, :] & mask_d[:, None], other=0.0)
+            if not USE_DOT:  # float64: products on the FMA units
+                acc += tl.sum(xt.to(ACC)[:, :, None] * ct.to(ACC)[None, :, :], axis=1)
+            elif CAST_BF16:
+                acc = tl.dot(xt.to(tl.bfloat16), ct.to(tl.bfloat16), acc)
+            elif xt.dtype == tl.float16 or xt.dtype == tl.bfloat16:
+                acc = tl.dot(xt, ct, acc)
+            else:
+                acc = tl.dot(xt.to(ACC), ct.to(ACC), acc, input_precision=DOT_PREC)
+        cn = tl.load(CN + offs_n, mask=mask_n, other=0.0)
+        v = cn[None, :] - 2.0 * acc
+        v = tl.where(mask_n[None, :], v, float("inf"))
+        tmin = tl.min(v, axis=1)
+        targ = tl.argmin(v, axis=1, tie_break_left=True).to(tl.int32)
+        upd = tmin < best
+        best = tl.where(upd, tmin, best)
+        arg = tl.where(upd, targ + k0, arg)
+    tl.store(LAB + offs_m, arg.to(tl.int64), mask=mask_m)
+    tl.store(SQ + offs_m, tl.maximum(xn + best, 0.0), mask=mask_m)
+
+
+@triton.jit
+def _assign_grouped_kernel(X, C, GRP, LAB, SQ, N, D, GK, sxn, sxd, scn, scd,
+                           ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid = tl.program_id(0)
+    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < N
+    offs_d = tl.arange(0, BLOCK_D)
+    grp = tl.load(GRP + offs_m, mask=mask_m, other=0)
+    best = tl.full((BLOCK_M,), float("inf"), dtype=ACC)
+    arg = grp * GK
+    for j in range(0, GK):
+        crow = grp * GK + j
+        dist = tl.zeros((BLOCK_M,), dtype=ACC)
+        for d0 in range(0, D, BLOCK_D):
+            dd = d0 + offs_d
+            m2 = mask_m[:, None] & (dd < D)[None, :]
+            xt = tl.load(X + offs_m[:, None] * sxn + dd[None, :] * sxd, mask=m2, other=0.0).to(ACC)
+            ct = tl.load(C + crow[:, None] * scn + dd[None, :] * scd, mask=m2, other=0.0).to(ACC)
+            diff = xt - ct
+            dist += tl.sum(diff * diff, axis=1)
+        upd = dist < best
+        best = tl.where(upd, dist, best)
+        arg = tl.where(upd, crow, arg)
+    tl.store(LAB + offs_m, arg.to(tl.int64), mask=mask_m)
+    tl.store(SQ + offs_m, best, mask=mask_m)
+
+
+def kmeans_assign(x, centers, precision=0, groups=None, group_k=0):
+    """x [N,d], centers [K,d] -> (labels int64 [N], sqdist [N] in the accumulation dtype)."""
+    N, D = x.shape
+    acc = acc_dtype(x.dtype)
+    labels = torch.zeros(N, device=x.device, dtype=torch.int64)
+    sq = torch.empty(N, device=x.device, dtype=acc)
+    if N == 0:
+        return labels, sq
+    if groups is not None:
+        groups = groups.to(torch.int64).contiguous()
+        bm, bd = (32, 32) if interpreted() else (64, 64)
+        _assign_grouped_kernel[(triton.cdiv(N, bm),)](
+            x, centers, groups, labels, sq, N, D, group_k,
+            x.stride(0), x.stride(1), centers.stride(0), centers.stride(1),
+            ACC=tl_dtype(acc), BLOCK_M=bm, BLOCK_D=bd, num_warps=4)
+        return labels, sq
+    if D == 0:
+        return labels, sq.zero_()
+    cn = centers.to(acc).square().sum(1).contiguous()
+    if interpreted():
+        meta, launch = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_D=32), {}
+    elif acc == torch.float64:
+        meta, launch = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_D=8), dict(num_warps=4, num_stages=2)
+    else:
+        meta, launch = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_D=32), dict(num_warps=8, num_stages=3)
+    _assign_dense_kernel[(triton.cdiv(N, meta["BLOCK_M"]),)](
+        x, centers, cn, labels, sq, N, centers.shape[0], D,
+        x.stride(0), x.stride(1), centers.stride(0), centers.stride(1),
+        ACC=tl_dtype(acc), DOT_PREC=dot_precision(acc, precision),
+        CAST_BF16=(precision == 2 and x.dtype == torch.float32 and not interpreted()),
+        USE_DOT=acc != torch.float64, **meta, **launch)
+    return labels, sq
+
+
+# --------------------------------------------------------------------------- update
+
+
+@triton.jit
+def _update_atomic_kernel(X, LAB, SUMS, CNT, N, D, sxn, sxd,
+                          ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_m = offs_m < N
+    mask = mask_m[:, None] & (offs_d < D)[None, :]
+    lab = tl.load(LAB + offs_m, mask=mask_m, other=0)
+    xt = tl.load(X + offs_m[:, None] * sxn + offs_d[None, :] * sxd, mask=mask, other=0.0).to(ACC)
+    tl.atomic_add(SUMS + lab[:, None] * D + offs_d[None, :], xt, mask=mask)
+    if pid_d == 0:
+        tl.atomic_add(CNT + lab, tl.full((BLOCK_M,), 1, tl.int32), mask=mask_m)
+
+
+@triton.jit
+def _update_smallk_kernel(X, LAB, SUMS, CNT, N, D, K, sxn, sxd, ROWS,
+                          ACC: tl.constexpr, KP: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Per program: ROWS rows x BLOCK_D dims summed per cluster (one-hot masks), then one atomic per sum."""
+    pid_m = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < D
+    offs_k = tl.arange(0, KP)
+    sums = tl.zeros((KP, BLOCK_D), dtype=ACC)
+    cnt = tl.zeros((KP,), dtype=tl.int32)
+    r_start = pid_m * ROWS
+    for r0 in range(r_start, r_start + ROWS, BLOCK_M):
+        offs_m = r0 + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < N
+        lab = tl.load(LAB + offs_m, mask=mask_m, other=-1)
+        onehot = (offs_k[:, None] == lab[None, :])                       # [KP, BLOCK_M]
+        xt = tl.load(X + offs_m[:, None] * sxn + offs_d[None, :] * sxd,
+                     mask=mask_m[:, None] & mask_d[None, :], other=0.0).to(ACC)
+        sums += tl.sum(tl.where(onehot[:, :, None], xt[None, :, :], 0.0), axis=1)   # exact sums, no dot
+        cnt += tl.sum(onehot.to(tl.int32), axis=1)
+    mask_k = offs_k < K
+    tl.atomic_add(SUMS + offs_k[:, None] * D + offs_d[None, :], sums, mask=mask_k[:, None] & mask_d[None, :])
+    if pid_d == 0:
+        tl.atomic_add(CNT + offs_k, cnt, mask=mask_k)
+
+
+@triton.jit
+def _update_segment_kernel(X, ORDER, START, PREV, OUT, D, sxn, sxd,
+                           HAS_PREV: tl.constexpr, ACC: tl.constexpr,
+                           BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Deterministic: the rows of cluster j (ORDER[START[j]:START[j+1]]) summed in a fixed order."""
+    j = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < D
+    s = tl.load(START + j)
+    e = tl.load(START + j + 1)
+    acc = tl.zeros((BLOCK_R, BLOCK_D), dtype=ACC)
+    for r0 in range(s, e, BLOCK_R):
+        offs_r = r0 + tl.arange(0, BLOCK_R)
+        mask_r = offs_r < e
+        rows = tl.load(ORDER + offs_r, mask=mask_r, other=0)
+        acc += tl.load(X + rows[:, None] * sxn + offs_d[None, :] * sxd,
+                       mask=mask_r[:, None] & mask_d[None, :], other=0.0).to(ACC)
+    total = tl.sum(acc, axis=0)
+    cnt = (e - s).to(ACC)
+    mean = total / tl.maximum(cnt, 1.0)
+    if HAS_PREV:
+        keep = tl.load(PREV + j * D + offs_d, mask=mask_d, other=0.0).to(ACC)
+    else:
+        keep = tl.zeros((BLOCK_D,), dtype=ACC)
+    tl.store(OUT + j * D + offs_d, tl.where(e > s, mean, keep), mask=mask_d)
+
+
+def kmeans_update(x, labels, k, prev_centers=None, deterministic=False):
+    """x [N,d], labels [N] in [0,k) -> (centers [k,d] in the accumulation dtype, counts int64 [k])."""
+    N, D = x.shape
+    acc = acc_dtype(x.dtype)
+    dev = x.device
+    labels = labels.to(torch.int64).contiguous()
+    prev = None if prev_centers is None else prev_centers.to(acc).contiguous()
+    if deterministic or D == 0:
+        sorted_labels, order = torch.sort(labels, stable=True)
+        start = torch.searchsorted(sorted_labels, torch.arange(k + 1, device=dev, dtype=torch.int64))
+        counts = start[1:] - start[:-1]
+        out = torch.empty((k, D), device=dev, dtype=acc)
+        if D == 0:
+            return out, counts
+        bd = 64
+        _update_segment_kernel[(k, triton.cdiv(D, bd))](
+            x, order, start, prev if prev is not None else out, out, D, x.stride(0), x.stride(1),
+            HAS_PREV=prev is not None, ACC=tl_dtype(acc), BLOCK_R=32, BLOCK_D=bd)
+        return out, counts
+    sums = torch.zeros((k, D), device=dev, dtype=acc)
+    cnt = torch.zeros(k, device=dev, dtype=torch.int32)
+    if N > 0:
+        if k <= 32:
+            kp = triton.next_power_of_2(k)
+            bm, bd = 16, 32
+            rows = 4 * bm if interpreted() else 1024
+            grid = (triton.cdiv(N, rows), triton.cdiv(D, bd))
+            _update_smallk_kernel[grid](x, labels, sums, cnt, N, D, k, x.stride(0), x.stride(1), rows,
+                                        ACC=tl_dtype(acc), KP=kp, BLOCK_M=bm, BLOCK_D=bd, num_warps=4)
+        else:
+            bm, bd = (32, 32) if interpreted() else (64, 64)
+            grid = (triton.cdiv(N, bm), triton.cdiv(D, bd))
+            _update_atomic_kernel[grid](x, labels, sums, cnt, N, D, x.stride(0), x.stride(1),
+                                        ACC=tl_dtype(acc), BLOCK_M=bm, BLOCK_D=bd, num_warps=4)
+    counts = cnt.to(torch.int64)
+    nonempty = (counts > 0)[:, None]
+    means = sums / counts.clamp_min(1).to(acc)[:, None]
+    keep = prev if prev is not None else torch.zeros_like(means)
+    return torch.where(nonempty, means, keep), counts
+
+
+# --------------------------------------------------------------------------- k-means++
+
+
+@triton.jit
+def _pp_eval_kernel(X, CAND, CLOSEST, DC, PART, BSTART, BEND, BGROUP, N, D, T, sxn, sxd,
+                    ACC: tl.constexpr, TP: tl.constexpr, SUB: tl.constexpr, BLOCK_D: tl.constexpr):
+    """dc[t, i] = ||x_i - x_{cand_t}||^2 over one block; PART[b, t] = sum_i min(closest_i, dc[t, i])."""
+    b = tl.program_id(0)
+    s = tl.load(BSTART + b)
+    e = tl.load(BEND + b)
+    g = tl.load(BGROUP + b)
+    offs_t = tl.arange(0, TP)
+    mask_t = offs_t < T
+    cand = tl.load(CAND + g * T + offs_t, mask=mask_t, other=0)
+    offs_d = tl.arange(0, BLOCK_D)
+    part = tl.zeros((TP,), dtype=tl.float64)
+    for r0 in range(s, e, SUB):
+        rows = r0 + tl.arange(0, SUB)
+        mask_r = rows < e
+        dist = tl.zeros((SUB, TP), dtype=ACC)
+        for d0 in range(0, D, BLOCK_D):
+            dd = d0 + offs_d
+            mask_d = dd < D
+            xt = tl.load(X + rows[:, None] * sxn + dd[None, :] * sxd,
+                         mask=mask_r[:, None] & mask_d[None, :], other=0.0).to(ACC)
+            ct = tl.load(X + cand[:, None] * sxn + dd[None, :] * sxd,
+                         mask=mask_t[:, None] & mask_d[None, :], other=0.0).to(ACC)
+            diff = xt[:, None, :] - ct[None, :, :]
+            dist += tl.sum(diff * diff, axis=2)
+        tl.store(DC + offs_t[None, :] * N + rows[:, None], dist, mask=mask_r[:, None] & mask_t[None, :])
+        cl = tl.load(CLOSEST + rows, mask=mask_r, other=0.0)
+        pm = tl.where(mask_r[:, None], tl.minimum(dist, cl[:, None]), 0.0)
+        part += tl.sum(pm.to(tl.float64), axis=0)
+    tl.store(PART + b * TP + offs_t, part)
+
+
+@triton.jit
+def _pp_select_kernel(PART, CAND, GBLK, BEST, IDX, CHOSEN, step, k, T,
+                      TP: tl.constexpr, BLOCK_B: tl.constexpr):
+    """Per group: potentials of the T candidates, the least one (first on ties) becomes center ``step``."""
+    g = tl.program_id(0)
+    b0 = tl.load(GBLK + g)
+    b1 = tl.load(GBLK + g + 1)
+    offs_t = tl.arange(0, TP)
+    mask_t = offs_t < T
+    pot = tl.zeros((TP,), dtype=tl.float64)
+    for bb in range(b0, b1, BLOCK_B):
+        bs = bb + tl.arange(0, BLOCK_B)
+        p = tl.load(PART + bs[:, None] * TP + offs_t[None, :], mask=(bs < b1)[:, None], other=0.0)
+        pot += tl.sum(p, axis=0)
+    pot = tl.where(mask_t, pot, float("inf"))
+    bt = tl.argmin(pot, axis=0, tie_break_left=True)
+    cand = tl.load(CAND + g * T + offs_t, mask=mask_t, other=0)
+    row = tl.sum(tl.where(offs_t == bt, cand, 0), axis=0)
+    tl.store(BEST + g, bt.to(tl.int64))
+    tl.store(IDX + g * k + step, row)
+    tl.store(CHOSEN + row, 1)
+
+
+@triton.jit
+def _pp_update_kernel(CLOSEST, DC, BEST, CHOSEN, WSUM, WFREE, BSTART, BEND, BGROUP, N,
+                      SUB: tl.constexpr):
+    """closest = min(closest, dc[best]) over one block, and the block's weight sums for the next draw."""
+    b = tl.program_id(0)
+    s = tl.load(BSTART + b)
+    e = tl.load(BEND + b)
+    bt = tl.load(BEST + tl.load(BGROUP + b))
+    ws = tl.zeros((SUB,), dtype=tl.float64)
+    wf = tl.zeros((SUB,), dtype=tl.float64)
+    for r0 in range(s, e, SUB):
+        rows = r0 + tl.arange(0, SUB)
+        m = rows < e
+        v = tl.minimum(tl.load(CLOSEST + rows, mask=m, other=0.0), tl.load(DC + bt * N + rows, mask=m, other=0.0))
+        tl.store(CLOSEST + rows, v, mask=m)
+        ws += tl.where(m, v.to(tl.float64), 0.0)
+        ch = tl.load(CHOSEN + rows, mask=m, other=1)
+        wf += tl.where(m & (ch == 0), 1.0, 0.0)
+    tl.store(WSUM + b, tl.sum(ws, axis=0))
+    tl.store(WFREE + b, tl.sum(wf, axis=0))
+
+
+@triton.jit
+def _pp_sample_kernel(DRAWS, WSUM, WFREE, CLOSEST, CHOSEN, BSTART, BEND, GBLK, CAND, T,
+                      BLOCK_B: tl.constexpr, SUB: tl.constexpr):
+    """One D^2 draw (group g, trial t): the first row whose running weight exceeds u * total.
+
+    Weights are closest[i], or 1 for rows not chosen yet when every closest distance is 0.
+    Block sums locate the block, then a scan inside it locates the row.
+    """
+    g = tl.program_id(0)
+    t = tl.program_id(1)
+    u = tl.load(DRAWS + g * T + t)
+    b0 = tl.load(GBLK + g)
+    b1 = tl.load(GBLK + g + 1)
+    tot = tl.zeros((BLOCK_B,), dtype=tl.float64)
+    fre = tl.zeros((BLOCK_B,), dtype=tl.float64)
+    for bb in range(b0, b1, BLOCK_B):
+        bs = bb + tl.arange(0, BLOCK_B)
+        mb = bs < b1
+        tot += tl.load(WSUM + bs, mask=mb, other=0.0)
+        fre += tl.load(WFREE + bs, mask=mb, other=0.0)
+    total = tl.sum(tot, axis=0)
+    free = tl.sum(fre, axis=0)
+    use_free = total <= 0.0
+    target = u * tl.where(use_free, free, total)
+    base = total * 0.0
+    before = total * 0.0
+    found = b1 * 0 - 1
+    last_pos = b1 * 0 - 1
+    for bb in range(b0, b1, BLOCK_B):
+        bs = bb + tl.arange(0, BLOCK_B)
+        mb = bs < b1
+        w = tl.where(use_free, tl.load(WFREE + bs, mask=mb, other=0.0), tl.load(WSUM + bs, mask=mb, other=0.0))
+        cum = base + tl.cumsum(w, axis=0)
+        hit = (cum > target) & mb
+        first_hit = tl.min(tl.where(hit, bs, b1), axis=0)
+        last_pos = tl.maximum(last_pos, tl.max(tl.where(mb & (w > 0.0), bs, -1), axis=0))
+        new = (found < 0) & (first_hit < b1)
+        before = tl.where(new, base + tl.sum(tl.where(bs < first_hit, w, 0.0), axis=0), before)
+        found = tl.where(new, first_hit, found)
+        base += tl.sum(w, axis=0)
+    blk = tl.where(found >= 0, found, tl.where(last_pos >= 0, last_pos, b0))
+    rs = tl.load(BSTART + blk)
+    re = tl.load(BEND + blk)
+    cum0 = before
+    pick = rs * 0 - 1
+    last_row = rs
+    for r0 in range(rs, re, SUB):
+        rows = r0 + tl.arange(0, SUB)
+        m = rows < re
+        cl = tl.load(CLOSEST + rows, mask=m, other=0.0).to(tl.float64)
+        ch = tl.load(CHOSEN + rows, mask=m, other=1)
+        w = tl.where(m, tl.where(use_free, tl.where(ch == 0, 1.0, 0.0), cl), 0.0)
+        cum = cum0 + tl.cumsum(w, axis=0)
+        hit = (cum > target) & m & (found >= 0)
+        fh = tl.min(tl.where(hit, rows, re), axis=0)
+        last_row = tl.maximum(last_row, tl.max(tl.where(m & (w > 0.0), rows, -1), axis=0))
+        pick = tl.where((pick < 0) & (fh < re), fh, pick)
+        cum0 += tl.sum(w, axis=0)
+    tl.store(CAND + g * T + t, tl.where(pick >= 0, pick, last_row))
+
+
+def _segment_blocks(offsets, bs, device):
+    """Blocks of at most ``bs`` rows inside every segment: (start, end, group, gblk) on ``device``."""
+    off = offsets.tolist()
+    start, end, group, gblk = [], [], [], [0]
+    for g in range(len(off) - 1):
+        for r in range(off[g], off[g + 1], bs):
+            start.append(r)
+            end.append(min(off[g + 1], r + bs))
+            group.append(g)
+        gblk.append(len(start))
+    as_t = lambda v: torch.tensor(v, dtype=torch.int64, device=device)  # noqa: E731
+    return as_t(start), as_t(end), as_t(group), as_t(gblk)
+
+
+def kmeans_plusplus(x, offsets, k, first, draws):
+    """Greedy k-means++ in every segment of x; first [G], draws [k-1, G, T] -> indices int64 [G, k]."""
+    N, D = x.shape
+    dev = x.device
+    acc = acc_dtype(x.dtype)
+    G = offsets.numel() - 1
+    T = draws.shape[2]
+    TP = max(2, triton.next_power_of_2(T))
+    idx = torch.empty((G, k), device=dev, dtype=torch.int64)
+    if G == 0 or k == 0:
+        return idx
+    interp = interpreted()
+    bs = 64 if interp else 512
+    bstart, bend, bgroup, gblk = _segment_blocks(offsets, bs, dev)
+    NB = bstart.numel()
+    closest = torch.full((N,), float("inf"), device=dev, dtype=acc)
+    chosen = torch.zeros(N, device=dev, dtype=torch.int8)
+    dc = torch.empty((T, N), device=dev, dtype=acc)
+    part = torch.empty((NB, TP), device=dev, dtype=torch.float64)
+    wsum = torch.empty(NB, device=dev, dtype=torch.float64)
+    wfree = torch.empty(NB, device=dev, dtype=torch.float64)
+    cand = first.to(device=dev, dtype=torch.int64)[:, None].expand(G, T).contiguous()
+    best = torch.empty(G, device=dev, dtype=torch.int64)
+    draws = draws.to(device=dev, dtype=torch.float64).contiguous()
+    sub, bd = (16, 16) if interp else (32, 32)
+    if D > 128 and not interp:
+        sub = 16
+    sub_scan = 64 if interp else 512
+    for s in range(k):
+        if s > 0:
+            _pp_sample_kernel[(G, T)](draws[s - 1], wsum, wfree, closest, chosen, bstart, bend, gblk, cand, T,
+                                      BLOCK_B=64 if interp else 1024, SUB=sub_scan)
+        _pp_eval_kernel[(NB,)](x, cand, closest, dc, part, bstart, bend, bgroup, N, D, T, x.stride(0), x.stride(1),
+                               ACC=tl_dtype(acc), TP=TP, SUB=sub, BLOCK_D=bd, num_warps=4)
+        _pp_select_kernel[(G,)](part, cand, gblk, best, idx, chosen, s, k, T, TP=TP,
+                                BLOCK_B=64 if interp else 256)
+        if s + 1 < k:
+            _pp_update_kernel[(NB,)](closest, dc, best, chosen, wsum, wfree, bstart, bend, bgroup, N,
+                                     SUB=64 if interp else 512)
+    return idx

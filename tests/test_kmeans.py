@@ -1,0 +1,387 @@
+"""k-means ops (assign, update, k-means++), KMeans and kmeans_per_group on every backend that runs here."""
+import itertools
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+import clustr_fast
+from clustr_fast.ops.kmeans import (_reference_plusplus, kmeans_assign_op, kmeans_plusplus_op,
+                                    kmeans_update_op, plusplus_draws, plusplus_segments)
+
+from conftest import assert_close_f64, low_precision_dtypes
+
+F64 = torch.float64
+SHAPES = [(1, 1, 1), (7, 3, 3), (127, 65, 130), (1000, 3, 1), (1000, 65, 3)]
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _points(n, d, dtype=torch.float32, device="cpu", seed=0):
+    return torch.randn(n, d, generator=_gen(seed)).to(device=device, dtype=dtype)
+
+
+def f64_sqdist(x, c):
+    x, c = x.double().cpu(), c.double().cpu()
+    return (x[:, None, :] - c[None, :, :]).square().sum(-1)
+
+
+def _scale(x, c):
+    return x.double().cpu().square().sum(1) + c.double().cpu().square().sum(1).max() + 1.0
+
+
+def assert_labels_nearest(labels, x, c, *, rtol=1e-5):
+    """labels equal the float64 argmin up to exact ties (their distances agree to rounding)."""
+    d = f64_sqdist(x, c)
+    labels = labels.cpu()
+    want = d.argmin(1)
+    got_d = d.gather(1, labels[:, None])[:, 0]
+    best = d.min(1).values
+    slack = rtol * _scale(x, c)
+    assert ((got_d - best) <= slack).all(), "a label is not a nearest center"
+    differ = labels != want
+    assert differ.float().mean() <= 0.01, f"{int(differ.sum())} labels differ from the float64 argmin"
+
+
+# --------------------------------------------------------------------------- assign
+
+
+@pytest.mark.parametrize("n,k,d", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_assign_matches_brute_force(backend, n, k, d, dtype):
+    _, dev = backend
+    x = _points(n, d, dtype, dev, seed=n + d)
+    c = _points(k, d, dtype, dev, seed=k + 100) + 0.25
+    labels, sq = clustr_fast.kmeans_assign(x, c)
+    assert labels.dtype == torch.int64 and sq.dtype == dtype and labels.shape == (n,)
+    assert_labels_nearest(labels, x, c)
+    ref = f64_sqdist(x, c).min(1).values
+    assert_close_f64(sq.cpu(), ref, dtype=dtype, scale=_scale(x, c))
+    if dtype == F64:
+        assert torch.equal(labels.cpu(), f64_sqdist(x, c).argmin(1))
+
+
+def test_assign_low_precision_inputs(backend):
+    name, dev = backend
+    for dtype in low_precision_dtypes(name, dev):
+        x = _points(127, 130, dtype, dev, seed=3)
+        c = _points(65, 130, dtype, dev, seed=4)
+        labels, sq = clustr_fast.kmeans_assign(x, c)
+        assert sq.dtype == torch.float32
+        ref = f64_sqdist(x, c).min(1).values
+        plain = (x.cpu()[:, None, :] - c.cpu()[None, :, :]).square().sum(-1).min(1).values
+        assert_close_f64(sq.cpu(), ref, dtype=dtype, plain=plain, scale=_scale(x, c))
+        d = f64_sqdist(x, c)
+        assert (d.gather(1, labels.cpu()[:, None])[:, 0] - d.min(1).values <= 2e-2 * _scale(x, c)).all()
+
+
+def test_assign_ties_go_to_lower_index(backend):
+    _, dev = backend
+    base = _points(3, 4, F64, "cpu", seed=5)
+    c = torch.stack([base[0] + 10, base[1], base[1], base[2] + 10, base[1]]).to(dev)
+    x = torch.stack([base[1], base[1] + 1e-3, base[2]]).to(dev)
+    labels, _ = clustr_fast.kmeans_assign(x, c)
+    assert labels.tolist()[:2] == [1, 1]
+
+
+def test_assign_non_contiguous(backend):
+    _, dev = backend
+    x = _points(60, 30, torch.float32, dev, seed=6)[::2, ::3]
+    c = _points(30, 10, torch.float32, dev, seed=7).t().contiguous().t()[::2]
+    labels, sq = clustr_fast.kmeans_assign(x, c)
+    assert_labels_nearest(labels, x, c)
+
+
+def test_assign_grouped(backend):
+    _, dev = backend
+    n, k, d = 127, 3, 5
+    x = _points(n, d, torch.float32, dev, seed=8)
+    groups = torch.randint(0, 4, (n,), generator=_gen(9)).to(dev)
+    c = _points(4 * k, d, torch.float32, dev, seed=10)
+    labels, sq = kmeans_assign_op(x, c, 0, groups, k)
+    dist = f64_sqdist(x, c)
+    g = groups.cpu()
+    for i in range(n):
+        own = dist[i, g[i] * k:(g[i] + 1) * k]
+        assert labels[i].item() == g[i] * k + int(own.argmin())
+        assert abs(sq[i].item() - own.min().item()) <= 1e-5 * (1 + own.min().item())
+
+
+# --------------------------------------------------------------------------- update
+
+
+def _loop_means(x, labels, k, prev):
+    x64 = x.double().cpu()
+    out = torch.zeros(k, x.shape[1], dtype=F64)
+    counts = torch.zeros(k, dtype=torch.int64)
+    for j in range(k):
+        rows = x64[labels.cpu() == j]
+        counts[j] = rows.shape[0]
+        if rows.shape[0]:
+            out[j] = rows.mean(0)
+        elif prev is not None:
+            out[j] = prev[j].double().cpu()
+    return out, counts
+
+
+@pytest.mark.parametrize("n,k,d", [(1, 1, 1), (127, 6, 3), (1000, 65, 130)])
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_update_matches_loop(backend, n, k, d, deterministic):
+    _, dev = backend
+    x = _points(n, d, torch.float32, dev, seed=11)
+    labels = torch.randint(0, k, (n,), generator=_gen(12))
+    if k > 3:
+        labels[labels == 3] = 2  # cluster 3 empty (and others by chance)
+    labels = labels.to(dev)
+    prev = _points(k, d, torch.float32, dev, seed=13)
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        cen, counts = clustr_fast.kmeans_update(x, labels, k, prev_centers=prev)
+        cen0, _ = clustr_fast.kmeans_update(x, labels, k)
+        again, _ = clustr_fast.kmeans_update(x, labels, k, prev_centers=prev)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    want, wcounts = _loop_means(x, labels, k, prev)
+    assert torch.equal(counts.cpu(), wcounts) and counts.dtype == torch.int64
+    assert_close_f64(cen.cpu(), want, dtype=torch.float32)
+    assert (cen0.cpu()[wcounts == 0] == 0).all()
+    if deterministic:
+        assert torch.equal(again, cen)
+
+
+def test_update_float64_and_half(backend):
+    name, dev = backend
+    x = _points(127, 7, F64, dev, seed=14)
+    labels = torch.randint(0, 5, (127,), generator=_gen(15)).to(dev)
+    cen, _ = clustr_fast.kmeans_update(x, labels, 5)
+    want, _ = _loop_means(x, labels, 5, None)
+    assert cen.dtype == F64
+    assert_close_f64(cen.cpu(), want, dtype=F64, rtol=1e-12)
+    for dtype in low_precision_dtypes(name, dev):
+        cen16, _ = clustr_fast.kmeans_update(x.to(dtype), labels, 5)
+        assert cen16.dtype == torch.float32
+        want16, _ = _loop_means(x.to(dtype), labels, 5, None)
+        assert_close_f64(cen16.cpu(), want16, dtype=torch.float32)
+
+
+# --------------------------------------------------------------------------- k-means++
+
+
+@pytest.mark.parametrize("trials", [1, None, 5])
+def test_plusplus_matches_reference_algorithm(backend, trials):
+    """Same draws -> the same greedy choices as the plain-PyTorch algorithm."""
+    _, dev = backend
+    for n, d in ((127, 3), (1000, 20)):  # short rows; long rows (the CPU's BLAS path)
+        x = _points(n, d, F64, dev, seed=16)
+        _, idx = clustr_fast.kmeans_plusplus(x, 9, generator=_gen(n), n_local_trials=trials)
+        t = 2 + int(np.log(9)) if trials is None else trials
+        first, draws = plusplus_draws(torch.tensor([n]), 9, t, _gen(n), "cpu")
+        want = _reference_plusplus(x.cpu(), torch.tensor([0, n]), 9, first, draws)[0]
+        assert idx.tolist() == want.tolist()
+
+
+def test_plusplus_float32_segments_and_determinism(backend):
+    _, dev = backend
+    x = _points(60, 33, torch.float32, dev, seed=17)
+    offsets = torch.tensor([0, 7, 30, 60])
+    a = plusplus_segments(x, offsets, 7, generator=_gen(3))
+    b = plusplus_segments(x, offsets, 7, generator=_gen(3))
+    assert torch.equal(a, b) and a.shape == (3, 7)
+    first, draws = plusplus_draws(offsets.diff(), 7, 3, _gen(4), "cpu")
+    got = kmeans_plusplus_op(x, offsets.to(dev), 7, (first + offsets[:-1]).to(dev), draws.to(dev))
+    want = _reference_plusplus(x.cpu(), offsets, 7, first + offsets[:-1], draws)
+    assert torch.equal(got.cpu(), want)
+    for g in range(3):  # indices stay in their segment, all distinct
+        row = a[g].cpu()
+        assert ((row >= offsets[g]) & (row < offsets[g + 1])).all() and len(set(row.tolist())) == 7
+    assert sorted(a[0].tolist()) == list(range(7))  # k = segment size takes every row
+
+
+def test_plusplus_edge_cases(backend):
+    _, dev = backend
+    x = _points(7, 3, torch.float32, dev, seed=18)
+    c1, i1 = clustr_fast.kmeans_plusplus(x, 1, generator=_gen(0))
+    assert c1.shape == (1, 3) and torch.equal(c1, x[i1])
+    _, iall = clustr_fast.kmeans_plusplus(x, 7, generator=_gen(0))
+    assert sorted(iall.tolist()) == list(range(7))
+    _, one = clustr_fast.kmeans_plusplus(x[:1], 1, generator=_gen(1))
+    assert one.tolist() == [0]
+    ch, _ = clustr_fast.kmeans_plusplus(x.half(), 2, generator=_gen(2))
+    assert ch.dtype == torch.float32
+
+
+def test_plusplus_duplicate_points(backend):
+    _, dev = backend
+    base = _points(3, 2, F64, "cpu", seed=19)
+    x = base.repeat(3, 1).to(dev)  # 9 rows, 3 distinct values
+    for seed in range(3):
+        cen, idx = clustr_fast.kmeans_plusplus(x, 5, generator=_gen(seed))
+        assert len(set(idx.tolist())) == 5
+        assert len({tuple(r) for r in cen[:3].tolist()}) == 3  # every value before any repeat
+    wide = (_points(5, 32, torch.float32, "cpu", seed=23) * 100).repeat(20, 1).to(dev)  # long rows, 100 rows
+    cen, idx = clustr_fast.kmeans_plusplus(wide, 8, generator=_gen(24))
+    assert len(set(idx.tolist())) == 8 and len({tuple(r) for r in cen[:5].tolist()}) == 5
+
+
+def test_plusplus_d2_distribution_chi_square(backend):
+    """Plain D^2 sampling (one trial): sequences of centers follow the D^2 probabilities."""
+    name, dev = backend
+    pts = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [3.0, 1.0], [1.5, 1.5]], dtype=F64)
+    n = pts.shape[0]
+    k, runs = (2, 160) if name == "triton" and dev.type == "cpu" else (3, 3000)  # the interpreter is slow
+    x = pts.repeat(runs, 1).to(dev)
+    offsets = torch.arange(runs + 1) * n
+    idx = plusplus_segments(x, offsets, k, generator=_gen(20), n_local_trials=1).cpu() - offsets[:-1, None]
+    d = f64_sqdist(pts, pts)
+    cells = list(itertools.permutations(range(n), k))
+    probs = []
+    for seq in cells:
+        p, closest = 1.0 / n, d[seq[0]].clone()
+        for j in seq[1:]:
+            p *= float(closest[j] / closest.sum())
+            closest = torch.minimum(closest, d[j])
+        probs.append(p)
+    counts = {c: 0 for c in cells}
+    for row in idx.tolist():
+        counts[tuple(row)] += 1  # a repeated row would raise KeyError
+    observed = np.array([counts[c] for c in cells], float)
+    expected = np.array(probs) * runs
+    assert abs(expected.sum() - runs) < 1e-6
+    assert scipy.stats.chisquare(observed, expected).pvalue > 1e-3
+
+
+# --------------------------------------------------------------------------- KMeans / per group
+
+
+def _blobs(n, d, centers, seed):
+    from sklearn.datasets import make_blobs
+    x, _ = make_blobs(n, n_features=d, centers=centers, random_state=seed)
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["blobs", "random"])
+def test_kmeans_inertia_close_to_sklearn(kind):
+    from sklearn.cluster import KMeans as SKKMeans
+    data = _blobs(3000, 8, 10, 0) if kind == "blobs" else np.random.default_rng(0).standard_normal((3000, 6)).astype(np.float32)
+    sk = SKKMeans(10, n_init=3, random_state=0).fit(data)
+    km = clustr_fast.KMeans(10, n_init=3, seed=0).fit(torch.from_numpy(data))
+    assert km.inertia_ <= sk.inertia_ * 1.01
+    assert km.cluster_centers_.shape == (10, 8 if kind == "blobs" else 6)
+    assert km.labels_.shape == (3000,) and 1 <= km.n_iter_ <= 300
+    assert torch.equal(km.predict(torch.from_numpy(data)), km.labels_)
+    d = f64_sqdist(torch.from_numpy(data), km.cluster_centers_).min(1).values.sum().item()
+    assert abs(d - km.inertia_) <= 1e-4 * d
+
+
+def test_kmeans_on_every_backend(backend):
+    _, dev = backend
+    x = torch.from_numpy(_blobs(150, 3, 4, 1)).to(dev)
+    km = clustr_fast.KMeans(4, n_init=2, seed=1).fit(x)
+    with clustr_fast.use_backend("reference"):
+        ref = clustr_fast.KMeans(4, n_init=2, seed=1).fit(x.cpu())
+    assert abs(km.inertia_ - ref.inertia_) <= 1e-3 * ref.inertia_
+    assert km.cluster_centers_.device.type == dev.type
+    lab16 = clustr_fast.KMeans(4, seed=1).fit(x.half()).fit_predict(x.half())
+    assert lab16.shape == (150,)
+    with pytest.raises(ValueError, match="n_clusters"):
+        clustr_fast.KMeans(400).fit(x)
+
+
+def test_kmeans_per_group(backend):
+    _, dev = backend
+    sizes = [40, 7, 90, 3]
+    k = 3
+    x = torch.cat([torch.from_numpy(_blobs(s, 4, 3, 10 + g)) + 20 * g for g, s in enumerate(sizes)]).to(dev)
+    groups = torch.cat([torch.full((s,), g) for g, s in enumerate(sizes)])
+    perm = torch.randperm(len(groups), generator=_gen(21))
+    x, groups = x[perm.to(dev)], groups[perm].to(dev)
+    labels, centers = clustr_fast.kmeans_per_group(x, groups, k, max_iter=50, tol=0.0, generator=_gen(22))
+    assert labels.shape == groups.shape and centers.shape == (len(sizes) * k, 4)
+    assert torch.equal(labels.cpu() // k, groups.cpu())
+    for j in range(len(sizes) * k):  # a fixed point: every center is the mean of its rows
+        rows = x.cpu()[labels.cpu() == j]
+        if len(rows):
+            assert torch.allclose(centers.cpu()[j], rows.mean(0), atol=1e-4)
+    dist = f64_sqdist(x, centers)
+    for g in range(len(sizes)):  # and every row sits with its nearest center of its group
+        m = groups.cpu() == g
+        own = dist[m][:, g * k:(g + 1) * k]
+        assert ((own.gather(1, (labels.cpu()[m] - g * k)[:, None])[:, 0] - own.min(1).values) <= 1e-4).all()
+    with pytest.raises(ValueError, match="group 3 has 3 rows, fewer than `k`=4"):
+        clustr_fast.kmeans_per_group(x, groups, 4)
+
+
+# --------------------------------------------------------------------------- errors, opcheck
+
+
+def test_bad_inputs_name_the_argument():
+    x = torch.randn(10, 3)
+    with pytest.raises(ValueError, match="centers"):
+        clustr_fast.kmeans_assign(x, torch.randn(4, 5))
+    with pytest.raises(TypeError, match="centers"):
+        clustr_fast.kmeans_assign(x, torch.randn(4, 3, dtype=F64))
+    with pytest.raises(ValueError, match="precision"):
+        clustr_fast.kmeans_assign(x, x, precision="fast")
+    with pytest.raises(ValueError, match="labels"):
+        clustr_fast.kmeans_update(x, torch.full((10,), 5), 5)
+    with pytest.raises(ValueError, match="prev_centers"):
+        clustr_fast.kmeans_update(x, torch.zeros(10, dtype=torch.long), 2, prev_centers=torch.randn(3, 3))
+    with pytest.raises(ValueError, match="k"):
+        clustr_fast.kmeans_plusplus(x, 11)
+    with pytest.raises(ValueError, match="x"):
+        clustr_fast.kmeans_plusplus(torch.full((4, 2), float("nan")), 2)
+    with pytest.raises(TypeError, match="groups"):
+        clustr_fast.kmeans_per_group(x, torch.zeros(10), 2)
+    with pytest.raises(ValueError, match="groups"):
+        clustr_fast.kmeans_per_group(x, torch.zeros(9, dtype=torch.long), 2)
+    with pytest.raises(ValueError, match="init"):
+        clustr_fast.KMeans(3, init="random")
+
+
+def test_opcheck_every_op():
+    x = torch.randn(20, 5)
+    c = torch.randn(4, 5)
+    torch.library.opcheck(kmeans_assign_op, (x, c, 0, None, 0))
+    torch.library.opcheck(kmeans_assign_op, (x, c, 0, torch.randint(0, 2, (20,)), 2))
+    torch.library.opcheck(kmeans_update_op, (x, torch.randint(0, 4, (20,)), 4, c, False))
+    torch.library.opcheck(kmeans_update_op, (x, torch.randint(0, 4, (20,)), 4, None, True))
+    first, draws = plusplus_draws(torch.tensor([12, 8]), 3, 2, _gen(0), "cpu")
+    torch.library.opcheck(kmeans_plusplus_op, (x, torch.tensor([0, 12, 20]), 3, first + torch.tensor([0, 12]), draws))
+
+
+# --------------------------------------------------------------------------- GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["cuda", "triton"])
+def test_gpu_backends_large(name):
+    if name not in clustr_fast.backends():
+        pytest.skip(f"{name} not built")
+    x = _points(20_000, 130, torch.float32, "cuda", seed=30)
+    c = _points(1_100, 130, torch.float32, "cuda", seed=31)
+    with clustr_fast.use_backend(name):
+        labels, sq = clustr_fast.kmeans_assign(x, c)
+        labels_hi, _ = clustr_fast.kmeans_assign(x, c, precision="high")
+        cen, counts = clustr_fast.kmeans_update(x, labels, 1_100)
+        torch.use_deterministic_algorithms(True)
+        try:
+            cen_det, _ = clustr_fast.kmeans_update(x, labels, 1_100)
+        finally:
+            torch.use_deterministic_algorithms(False)
+        _, idx = clustr_fast.kmeans_plusplus(x[:3000].double(), 50, generator=torch.Generator("cuda").manual_seed(0))
+        _, idx32 = clustr_fast.kmeans_plusplus(x[:3000], 50, generator=torch.Generator("cuda").manual_seed(0))
+    assert_labels_nearest(labels, x, c)
+    assert (labels_hi.cpu() == labels.cpu()).float().mean() > 0.95
+    assert_close_f64(sq.cpu(), f64_sqdist(x, c).min(1).values, dtype=torch.float32, scale=_scale(x, c))
+    want, wcounts = _loop_means(x, labels, 1_100, None)
+    assert torch.equal(counts.cpu(), wcounts)
+    assert_close_f64(cen.cpu(), want, dtype=torch.float32)
+    assert_close_f64(cen_det.cpu(), want, dtype=torch.float32)
+    g = torch.Generator("cuda").manual_seed(0)
+    first, draws = plusplus_draws(torch.tensor([3000], device="cuda"), 50, 2 + int(np.log(50)), g, "cuda")
+    want_idx = _reference_plusplus(x[:3000].double().cpu(), torch.tensor([0, 3000]), 50, first.cpu(), draws.cpu())[0]
+    assert idx.tolist() == want_idx.tolist()
+    assert len(set(idx32.tolist())) == 50
