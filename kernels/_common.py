@@ -4,8 +4,13 @@ import os
 import torch
 import triton.language as tl
 
-# precision code (0 highest, 1 high, 2 medium) -> tl.dot input_precision for fp32 operands
-DOT_PRECISION = {0: "tf32x3", 1: "tf32", 2: "tf32"}
+# precision code (0 highest, 1 high, 2 medium) -> tl.dot input_precision for fp32 operands.
+# "high" would be plain TF32, but on an H200 with Triton 3.6 (2026-11-26) a TF32 tl.dot in
+# pairwise_sqdist gave errors of 0.11 relative to ||x||^2+||c||^2, far beyond TF32 rounding
+# (a wrong result, see benchmarks/RESULTS.md). Until TF32 is verified on a GPU again, "high"
+# and "medium" fp32 products run as 3xTF32, which is float32-exact; kernels that cast to
+# bf16 for "medium" (pairwise_sqdist, kmeans) still do, since that path was verified.
+DOT_PRECISION = {0: "tf32x3", 1: "tf32x3", 2: "tf32x3"}
 
 
 def interpreted() -> bool:

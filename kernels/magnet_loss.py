@@ -44,7 +44,7 @@ def _sq_tile(F, MU, rows, cols, mask_m, mask_c, D, sfn, sfd, smc, smd,
         if ft.dtype == tl.float16 or ft.dtype == tl.bfloat16:
             acc = tl.dot(ft, ct, acc)
         else:
-            acc = tl.dot(ft.to(ACC), cf, acc, input_precision=DOT_PREC)
+            acc = tl.dot(ft.to(ACC), cf, acc, input_precision=DOT_PREC, out_dtype=ACC)
     return acc, cn
 
 
