@@ -1,0 +1,73 @@
+"""Shared pieces of ``clustr-fast eval`` / ``certify``: numbers like ``8/255``, loading
+a checkpoint and its test set, and writing JSON."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+
+import torch
+
+from ..train.cli import UserError
+
+
+def fraction(text: str) -> float:
+    """``"0.03"`` or ``"8/255"`` -> float >= 0 (argparse type)."""
+    try:
+        num, _, den = text.partition("/")
+        value = float(num) / float(den) if den else float(num)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or a fraction like 8/255") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
+    return value
+
+
+def fraction_list(text: str) -> list:
+    """``"0,2/255,8/255"`` -> list of floats."""
+    return [fraction(t) for t in text.split(",") if t.strip()]
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return v
+
+
+def load_for_eval(path: str, data_root=None, test_size=None, device="cpu"):
+    """``(classifier, config, test ArrayDataset)`` for a checkpoint; one-line errors."""
+    from ..data import DataError, load_dataset
+    from ..train import load_checkpoint
+
+    try:
+        classifier, config = load_checkpoint(path, device=device)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    try:
+        _, test = load_dataset(config["data"], root=data_root or config.get("data_root"),
+                               seed=config.get("seed", 0))
+    except DataError as exc:
+        raise UserError(f"{exc} (pass --data-root)") from None
+    if test_size is not None and test_size < len(test):
+        test = test.subset(test_size, config.get("seed", 0))
+    return classifier, config, test
+
+
+def write_json(obj, path: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as fh:
+        json.dump(obj, fh, indent=2, default=_default)
+    return path
+
+
+def _default(o):
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -1,0 +1,77 @@
+"""``clustr-fast eval CHECKPOINT``: attack a checkpoint on its test set; JSON + PNG."""
+from __future__ import annotations
+
+import os
+
+from tqdm.auto import tqdm
+
+from ..train.cli import UserError
+from .cli_common import fraction, fraction_list, load_for_eval, positive_int, write_json
+from .evaluate import ATTACKS, full_evaluation
+from .plots import plot_eps_curves
+from .sanity import majority_rate
+
+DEFAULT_CURVE = "0,1/255,2/255,4/255,8/255,16/255,32/255,64/255,0.5"
+
+
+def add_arguments(p):
+    p.add_argument("checkpoint", help="checkpoint.pt written by `clustr-fast train`")
+    p.add_argument("--attack", choices=ATTACKS, default="pgd",
+                   help="pgd (CE on log-space logits), margin (DLR), magnet (adaptive), "
+                        "official-loss (masking diagnostic only), autoattack (needs torchattacks)")
+    p.add_argument("--eps", type=fraction, default=8 / 255, help="L-inf radius, e.g. 8/255 (default)")
+    p.add_argument("--steps", type=positive_int, default=20, help="PGD steps (default 20)")
+    p.add_argument("--restarts", type=positive_int, default=10, help="random restarts (default 10)")
+    p.add_argument("--step-size", type=fraction, help="PGD step (default eps/4)")
+    p.add_argument("--targets", type=int, default=0, help="margin attack: also target the top-N other classes")
+    p.add_argument("--eps-curve", type=fraction_list, default=fraction_list(DEFAULT_CURVE),
+                   help=f"radii of the accuracy-vs-eps curve (default {DEFAULT_CURVE}; '' to skip)")
+    p.add_argument("--no-official", action="store_true", help="skip the official-loss diagnostic")
+    p.add_argument("--no-certify", action="store_true", help="skip certificates")
+    p.add_argument("--no-sanity", action="store_true", help="skip the sanity checks")
+    p.add_argument("--test-size", type=positive_int, help="evaluate a random subset of this size")
+    p.add_argument("--data-root", help="folder holding the CIFAR / SVHN files")
+    p.add_argument("--batch-size", type=positive_int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", help="output folder (default: the checkpoint's folder)")
+
+
+def run(args) -> int:
+    if args.attack == "autoattack":
+        try:
+            import torchattacks  # noqa: F401
+        except ImportError:
+            raise UserError("--attack autoattack needs torchattacks: pip install 'clustr_fast[robust]'") from None
+    classifier, config, test = load_for_eval(args.checkpoint, args.data_root, args.test_size, args.device)
+    if args.attack == "magnet" and classifier.head is None:
+        raise UserError("--attack magnet needs a cluster model (this checkpoint was trained with ce)")
+    x, y = test.x.to(args.device), test.y.to(args.device)
+    out_dir = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
+    runs = 1 + (args.attack != "margin") + (0 if args.no_official else 1) + len(args.eps_curve)
+    with tqdm(total=runs * len(test), desc=f"eval {args.attack}", unit="img") as bar:
+        result = full_evaluation(
+            classifier, x, y, num_classes=test.num_classes, eps=args.eps, attack=args.attack,
+            steps=args.steps, restarts=args.restarts, step_size=args.step_size, targets=args.targets,
+            eps_values=args.eps_curve, official=not args.no_official, certificate=not args.no_certify,
+            checks=not args.no_sanity, seed=args.seed, batch_size=args.batch_size, progress=bar.update)
+    result.update(checkpoint=os.path.abspath(args.checkpoint), data=config["data"], method=config["method"])
+    path = write_json(result, os.path.join(out_dir, f"eval_{args.attack}.json"))
+    if "eps_curve" in result:
+        plot_eps_curves({f"{config['method']} (PGD-{min(args.steps, 20)}, CE)": result["eps_curve"]},
+                        os.path.join(out_dir, f"eval_{args.attack}_eps_curve.png"),
+                        chance=majority_rate(y, test.num_classes), title=f"{config['data']}: accuracy vs eps")
+    print(f"{config['data']} {config['method']}: clean {100 * result['clean_acc']:.2f}%  "
+          f"{args.attack} eps={args.eps:.4g} ({args.steps} steps, {args.restarts} restarts) "
+          f"{100 * result['attack_acc']:.2f}%")
+    if "margin_acc" in result:
+        print(f"  margin (DLR) {100 * result['margin_acc']:.2f}%, worst case of both "
+              f"{100 * result['worst_case_acc']:.2f}%")
+    if "official_loss_acc" in result:
+        print(f"  official-loss diagnostic (not a robustness number): {100 * result['official_loss_acc']:.2f}%")
+    if "sanity" in result:
+        s = result["sanity"]
+        print("  sanity: " + ", ".join(f"{k} {'ok' if v['passed'] else 'FAILED'}"
+                                       for k, v in s.items() if k != "passed"))
+    print(f"  wrote {path}")
+    return 0 if result.get("sanity", {}).get("passed", True) else 1

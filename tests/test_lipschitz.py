@@ -1,0 +1,128 @@
+"""Lipschitz upper bounds: exact on linear maps, never below the empirical constant."""
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from clustr_fast.models import build_model
+from clustr_fast.robust import lipschitz
+from clustr_fast.robust.lipschitz import conv2d_norm, lipschitz_bound, operator_norm
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class Pair(nn.Module):
+    """Returns ``(logits, features)`` like the library's models."""
+
+    def __init__(self, body, fc):
+        super().__init__()
+        self.body, self.fc = body, fc
+
+    def forward(self, x):
+        f = self.body(x)
+        return self.fc(f), f
+
+
+def conv_matrix(conv, in_shape):
+    """The conv (no bias) as a dense matrix on flattened inputs."""
+    n = math.prod(in_shape)
+    basis = torch.eye(n, dtype=torch.float64).reshape(n, *in_shape)
+    w = conv.weight.detach().double()
+    out = F.conv2d(basis, w, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return out.reshape(n, -1)
+
+
+@pytest.mark.parametrize("stride,padding", [(1, 1), (2, 1), (1, 0), (2, 0)])
+def test_conv_norm_matches_the_dense_operator(stride, padding):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3, stride=stride, padding=padding)
+    exact = float(torch.linalg.matrix_norm(conv_matrix(conv, (3, 6, 6)), ord=2))
+    assert conv2d_norm(conv, (3, 6, 6)) == pytest.approx(exact, rel=1e-9)
+
+
+def test_power_iteration_is_close_and_above_for_large_operators(monkeypatch):
+    torch.manual_seed(1)
+    conv = nn.Conv2d(2, 3, 3, stride=2, padding=1)
+    shape = (2, 12, 12)
+    exact = float(torch.linalg.matrix_norm(conv_matrix(conv, shape), ord=2))
+    monkeypatch.setattr(lipschitz, "EXACT_LIMIT", 10)        # force power iteration
+    est = conv2d_norm(conv, shape)
+    assert exact <= est <= exact * (1 + 2 * lipschitz.POWER_SLACK)
+    assert est <= lipschitz._conv_kernel_bound(conv) * (1 + 1e-12)
+
+
+def test_linear_chain_is_the_product_of_spectral_norms():
+    torch.manual_seed(2)
+    body = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU())
+    net = Pair(body, nn.Linear(5, 3)).eval()
+    norms = [float(torch.linalg.matrix_norm(m.weight.detach().double(), ord=2)) for m in body if isinstance(m, nn.Linear)]
+    assert lipschitz_bound(net, torch.zeros(1, 4), output=1) == pytest.approx(norms[0] * norms[1], rel=1e-9)
+    fc = float(torch.linalg.matrix_norm(net.fc.weight.detach().double(), ord=2))
+    assert lipschitz_bound(net, torch.zeros(1, 4), output=0) == pytest.approx(norms[0] * norms[1] * fc, rel=1e-9)
+
+
+def test_batchnorm_residual_and_normalisation():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 2, 3, padding=1, bias=False)
+            self.bn = nn.BatchNorm2d(2)
+
+        def forward(self, x):
+            return F.relu(self.bn(self.conv(x)) + x)
+
+    torch.manual_seed(3)
+    block = Block()
+    block.bn.running_var.copy_(torch.tensor([0.25, 4.0]))
+    block.bn.weight.data.copy_(torch.tensor([1.0, -3.0]))
+    block.eval()
+    conv = conv2d_norm(block.conv, (2, 5, 5))
+    bn = max(1 / math.sqrt(0.25 + 1e-5), 3 / math.sqrt(4.0 + 1e-5))
+    net = Pair(nn.Sequential(block, nn.Flatten()), nn.Linear(50, 2)).eval()
+    assert lipschitz_bound(net, torch.zeros(1, 2, 5, 5)) == pytest.approx(conv * bn + 1.0, rel=1e-9)
+
+
+@pytest.mark.parametrize("name,shape", [("mlp", (2,)), ("cnn", (1, 8, 8))])
+def test_library_models_bound_exceeds_empirical_constant(name, shape):
+    torch.manual_seed(4)
+    net = build_model(name, 10).eval()
+    for output in (0, 1):
+        bound = lipschitz_bound(net, torch.rand(1, *shape), output=output)
+        x = torch.rand(256, *shape, dtype=torch.float64)
+        net64 = net.double()
+        # empirical: local gradient norms along random directions and finite differences
+        d = 1e-4 * torch.randn_like(x)
+        with torch.no_grad():
+            ratio = (net64(x + d)[output] - net64(x)[output]).flatten(1).norm(dim=1) / d.flatten(1).norm(dim=1)
+        assert float(ratio.max()) <= bound
+        net.float()
+
+
+def test_operator_norm_of_average_pool():
+    # 2x2 average pool, stride 2: each output averages 4 disjoint inputs -> norm 1/2
+    assert operator_norm(lambda x: F.avg_pool2d(x, 2), (1, 4, 4)) == pytest.approx(0.5, rel=1e-9)
+
+
+def test_unknown_operations_and_training_mode_raise():
+    class Odd(nn.Module):
+        def forward(self, x):
+            f = x * x
+            return f, f
+
+    with pytest.raises(ValueError, match="product"):
+        lipschitz_bound(Odd().eval(), torch.zeros(1, 3))
+    net = Pair(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)), nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="eval mode"):
+        lipschitz_bound(net, torch.zeros(1, 2))
+    with pytest.raises(ValueError, match="Softmax"):
+        lipschitz_bound(Pair(nn.Softmax(1), nn.Linear(2, 2)).eval(), torch.zeros(1, 2))
+    with pytest.raises(TypeError, match="`net`"):
+        lipschitz_bound("net", torch.zeros(1, 2))
