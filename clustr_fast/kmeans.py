@@ -2,9 +2,10 @@
 
 Both run Lloyd's algorithm on the fused ops of :mod:`clustr_fast.ops.kmeans`:
 k-means++ seeding, then per iteration one assignment and one update launch
-(for all groups together in :func:`kmeans_per_group`), and one host sync for
-the stopping test. Stopping follows scikit-learn: labels unchanged, or the total
-squared center shift at most ``tol * mean(var(x, 0))``.
+(for all groups together in :func:`kmeans_per_group`), or on the CPU one fused
+Lloyd step (a single pass over x), and one host sync for the stopping test.
+Stopping follows scikit-learn: labels unchanged, or the total squared center
+shift at most ``tol * mean(var(x, 0))``.
 """
 from __future__ import annotations
 
@@ -12,7 +13,16 @@ import torch
 
 from . import _backend
 from ._validate import acc_dtype, check_finite, check_float, check_ids, check_int, check_matrix, check_real
-from .ops.kmeans import kmeans_assign_op, kmeans_update_op, plusplus_segments
+from .ops.kmeans import (kmeans_assign_op, kmeans_lloyd_step_op, kmeans_update_op, lloyd_step_runs_here,
+                         plusplus_segments)
+
+
+def _check_finite(x, name, op):
+    """``check_finite`` behind a cheap filter: a finite float64 sum means every value is finite (nan
+    and inf propagate), so the elementwise test runs only when the sum is not (it then decides)."""
+    if x.numel() and bool(torch.isfinite(x.sum(dtype=torch.float64))):
+        return
+    check_finite(x, name, op=op)
 
 
 def _tolerance(x: torch.Tensor, tol: float) -> float:
@@ -24,6 +34,8 @@ def _tolerance(x: torch.Tensor, tol: float) -> float:
 
 def _lloyd(x, centers, max_iter, tol, *, groups=None, group_k=0, precision=0):
     """Lloyd iterations from ``centers``; returns (centers, labels, inertia, n_iter)."""
+    if lloyd_step_runs_here(x.device):
+        return _lloyd_fused(x, centers, max_iter, tol, groups, group_k, precision)
     deterministic = torch.are_deterministic_algorithms_enabled()
     labels, d = kmeans_assign_op(x, centers, precision, groups, group_k)
     n_iter = 0
@@ -33,6 +45,22 @@ def _lloyd(x, centers, max_iter, tol, *, groups=None, group_k=0, precision=0):
         centers = new_centers
         new_labels, d = kmeans_assign_op(x, centers, precision, groups, group_k)
         stop = bool(((new_labels != labels).sum() == 0) | (shift <= tol))
+        labels = new_labels
+        if stop:
+            break
+    return centers, labels, float(d.sum(dtype=torch.float64)), n_iter
+
+
+def _lloyd_fused(x, centers, max_iter, tol, groups, group_k, precision):
+    """The iterations of :func:`_lloyd` with one fused step per iteration: the step that assigns
+    to ``centers`` also returns their update, so n iterations read x n + 1 times."""
+    labels, d, new_centers, _ = kmeans_lloyd_step_op(x, centers, precision, groups, group_k)
+    n_iter = 0
+    for n_iter in range(1, max_iter + 1):
+        shift = float((new_centers - centers).square().sum())
+        centers = new_centers
+        new_labels, d, new_centers, _ = kmeans_lloyd_step_op(x, centers, precision, groups, group_k)
+        stop = torch.equal(new_labels, labels) or shift <= tol
         labels = new_labels
         if stop:
             break
@@ -77,7 +105,7 @@ class KMeans:
 
     def fit(self, x):
         x = self._prepare(x)
-        check_finite(x, "x", op="KMeans")
+        _check_finite(x, "x", "KMeans")
         if self.n_clusters > x.shape[0]:
             raise ValueError(f"KMeans: `n_clusters`={self.n_clusters} is larger than the {x.shape[0]} rows of `x`")
         x = x.contiguous()
@@ -122,7 +150,7 @@ def kmeans_per_group(x, groups, k, *, max_iter=20, tol=1e-4, generator=None, n_l
     k = check_int(k, "k", low=1, op=op)
     max_iter = check_int(max_iter, "max_iter", low=0, op=op)
     tol = check_real(tol, "tol", op=op)
-    check_finite(x, "x", op=op)
+    _check_finite(x, "x", op)
     if x.shape[0] == 0:
         raise ValueError(f"{op}: `x` has no rows")
     if int(groups.min()) < 0:
@@ -133,14 +161,17 @@ def kmeans_per_group(x, groups, k, *, max_iter=20, tol=1e-4, generator=None, n_l
     if small.numel():
         g = int(small[0, 0])
         raise ValueError(f"{op}: group {g} has {int(sizes[g])} rows, fewer than `k`={k}")
-    order = torch.argsort(groups, stable=True)
-    xs = x.detach()[order].to(acc_dtype(x.dtype)).contiguous()
-    gs = groups[order].contiguous()
+    in_order = bool((groups[1:] >= groups[:-1]).all())  # rows already sorted by group: no copy
+    order = None if in_order else torch.argsort(groups, stable=True)
+    xs = (x.detach() if in_order else x.detach()[order]).to(acc_dtype(x.dtype)).contiguous()
+    gs = (groups if in_order else groups[order]).contiguous()
     offsets = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)])
     idx = plusplus_segments(xs, offsets, k, generator=generator, n_local_trials=n_local_trials)
     centers = xs[idx.reshape(-1)]
     centers, lab_sorted, _, _ = _lloyd(xs, centers, max_iter, _tolerance(xs, tol), groups=gs, group_k=k,
                                        precision=_backend.precision_code(precision))
+    if in_order:
+        return lab_sorted, centers
     labels = torch.empty_like(lab_sorted)
     labels[order] = lab_sorted
     return labels, centers

@@ -28,6 +28,10 @@ TORCH_LIBRARY(clustr_fast_C, m) {
   m.def("magnet_loss_fwd(Tensor feats, Tensor centers, Tensor assign, Tensor classes, Tensor? valid, Tensor var, float alpha, float eps) -> (Tensor, Tensor)");
   // (grad_feats, grad_centers, grad_var) for the gradient [N] of the per-row losses.
   m.def("magnet_loss_bwd(Tensor grad, Tensor feats, Tensor centers, Tensor assign, Tensor classes, Tensor? valid, Tensor var, Tensor loss, Tensor stats, float alpha, float eps) -> (Tensor, Tensor, Tensor)");
+  // Batch form, fused: means of the batch clusters, sigma^2 (variance tensor, else variance_value > 0,
+  // else the batch variance), per-row losses [N], total = sum_i w_i loss_i (w = row_weight, else
+  // weight) and, with with_grad, d total / d feats [N, d] (else [0, d]), through means and sigma^2.
+  m.def("magnet_loss_batch(Tensor feats, Tensor ids, Tensor classes, Tensor? variance, float variance_value, float alpha, float eps, Tensor? row_weight, float weight, bool with_grad) -> (Tensor, Tensor, Tensor)");
   // ---- soft_cluster_logits / certified_radius ------------------------------
   // out[i,c] = log_softmax over classes of logsumexp_{top-D j of class c}(-d_ij / (2 variance));
   // -inf for classes with no selected center. Returns (out [N,L] acc dtype, idx [N,D] int64).
@@ -45,4 +49,7 @@ TORCH_LIBRARY(clustr_fast_C, m) {
   // Greedy k-means++ in every segment [offsets[g], offsets[g+1]) of x: first[g] is the first row,
   // draws [k-1, G, T] the uniforms of the T local trials of each later step. -> indices int64 [G, k].
   m.def("kmeans_plusplus(Tensor x, Tensor offsets, int k, Tensor first, Tensor draws) -> Tensor");
+  // One Lloyd step in one pass: (labels, sqdist) = kmeans_assign(x, centers, ...), and
+  // (new_centers, counts) = kmeans_update(x, labels, K, prev_centers=centers). CPU only.
+  m.def("kmeans_lloyd_step(Tensor x, Tensor centers, int precision, Tensor? groups, int group_k) -> (Tensor, Tensor, Tensor, Tensor)");
 }

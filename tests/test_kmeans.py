@@ -7,8 +7,10 @@ import scipy.stats
 import torch
 
 import clustr_fast
-from clustr_fast.ops.kmeans import (_reference_plusplus, kmeans_assign_op, kmeans_plusplus_op,
-                                    kmeans_update_op, plusplus_draws, plusplus_segments)
+import clustr_fast.kmeans as kmeans_mod
+from clustr_fast.ops.kmeans import (_reference_plusplus, kmeans_assign_op, kmeans_lloyd_step, kmeans_lloyd_step_op,
+                                    kmeans_plusplus_op, kmeans_update_op, lloyd_step_runs_here, plusplus_draws,
+                                    plusplus_segments)
 
 from conftest import assert_close_f64, low_precision_dtypes
 
@@ -167,14 +169,122 @@ def test_update_float64_and_half(backend):
         assert_close_f64(cen16.cpu(), want16, dtype=torch.float32)
 
 
+# --------------------------------------------------------------------------- fused Lloyd step
+
+
+def _step_backend(backend):
+    name, dev = backend
+    if not lloyd_step_runs_here(dev):
+        pytest.skip(f"the fused Lloyd step has no {name} backend (assign + update run there)")
+    return name, dev
+
+
+@pytest.mark.parametrize("n,k,d", SHAPES + [(9000, 65, 3), (5000, 7, 130)])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_lloyd_step_is_assign_then_update(backend, n, k, d, dtype):
+    """One pass gives the labels of kmeans_assign and the means of kmeans_update(prev_centers=centers)."""
+    _, dev = _step_backend(backend)
+    x = _points(n, d, dtype, dev, seed=n + 2 * d)
+    c = _points(k, d, dtype, dev, seed=k + 200) + 0.5
+    c[-1] += 50.0  # far away: an empty cluster that keeps its center
+    labels, sq, cen, counts = kmeans_lloyd_step(x, c)
+    assert labels.dtype == torch.int64 and sq.dtype == dtype and cen.dtype == dtype and counts.dtype == torch.int64
+    a_labels, a_sq = clustr_fast.kmeans_assign(x, c)
+    assert torch.equal(labels, a_labels) and torch.equal(sq, a_sq)
+    assert_labels_nearest(labels, x, c)
+    want, wcounts = _loop_means(x, labels, k, c)
+    assert torch.equal(counts.cpu(), wcounts)
+    assert_close_f64(cen.cpu(), want, dtype=dtype, rtol=1e-5 if dtype == torch.float32 else 1e-12)
+    if k > 1:
+        assert counts[-1] == 0 and torch.equal(cen[-1], c[-1])
+
+
+@pytest.mark.parametrize("n,gk,d", [(7, 1, 1), (127, 3, 130), (9000, 2, 3), (3000, 17, 5)])
+def test_lloyd_step_grouped(backend, n, gk, d):
+    _, dev = _step_backend(backend)
+    G = 4
+    x = _points(n, d, torch.float32, dev, seed=31)
+    groups = torch.randint(0, G, (n,), generator=_gen(32)).to(dev)
+    c = _points(G * gk, d, torch.float32, dev, seed=33)
+    labels, sq, cen, counts = kmeans_lloyd_step(x, c, groups=groups, group_k=gk)
+    a_labels, a_sq = kmeans_assign_op(x, c, 0, groups, gk)
+    assert torch.equal(labels, a_labels) and torch.equal(sq, a_sq)
+    assert torch.equal(labels // gk, groups)
+    dist = f64_sqdist(x, c)
+    own = torch.stack([dist[i, g * gk:(g + 1) * gk] for i, g in enumerate(groups.tolist())])
+    assert_close_f64(sq.cpu(), own.min(1).values, dtype=torch.float32, scale=_scale(x, c))
+    want, wcounts = _loop_means(x, labels, G * gk, c)
+    assert torch.equal(counts.cpu(), wcounts)
+    assert_close_f64(cen.cpu(), want, dtype=torch.float32)
+
+
+def test_lloyd_step_low_precision(backend):
+    name, dev = _step_backend(backend)
+    for dtype in low_precision_dtypes(name, dev):
+        x = _points(127, 130, dtype, dev, seed=34)
+        c = _points(65, 130, dtype, dev, seed=35)
+        labels, sq, cen, _ = kmeans_lloyd_step(x, c)
+        assert sq.dtype == torch.float32 and cen.dtype == torch.float32
+        plain = (x.cpu()[:, None, :] - c.cpu()[None, :, :]).square().sum(-1).min(1).values
+        assert_close_f64(sq.cpu(), f64_sqdist(x, c).min(1).values, dtype=dtype, plain=plain, scale=_scale(x, c))
+        want, _ = _loop_means(x, labels, 65, c)
+        assert_close_f64(cen.cpu(), want, dtype=torch.float32)
+
+
+def test_lloyd_step_deterministic_across_thread_counts():
+    x = _points(20_000, 33, torch.float32, "cpu", seed=36)
+    c = _points(40, 33, torch.float32, "cpu", seed=37)
+    groups = torch.randint(0, 5, (20_000,), generator=_gen(38))
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            outs.append(kmeans_lloyd_step(x, c) + kmeans_lloyd_step(x, c, groups=groups, group_k=8))
+    finally:
+        torch.set_num_threads(before)
+    for other in outs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(outs[0], other))
+
+
+def test_fused_lloyd_iterations_equal_two_op_iterations(monkeypatch):
+    """KMeans and kmeans_per_group give the same result with the fused step and with assign + update."""
+    x = torch.from_numpy(_blobs(3000, 6, 8, 5))
+    groups = torch.randint(0, 3, (3000,), generator=_gen(39))
+    fused = clustr_fast.KMeans(8, seed=2, tol=0.0, max_iter=30).fit(x)
+    fused_g = clustr_fast.kmeans_per_group(x, groups, 4, max_iter=15, generator=_gen(40))
+    monkeypatch.setattr(kmeans_mod, "lloyd_step_runs_here", lambda device: False)
+    plain = clustr_fast.KMeans(8, seed=2, tol=0.0, max_iter=30).fit(x)
+    plain_g = clustr_fast.kmeans_per_group(x, groups, 4, max_iter=15, generator=_gen(40))
+    assert torch.equal(fused.labels_, plain.labels_) and fused.n_iter_ == plain.n_iter_
+    assert torch.allclose(fused.cluster_centers_, plain.cluster_centers_, rtol=1e-6, atol=1e-6)
+    assert abs(fused.inertia_ - plain.inertia_) <= 1e-6 * plain.inertia_
+    assert torch.equal(fused_g[0], plain_g[0])
+    assert torch.allclose(fused_g[1], plain_g[1], rtol=1e-6, atol=1e-6)
+
+
+def test_kmeans_finite_check():
+    x = torch.randn(50, 3, dtype=F64)
+    big = x * 1e307  # finite, but its sum overflows: the exact check decides
+    clustr_fast.KMeans(2, seed=0, max_iter=2).fit(big)
+    for bad in (float("nan"), float("inf")):
+        y = x.clone()
+        y[7, 1] = bad
+        with pytest.raises(ValueError, match="`x` contains non-finite"):
+            clustr_fast.KMeans(2, seed=0).fit(y)
+        with pytest.raises(ValueError, match="`x` contains non-finite"):
+            clustr_fast.kmeans_per_group(y, torch.zeros(50, dtype=torch.long), 2)
+
+
 # --------------------------------------------------------------------------- k-means++
 
 
 @pytest.mark.parametrize("trials", [1, None, 5])
 def test_plusplus_matches_reference_algorithm(backend, trials):
     """Same draws -> the same greedy choices as the plain-PyTorch algorithm."""
-    _, dev = backend
-    for n, d in ((127, 3), (1000, 20)):  # short rows; long rows (the CPU's BLAS path)
+    name, dev = backend
+    n_long = 400 if name == "triton" and dev.type == "cpu" else 1000  # the interpreter is slow
+    for n, d in ((127, 3), (n_long, 20)):  # short rows; rows of whole vectors and a tail
         x = _points(n, d, F64, dev, seed=16)
         _, idx = clustr_fast.kmeans_plusplus(x, 9, generator=_gen(n), n_local_trials=trials)
         t = 2 + int(np.log(9)) if trials is None else trials
@@ -339,6 +449,12 @@ def test_bad_inputs_name_the_argument():
         clustr_fast.kmeans_per_group(x, torch.zeros(9, dtype=torch.long), 2)
     with pytest.raises(ValueError, match="init"):
         clustr_fast.KMeans(3, init="random")
+    with pytest.raises(ValueError, match="centers"):
+        kmeans_lloyd_step(x, torch.randn(4, 5))
+    with pytest.raises(ValueError, match="group_k"):
+        kmeans_lloyd_step(x, torch.randn(4, 3), groups=torch.zeros(10, dtype=torch.long))
+    with pytest.raises(ValueError, match="groups"):
+        kmeans_lloyd_step(x, torch.randn(4, 3), groups=torch.full((10,), 2), group_k=2)
 
 
 def test_opcheck_every_op():
@@ -350,6 +466,9 @@ def test_opcheck_every_op():
     torch.library.opcheck(kmeans_update_op, (x, torch.randint(0, 4, (20,)), 4, None, True))
     first, draws = plusplus_draws(torch.tensor([12, 8]), 3, 2, _gen(0), "cpu")
     torch.library.opcheck(kmeans_plusplus_op, (x, torch.tensor([0, 12, 20]), 3, first + torch.tensor([0, 12]), draws))
+    torch.library.opcheck(kmeans_lloyd_step_op, (x, c, 0, None, 0))
+    torch.library.opcheck(kmeans_lloyd_step_op, (x, c, 0, torch.randint(0, 2, (20,)), 2))
+    torch.library.opcheck(kmeans_lloyd_step_op, (x.double(), c.double(), 0, None, 0))
 
 
 # --------------------------------------------------------------------------- GPU

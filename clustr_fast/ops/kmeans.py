@@ -1,8 +1,11 @@
-"""k-means ops: ``kmeans_assign``, ``kmeans_update``, ``kmeans_plusplus`` as custom ops.
+"""k-means ops: ``kmeans_assign``, ``kmeans_update``, ``kmeans_lloyd_step``, ``kmeans_plusplus``.
 
-    assign:    labels[i] = argmin_k ||x_i - c_k||^2 (first minimum), sqdist[i] = that minimum
-    update:    centers[j] = mean_{labels_i = j} x_i (prev_centers[j], else 0, when empty), counts[j]
-    k-means++: greedy D^2 seeding (scikit-learn's), in every segment of x at once
+    assign:     labels[i] = argmin_k ||x_i - c_k||^2 (first minimum), sqdist[i] = that minimum
+    update:     centers[j] = mean_{labels_i = j} x_i (prev_centers[j], else 0, when empty), counts[j]
+    lloyd step: assign, then update with prev_centers = centers, in one pass over x (CPU and
+                reference only; on other backends :func:`lloyd_step_runs_here` is False and the
+                caller runs assign + update)
+    k-means++:  greedy D^2 seeding (scikit-learn's), in every segment of x at once
 
 Not differentiable (no autograd is registered). Each op also takes the
 segment/group arguments that :func:`clustr_fast.kmeans_per_group` uses to run
@@ -19,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend
-from .._validate import acc_dtype, check_kmeans_assign, check_kmeans_plusplus, check_kmeans_update
+from .._validate import acc_dtype, check_ids, check_kmeans_assign, check_kmeans_plusplus, check_kmeans_update
 from ..reference import kmeans as _ref
 from ._dispatch import extension_kernel, run, triton_kernel
 
@@ -41,6 +44,13 @@ def _reference_assign(x, centers, precision, groups, group_k):
 
 def _reference_update(x, labels, k, prev_centers, deterministic):
     return _ref.kmeans_update(x, labels, k, prev_centers=prev_centers)
+
+
+def _reference_lloyd_step(x, centers, precision, groups, group_k):
+    """The composition that the fused step replaces: assign, then update keeping empty clusters."""
+    labels, sq = _reference_assign(x, centers, precision, groups, group_k)
+    new_centers, counts = _reference_update(x, labels, centers.shape[0], centers, True)
+    return labels, sq, new_centers, counts
 
 
 def _reference_plusplus(x, offsets, k, first, draws):
@@ -83,6 +93,10 @@ _UPDATE = {
     "cuda": extension_kernel("kmeans_update"),
     "triton": triton_kernel("kmeans", "kmeans_update"),
 }
+_LLOYD_STEP = {
+    "reference": _reference_lloyd_step,
+    "cpu": extension_kernel("kmeans_lloyd_step"),
+}
 _PLUSPLUS = {
     "reference": _reference_plusplus,
     "cpu": extension_kernel("kmeans_plusplus"),
@@ -114,6 +128,27 @@ def kmeans_update_op(x: Tensor, labels: Tensor, k: int, prev_centers: Optional[T
 @kmeans_update_op.register_fake
 def _(x, labels, k, prev_centers, deterministic):
     return x.new_empty((k, x.shape[1]), dtype=acc_dtype(x.dtype)), x.new_empty((k,), dtype=torch.int64)
+
+
+@torch.library.custom_op("clustr_fast::kmeans_lloyd_step", mutates_args=())
+def kmeans_lloyd_step_op(x: Tensor, centers: Tensor, precision: int, groups: Optional[Tensor],
+                         group_k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    labels, sq, new_centers, counts = run("kmeans_lloyd_step", x.device, _LLOYD_STEP, x, centers, precision,
+                                          groups, group_k)
+    acc = acc_dtype(x.dtype)
+    return labels, sq.to(acc), new_centers.to(acc), counts
+
+
+@kmeans_lloyd_step_op.register_fake
+def _(x, centers, precision, groups, group_k):
+    n, acc = x.shape[0], acc_dtype(x.dtype)
+    return (x.new_empty((n,), dtype=torch.int64), x.new_empty((n,), dtype=acc),
+            x.new_empty(tuple(centers.shape), dtype=acc), x.new_empty((centers.shape[0],), dtype=torch.int64))
+
+
+def lloyd_step_runs_here(device: torch.device) -> bool:
+    """True when the fused step can run on ``device`` under the requested backend (CPU: auto, cpu, reference)."""
+    return torch.device(device).type == "cpu" and _backend.requested() in ("auto", "cpu", "reference")
 
 
 @torch.library.custom_op("clustr_fast::kmeans_plusplus", mutates_args=())
@@ -176,6 +211,22 @@ def kmeans_update(x: Tensor, labels: Tensor, k: int, *, prev_centers: Optional[T
     """
     check_kmeans_update(x, labels, k, prev_centers)
     return kmeans_update_op(x, labels, int(k), prev_centers, torch.are_deterministic_algorithms_enabled())
+
+
+def kmeans_lloyd_step(x: Tensor, centers: Tensor, *, groups: Optional[Tensor] = None, group_k: int = 0,
+                      precision: str = "highest"):
+    """One Lloyd step: ``kmeans_assign(x, centers)``, then ``kmeans_update(x, labels, K, prev_centers=centers)``.
+
+    Returns ``(labels int64 [N], sqdist [N], new_centers [K,d], counts int64 [K])`` in the accumulation
+    dtype. With ``groups [N]``, row i only sees the centers ``[groups[i]*group_k, (groups[i]+1)*group_k)``.
+    Runs on the CPU (one pass over ``x``) and the reference backend.
+    """
+    check_kmeans_assign(x, centers, precision)
+    if groups is not None:
+        if int(group_k) < 1:
+            raise ValueError(f"kmeans_lloyd_step: `group_k` must be >= 1 with `groups`, got {group_k}")
+        check_ids(groups, "groups", centers.shape[0] // int(group_k), n=x.shape[0], op="kmeans_lloyd_step")
+    return kmeans_lloyd_step_op(x, centers, _backend.precision_code(precision), groups, int(group_k))
 
 
 def kmeans_plusplus(x: Tensor, k: int, *, generator: Optional[torch.Generator] = None,

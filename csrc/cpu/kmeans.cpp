@@ -1,34 +1,64 @@
-// k-means on the CPU: fused assignment, deterministic Lloyd update, and the
-// whole greedy k-means++ seeding loop, all batched over segments (groups).
+// k-means on the CPU: fused assignment, deterministic Lloyd update, the fused Lloyd step, and
+// the whole greedy k-means++ seeding loop, all batched over segments (groups).
 //
-//   kmeans_assign:   labels[i] = argmin_k ||x_i - c_k||^2 (first minimum), sqdist[i] = that minimum.
-//                    Dense: one BLAS product per (row block, center chunk), consumed at once by an
-//                    argmin epilogue (no [N,K] buffer). Grouped: row i only sees the centers
-//                    [groups[i]*group_k, (groups[i]+1)*group_k), by explicit differences.
-//   kmeans_update:   centers[j] = mean of the rows labelled j (prev_centers[j] or 0 when empty),
-//                    counts[j]; a counting sort by label, then one ordered sum per cluster
-//                    (float64 accumulators): deterministic for any thread count.
-//   kmeans_plusplus: greedy D^2 seeding in every segment [offsets[g], offsets[g+1]) of x; the T
-//                    candidate distances of a step are computed in one pass over x and the
-//                    min-distance update reuses them, so each step reads x once.
+//   kmeans_assign:     labels[i] = argmin_k ||x_i - c_k||^2 (first minimum), sqdist[i] = that minimum.
+//                      Dense: one BLAS product per (row block, center chunk), consumed at once by an
+//                      argmin epilogue (no [N,K] buffer). Grouped: row i only sees the centers
+//                      [groups[i]*group_k, (groups[i]+1)*group_k), by explicit differences.
+//   kmeans_update:     centers[j] = mean of the rows labelled j (prev_centers[j] or 0 when empty),
+//                      counts[j]; a counting sort by label, then one ordered sum per cluster
+//                      (float64 accumulators): deterministic for any thread count.
+//   kmeans_lloyd_step: assign + update (prev_centers = centers) in one pass over x: each row block is
+//                      assigned by the kernels above and summed at once into float64 partials of its
+//                      fixed chunk; the partials are added in chunk order (deterministic).
+//   kmeans_plusplus:   greedy D^2 seeding in every segment [offsets[g], offsets[g+1]) of x; each step
+//                      is one parallel pass that folds in the last chosen center and computes the T
+//                      candidate distances by explicit differences with their partial potentials.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstring>
 #include <limits>
+#include <memory>
+#include <optional>
 #include <vector>
 
 #include "common.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define CLUSTR_VEC_CLONES __attribute__((target_clones("arch=haswell", "default")))
+// AVX2+FMA clones of the hot loops, chosen at load time by ISA level ("arch=haswell" would be
+// chosen by CPU model, and so never on AMD processors).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 12
+#define CLUSTR_VEC_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define CLUSTR_VEC_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define CLUSTR_VEC_CLONES
 #endif
 
 namespace clustr_fast {
 namespace {
+
+// body(state, i) for every i in [0, n) on the intra-op threads, each thread with its own
+// state = init(); items are handed out one at a time, so a thread that the OS preempts (a busy
+// machine) holds back at most one item. What an item writes must not depend on the thread.
+template <typename Init, typename Body>
+void parallel_items(int64_t n, const Init& init, const Body& body) {
+  if (n <= 0) return;
+  const int64_t threads = std::min<int64_t>(n, at::get_num_threads());
+  if (threads <= 1 || at::in_parallel_region()) {
+    auto state = init();
+    for (int64_t i = 0; i < n; ++i) body(state, i);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    auto state = init();
+    for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) body(state, i);
+  });
+}
 
 template <typename T>
 inline __attribute__((always_inline)) T row_sqdist(const T* a, const T* b, int64_t d) {
@@ -39,6 +69,70 @@ inline __attribute__((always_inline)) T row_sqdist(const T* a, const T* b, int64
     s += t * t;
   }
   return s;
+}
+
+// 32-byte vectors (GCC/Clang vector extensions; split in two on targets without AVX).
+template <typename T>
+struct Vec32;
+template <>
+struct Vec32<float> {
+  typedef float type __attribute__((vector_size(32)));
+  static constexpr int W = 8;
+};
+template <>
+struct Vec32<double> {
+  typedef double type __attribute__((vector_size(32)));
+  static constexpr int W = 4;
+};
+
+// out[t] = ||xi - c[t]||^2 for NT centers at once: each chunk of xi is loaded once and the NT
+// sums stay in registers; one horizontal sum per center at the end.
+template <typename T, int NT>
+inline __attribute__((always_inline)) void sqdist_to_few(const T* xi, const T* const* c, int64_t D, T* out) {
+  using V = typename Vec32<T>::type;
+  constexpr int W = Vec32<T>::W;
+  V acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = V{};
+  int64_t j = 0;
+  for (; j + W <= D; j += W) {
+    V xv;
+    std::memcpy(&xv, xi + j, sizeof(V));
+    for (int t = 0; t < NT; ++t) {
+      V cv;
+      std::memcpy(&cv, c[t] + j, sizeof(V));
+      const V df = xv - cv;
+      acc[t] += df * df;
+    }
+  }
+  for (int t = 0; t < NT; ++t) {
+    T v = 0;
+    for (int l = 0; l < W; ++l) v += acc[t][l];
+    for (int64_t e = j; e < D; ++e) {
+      const T df = xi[e] - c[t][e];
+      v += df * df;
+    }
+    out[t] = v;
+  }
+}
+
+// out[t] = ||xi - c[t]||^2 for any number of centers, in groups of at most 8.
+template <typename T>
+inline __attribute__((always_inline)) void sqdist_to_many(const T* xi, const T* const* c, int64_t nc, int64_t D,
+                                                          T* out) {
+  for (int64_t t0 = 0; t0 < nc; t0 += 8) {
+    const T* const* cc = c + t0;
+    T* o = out + t0;
+    switch (std::min<int64_t>(8, nc - t0)) {
+      case 1: sqdist_to_few<T, 1>(xi, cc, D, o); break;
+      case 2: sqdist_to_few<T, 2>(xi, cc, D, o); break;
+      case 3: sqdist_to_few<T, 3>(xi, cc, D, o); break;
+      case 4: sqdist_to_few<T, 4>(xi, cc, D, o); break;
+      case 5: sqdist_to_few<T, 5>(xi, cc, D, o); break;
+      case 6: sqdist_to_few<T, 6>(xi, cc, D, o); break;
+      case 7: sqdist_to_few<T, 7>(xi, cc, D, o); break;
+      default: sqdist_to_few<T, 8>(xi, cc, D, o); break;
+    }
+  }
 }
 
 // ------------------------------------------------------------------ assign
@@ -96,36 +190,60 @@ CLUSTR_VEC_CLONES void row_norms_d(const double* x, int64_t r, int64_t d, double
 inline void row_norms_any(const float* x, int64_t r, int64_t d, float* o) { row_norms_f(x, r, d, o); }
 inline void row_norms_any(const double* x, int64_t r, int64_t d, double* o) { row_norms_d(x, r, d, o); }
 
+// Centers prepared for the BLAS form ||x||^2 + ||c||^2 - 2 x.c: c^T and the squared norms.
+template <typename T>
+struct DenseCenters {
+  static constexpr int64_t RB = 256, KC = 256;  // rows per BLAS block, centers per product
+  at::Tensor ct;
+  std::vector<T> cn;
+  explicit DenseCenters(const at::Tensor& c) : ct(c.t()), cn(c.size(0)) {
+    row_norms_any(c.data_ptr<T>(), c.size(0), c.size(1), cn.data());
+  }
+};
+
+// Per-thread buffers of the dense assignment: the product tile and per-row minima / norms.
+template <typename T>
+struct DenseScratch {
+  at::Tensor tile;
+  std::vector<T> best, xn;
+  DenseScratch(const at::Tensor& x, int64_t K)
+      : tile(at::empty({DenseCenters<T>::RB * std::min(K, DenseCenters<T>::KC)}, x.options())),
+        best(DenseCenters<T>::RB),
+        xn(DenseCenters<T>::RB) {}
+};
+
+// Nearest center of the rows [r0, r0 + rows), rows <= RB: one BLAS product per center chunk,
+// consumed at once by the argmin epilogue.
+template <typename T>
+void assign_dense_block(const at::Tensor& x, const DenseCenters<T>& c, int64_t r0, int64_t rows,
+                        DenseScratch<T>& s, int64_t* lab, T* sq) {
+  const int64_t K = static_cast<int64_t>(c.cn.size()), D = x.size(1), KC = DenseCenters<T>::KC;
+  std::fill(s.best.begin(), s.best.begin() + rows, std::numeric_limits<T>::infinity());
+  std::fill(lab + r0, lab + r0 + rows, int64_t(0));  // rows whose distances all overflow keep label 0
+  const at::Tensor xb = x.narrow(0, r0, rows);
+  for (int64_t k0 = 0; k0 < K; k0 += KC) {
+    const int64_t kc = std::min(KC, K - k0);
+    at::Tensor tv = s.tile.narrow(0, 0, rows * kc).view({rows, kc});
+    at::mm_out(tv, xb, c.ct.narrow(1, k0, kc));
+    argmin_epilogue_any(tv.data_ptr<T>(), c.cn.data() + k0, rows, kc, k0, s.best.data(), lab + r0);
+  }
+  row_norms_any(x.data_ptr<T>() + r0 * D, rows, D, s.xn.data());
+  for (int64_t i = 0; i < rows; ++i) {
+    const T v = s.xn[i] + s.best[i];
+    sq[r0 + i] = v > T(0) ? v : T(0);
+  }
+}
+
 template <typename T>
 void assign_dense(const at::Tensor& x, const at::Tensor& c, at::Tensor& labels, at::Tensor& sqdist) {
-  const int64_t N = x.size(0), K = c.size(0), D = x.size(1);
-  std::vector<T> cn(K);
-  row_norms_any(c.data_ptr<T>(), K, D, cn.data());
-  const at::Tensor ct = c.t();
-  constexpr int64_t RB = 256, KC = 256;
+  const int64_t N = x.size(0), RB = DenseCenters<T>::RB;
+  const DenseCenters<T> dc(c);
   const int64_t nblk = (N + RB - 1) / RB;
-  const T* xp = x.data_ptr<T>();
   T* sq = sqdist.data_ptr<T>();
   int64_t* lab = labels.data_ptr<int64_t>();
   at::parallel_for(0, nblk, 1, [&](int64_t b0, int64_t b1) {
-    at::Tensor tile = at::empty({RB * std::min(K, KC)}, x.options());
-    std::vector<T> best(RB), xn(RB);
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t r0 = b * RB, rows = std::min(RB, N - r0);
-      std::fill(best.begin(), best.end(), std::numeric_limits<T>::infinity());
-      const at::Tensor xb = x.narrow(0, r0, rows);
-      for (int64_t k0 = 0; k0 < K; k0 += KC) {
-        const int64_t kc = std::min(KC, K - k0);
-        at::Tensor tv = tile.narrow(0, 0, rows * kc).view({rows, kc});
-        at::mm_out(tv, xb, ct.narrow(1, k0, kc));
-        argmin_epilogue_any(tv.data_ptr<T>(), cn.data() + k0, rows, kc, k0, best.data(), lab + r0);
-      }
-      row_norms_any(xp + r0 * D, rows, D, xn.data());
-      for (int64_t i = 0; i < rows; ++i) {
-        const T v = xn[i] + best[i];
-        sq[r0 + i] = v > T(0) ? v : T(0);
-      }
-    }
+    DenseScratch<T> s(x, c.size(0));
+    for (int64_t b = b0; b < b1; ++b) assign_dense_block<T>(x, dc, b * RB, std::min(RB, N - b * RB), s, lab, sq);
   });
 }
 
@@ -133,15 +251,22 @@ template <typename T>
 inline __attribute__((always_inline)) void assign_grouped_rows(const T* x, const T* c, const int64_t* groups,
                                                                int64_t gk, int64_t d, int64_t i0, int64_t i1,
                                                                int64_t* lab, T* sq) {
+  constexpr int64_t kFew = 16;  // up to kFew centers per group: the row is read once for all of them
+  const T* cs[kFew];
+  T dist[kFew];
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t base = groups[i] * gk;
     T best = std::numeric_limits<T>::infinity();
     int64_t arg = base;
-    for (int64_t j = 0; j < gk; ++j) {
-      const T v = row_sqdist(x + i * d, c + (base + j) * d, d);
-      if (v < best) {
-        best = v;
-        arg = base + j;
+    for (int64_t j0 = 0; j0 < gk; j0 += kFew) {
+      const int64_t nc = std::min(kFew, gk - j0);
+      for (int64_t j = 0; j < nc; ++j) cs[j] = c + (base + j0 + j) * d;
+      sqdist_to_many<T>(x + i * d, cs, nc, d, dist);
+      for (int64_t j = 0; j < nc; ++j) {
+        if (dist[j] < best) {
+          best = dist[j];
+          arg = base + j0 + j;
+        }
       }
     }
     lab[i] = arg;
@@ -263,6 +388,136 @@ std::tuple<at::Tensor, at::Tensor> kmeans_update_cpu(const at::Tensor& x_in, con
   return {centers, counts};
 }
 
+// ------------------------------------------------------------------ fused Lloyd step
+
+// Rows are cut into fixed chunks (their size depends on N, K and d only, never on the thread
+// count); every chunk sums its rows into its own float64 partials [K, d] and counts [K], and the
+// partials are added in chunk order: deterministic for any number of threads.
+struct LloydChunks {
+  int64_t rows = 0, count = 0;
+};
+
+LloydChunks lloyd_chunks(int64_t N, int64_t K, int64_t D, int64_t block) {
+  constexpr int64_t kMinRows = 2048, kMaxChunks = 64, kMaxPartialBytes = int64_t(128) << 20;
+  LloydChunks ch;
+  const int64_t want = std::clamp<int64_t>((N + kMinRows - 1) / kMinRows, 1, kMaxChunks);
+  const int64_t per = (N + want - 1) / want;
+  ch.rows = std::max<int64_t>(block, (per + block - 1) / block * block);
+  ch.count = std::max<int64_t>(1, (N + ch.rows - 1) / ch.rows);
+  if (ch.count * K * std::max<int64_t>(D, 1) * 8 > kMaxPartialBytes) ch.count = 0;  // too many partials
+  return ch;
+}
+
+// sums[lab[i] - k0] += x_i (float64), counts[lab[i] - k0] += 1 for the rows [i0, i1).
+template <typename T>
+inline void accumulate_rows(const T* x, const int64_t* lab, int64_t i0, int64_t i1, int64_t D, double* sums,
+                            int64_t* counts) {
+  for (int64_t i = i0; i < i1; ++i) {
+    add_row_any(sums + lab[i] * D, x + i * D, D);
+    ++counts[lab[i]];
+  }
+}
+
+// new_centers[j] = sum_c partial[c, j] / count[j] (centers[j] when the cluster is empty).
+template <typename T>
+void reduce_partials(const double* part, const int64_t* pcnt, int64_t nchunk, int64_t K, int64_t D, const T* prev,
+                     T* out, int64_t* counts) {
+  // a small reduction runs on one thread (a parallel region costs more on a busy machine)
+  const int64_t grain = nchunk * K * D <= (int64_t(1) << 20) ? K : std::max<int64_t>(1, 4096 / std::max<int64_t>(D, 1));
+  at::parallel_for(0, K, grain, [&](int64_t j0, int64_t j1) {
+    std::vector<double> acc(D);
+    for (int64_t j = j0; j < j1; ++j) {
+      int64_t n = 0;
+      for (int64_t c = 0; c < nchunk; ++c) n += pcnt[c * K + j];
+      counts[j] = n;
+      T* o = out + j * D;
+      if (n == 0) {
+        std::copy(prev + j * D, prev + (j + 1) * D, o);
+        continue;
+      }
+      std::fill(acc.begin(), acc.end(), 0.0);
+      for (int64_t c = 0; c < nchunk; ++c) {
+        const double* p = part + (c * K + j) * D;
+#pragma omp simd
+        for (int64_t e = 0; e < D; ++e) acc[e] += p[e];
+      }
+      const double inv = 1.0 / static_cast<double>(n);
+      for (int64_t e = 0; e < D; ++e) o[e] = static_cast<T>(acc[e] * inv);
+    }
+  });
+}
+
+// One pass over x: nearest center of every row (the kmeans_assign kernels, so the labels are
+// the same), and the float64 partial sums of the update, consumed right after each block.
+template <typename T>
+void lloyd_step_fused(const at::Tensor& x, const at::Tensor& c, const int64_t* groups, int64_t gk,
+                      const LloydChunks& ch, int64_t* lab, T* sq, T* out, int64_t* counts) {
+  const int64_t N = x.size(0), D = x.size(1), K = c.size(0), RB = DenseCenters<T>::RB;
+  const T* xp = x.data_ptr<T>();
+  const T* cp = c.data_ptr<T>();
+  std::unique_ptr<double[]> part(new double[ch.count * K * D]);  // each chunk zeroes its own
+  std::unique_ptr<int64_t[]> pcnt(new int64_t[ch.count * K]);
+  std::optional<DenseCenters<T>> dense;
+  if (groups == nullptr) dense.emplace(c);
+  auto init = [&] {
+    std::optional<DenseScratch<T>> scratch;
+    if (groups == nullptr) scratch.emplace(x, K);
+    return scratch;
+  };
+  parallel_items(ch.count, init, [&](std::optional<DenseScratch<T>>& scratch, int64_t ci) {
+    double* sums = part.get() + ci * K * D;
+    int64_t* cnt = pcnt.get() + ci * K;
+    std::fill(sums, sums + K * D, 0.0);
+    std::fill(cnt, cnt + K, int64_t(0));
+    const int64_t end = std::min(N, (ci + 1) * ch.rows);
+    for (int64_t r0 = ci * ch.rows; r0 < end; r0 += RB) {
+      const int64_t r1 = std::min(end, r0 + RB);
+      if (groups == nullptr)
+        assign_dense_block<T>(x, *dense, r0, r1 - r0, *scratch, lab, sq);
+      else
+        assign_grouped_any(xp, cp, groups, gk, D, r0, r1, lab, sq);
+      accumulate_rows<T>(xp, lab, r0, r1, D, sums, cnt);
+    }
+  });
+  reduce_partials<T>(part.get(), pcnt.get(), ch.count, K, D, cp, out, counts);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_lloyd_step_cpu(
+    const at::Tensor& x_in, const at::Tensor& c_in, int64_t precision, const std::optional<at::Tensor>& groups_in,
+    int64_t group_k) {
+  check_matrix(x_in, "x");
+  check_matrix(c_in, "centers");
+  check_precision(precision);
+  TORCH_CHECK(x_in.size(1) == c_in.size(1), "x and centers must have the same number of columns");
+  TORCH_CHECK(c_in.size(0) >= 1, "centers must have at least one row");
+  const auto acc = acc_type(x_in.scalar_type());
+  const at::Tensor x = x_in.detach().to(acc).contiguous();
+  const at::Tensor c = c_in.detach().to(acc).contiguous();
+  const int64_t N = x.size(0), D = x.size(1), K = c.size(0);
+  at::Tensor groups;
+  if (groups_in.has_value()) {
+    groups = groups_in->detach().to(at::kLong).contiguous();
+    TORCH_CHECK(groups.dim() == 1 && groups.size(0) == N, "groups must be 1-D of length N");
+    TORCH_CHECK(group_k >= 1, "group_k must be >= 1");
+  }
+  const LloydChunks ch = lloyd_chunks(N, K, D, DenseCenters<float>::RB);
+  if (N == 0 || D == 0 || ch.count == 0) {  // nothing to fuse, or too many partial sums: two passes
+    auto [labels, sqdist] = kmeans_assign_cpu(x, c, precision, groups_in, group_k);
+    auto [centers, counts] = kmeans_update_cpu(x, labels, K, c, true);
+    return {labels, sqdist, centers, counts};
+  }
+  at::Tensor labels = at::empty({N}, x.options().dtype(at::kLong));
+  at::Tensor sqdist = at::empty({N}, x.options());
+  at::Tensor centers = at::empty({K, D}, x.options());
+  at::Tensor counts = at::empty({K}, x.options().dtype(at::kLong));
+  AT_DISPATCH_FLOATING_TYPES(acc, "kmeans_lloyd_step_cpu", [&] {
+    lloyd_step_fused<scalar_t>(x, c, groups.defined() ? groups.data_ptr<int64_t>() : nullptr, group_k, ch,
+                               labels.data_ptr<int64_t>(), sqdist.data_ptr<scalar_t>(), centers.data_ptr<scalar_t>(),
+                               counts.data_ptr<int64_t>());
+  });
+  return {labels, sqdist, centers, counts};
+}
+
 // ------------------------------------------------------------------ k-means++
 
 // Rows of every segment cut into blocks of at most `bs` rows; the blocks of segment g are
@@ -290,13 +545,21 @@ template <typename T>
 inline __attribute__((always_inline)) void eval_candidates(const T* x, int64_t N, int64_t D, const int64_t* cand,
                                                            int64_t nt, const T* closest, int64_t i0, int64_t i1,
                                                            T* dc, double* part) {
-  for (int64_t t = 0; t < nt; ++t) part[t] = 0.0;
-  for (int64_t i = i0; i < i1; ++i) {
-    const T* xi = x + i * D;
-    for (int64_t t = 0; t < nt; ++t) {
-      const T v = row_sqdist(xi, x + cand[t] * D, D);
-      dc[t * N + i] = v;
-      part[t] += static_cast<double>(std::min(v, closest[i]));
+  constexpr int64_t kMax = 64;
+  const T* cs[kMax];
+  T v[kMax];
+  for (int64_t t0 = 0; t0 < nt; t0 += kMax) {
+    const int64_t m = std::min(kMax, nt - t0);
+    for (int64_t t = 0; t < m; ++t) {
+      cs[t] = x + cand[t0 + t] * D;
+      part[t0 + t] = 0.0;
+    }
+    for (int64_t i = i0; i < i1; ++i) {
+      sqdist_to_many<T>(x + i * D, cs, m, D, v);
+      for (int64_t t = 0; t < m; ++t) {
+        dc[(t0 + t) * N + i] = v[t];
+        part[t0 + t] += static_cast<double>(std::min(v[t], closest[i]));
+      }
     }
   }
 }
@@ -318,10 +581,11 @@ inline void eval_candidates_any(const double* x, int64_t N, int64_t D, const int
 }
 
 // One D^2 draw in segment g: the first row whose running weight exceeds u * total, weights
-// closest[i] (or 1 for rows not chosen yet when every closest distance is 0).
+// D^2_i = min(closest[i], pending[i]) (pending: distances to the last chosen center, not yet
+// folded into closest; may be null), or 1 for rows not chosen yet when every D^2 is 0.
 template <typename T>
 int64_t sample_row(const SegmentBlocks& blk, int64_t g, double u, const double* wsum, const double* wfree,
-                   const T* closest, const uint8_t* chosen) {
+                   const T* closest, const T* pending, const uint8_t* chosen) {
   double total = 0.0, free = 0.0;
   for (int64_t b = blk.gblk[g]; b < blk.gblk[g + 1]; ++b) {
     total += wsum[b];
@@ -343,7 +607,8 @@ int64_t sample_row(const SegmentBlocks& blk, int64_t g, double u, const double* 
   const int64_t b = found >= 0 ? found : (last_pos >= 0 ? last_pos : blk.gblk[g]);
   int64_t pick = -1, last_row = blk.start[b];
   for (int64_t i = blk.start[b]; i < blk.end[b]; ++i) {
-    const double w = use_free ? (chosen[i] ? 0.0 : 1.0) : static_cast<double>(closest[i]);
+    const T d2 = pending ? std::min(closest[i], pending[i]) : closest[i];
+    const double w = use_free ? (chosen[i] ? 0.0 : 1.0) : static_cast<double>(d2);
     if (w > 0.0) last_row = i;
     cum += w;
     if (found >= 0 && cum > target) {
@@ -354,83 +619,40 @@ int64_t sample_row(const SegmentBlocks& blk, int64_t g, double u, const double* 
   return pick >= 0 ? pick : last_row;
 }
 
-// Candidate distances of one block by one BLAS product, ||x||^2 + ||c||^2 - 2 x.c, with the
-// values in the cancellation zone (below 1e-3 (||x||^2 + ||c||^2)) recomputed by explicit
-// differences, so points on or near a candidate get exact distances (0 for duplicates).
-template <typename T>
-void eval_candidates_gemm(const at::Tensor& x, const T* xn, const at::Tensor& cmat, const T* cn, int64_t nt,
-                          const T* closest, int64_t i0, int64_t i1, T* dc, double* part, at::Tensor& buf) {
-  const int64_t N = x.size(0), D = x.size(1), rows = i1 - i0;
-  at::Tensor out = buf.narrow(0, 0, rows * nt).view({rows, nt});
-  at::mm_out(out, x.narrow(0, i0, rows), cmat.t());
-  const T* o = out.data_ptr<T>();
-  const T* xp = x.data_ptr<T>();
-  const T* cp = cmat.data_ptr<T>();
-  for (int64_t t = 0; t < nt; ++t) part[t] = 0.0;
-  for (int64_t i = 0; i < rows; ++i) {
-    const int64_t r = i0 + i;
-    for (int64_t t = 0; t < nt; ++t) {
-      const T scale = xn[r] + cn[t];
-      T v = scale - T(2) * o[i * nt + t];
-      if (v < T(1e-3) * scale) v = row_sqdist(xp + r * D, cp + t * D, D);
-      dc[t * N + r] = v;
-      part[t] += static_cast<double>(std::min(v, closest[r]));
-    }
-  }
-}
-
+// Greedy k-means++ with one parallel pass over x per step. The pass over a block first folds
+// the distances to the previous step's chosen center into `closest`, then computes the T
+// candidate distances and their partial potentials. The partial potential of the chosen
+// candidate is the block's D^2 weight of the next draw, so no second pass is needed.
 template <typename T>
 void plusplus_impl(const at::Tensor& x, const int64_t* offsets, int64_t G, int64_t k, const int64_t* first,
                    const double* draws, int64_t nt, int64_t* indices) {
+  constexpr int64_t BS = 512;
   const int64_t N = x.size(0), D = x.size(1);
   const T* xp = x.data_ptr<T>();
-  const SegmentBlocks blk = make_blocks(offsets, G, 512);
+  const SegmentBlocks blk = make_blocks(offsets, G, BS);
   const int64_t NB = static_cast<int64_t>(blk.start.size());
   std::vector<T> closest(N, std::numeric_limits<T>::infinity()), dc(nt * N);
   std::vector<uint8_t> chosen(N, 0);
-  std::vector<double> wsum(NB), wfree(NB), part(NB * nt);
-  at::Tensor cand_t = at::empty({G * nt}, x.options().dtype(at::kLong));
-  int64_t* cand_p = cand_t.data_ptr<int64_t>();
-  std::vector<int64_t> best(G);
-  struct CandView {
-    int64_t* p;
-    int64_t* data() const { return p; }
-    int64_t& operator[](int64_t i) const { return p[i]; }
-  } cand{cand_p};
-  // BLAS products pay off once rows are long and blocks hold many rows
-  const bool use_gemm = D >= 16 && N >= 64 * G;
-  std::vector<T> xn(use_gemm ? N : 0);
-  if (use_gemm)
-    at::parallel_for(0, N, 4096, [&](int64_t i0, int64_t i1) { row_norms_any(xp + i0 * D, i1 - i0, D, xn.data() + i0); });
+  std::vector<double> wsum(NB, 0.0), wfree(NB), part(NB * nt);
+  for (int64_t b = 0; b < NB; ++b) wfree[b] = static_cast<double>(blk.end[b] - blk.start[b]);
+  std::vector<int64_t> cand(G * nt), pending(G, -1);  // pending[g]: slot of dc to fold into closest
   for (int64_t s = 0; s < k; ++s) {
-    for (int64_t g = 0; g < G; ++g)
+    for (int64_t g = 0; g < G; ++g) {
+      const T* pend = pending[g] >= 0 ? dc.data() + pending[g] * N : nullptr;
       for (int64_t t = 0; t < nt; ++t)
         cand[g * nt + t] = s == 0 ? first[g]
                                   : sample_row<T>(blk, g, draws[((s - 1) * G + g) * nt + t], wsum.data(),
-                                                  wfree.data(), closest.data(), chosen.data());
-    // one pass over x: distances to the candidates and their partial potentials
-    if (use_gemm) {
-      std::vector<at::Tensor> cmats(G);
-      std::vector<T> cns(G * nt);
-      for (int64_t g = 0; g < G; ++g) {
-        cmats[g] = x.index_select(0, cand_t.narrow(0, g * nt, nt)).contiguous();
-        row_norms_any(cmats[g].data_ptr<T>(), nt, D, cns.data() + g * nt);
-      }
-      at::parallel_for(0, NB, 1, [&](int64_t b0, int64_t b1) {
-        at::Tensor buf = at::empty({512 * nt}, x.options());
-        for (int64_t b = b0; b < b1; ++b) {
-          const int64_t g = blk.group[b];
-          eval_candidates_gemm<T>(x, xn.data(), cmats[g], cns.data() + g * nt, nt, closest.data(), blk.start[b],
-                                  blk.end[b], dc.data(), part.data() + b * nt, buf);
-        }
-      });
-    } else {
-      at::parallel_for(0, NB, 1, [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b)
-          eval_candidates_any(xp, N, D, cand.data() + blk.group[b] * nt, nt, closest.data(), blk.start[b],
-                              blk.end[b], dc.data(), part.data() + b * nt);
-      });
+                                                  wfree.data(), closest.data(), pend, chosen.data());
     }
+    parallel_items(NB, [] { return 0; }, [&](int, int64_t b) {
+      const int64_t g = blk.group[b];
+      if (pending[g] >= 0) {
+        const T* row = dc.data() + pending[g] * N;
+        for (int64_t i = blk.start[b]; i < blk.end[b]; ++i) closest[i] = std::min(closest[i], row[i]);
+      }
+      eval_candidates_any(xp, N, D, cand.data() + g * nt, nt, closest.data(), blk.start[b], blk.end[b],
+                          dc.data(), part.data() + b * nt);
+    });
     for (int64_t g = 0; g < G; ++g) {  // greedy choice: least potential, first on ties
       int64_t bt = 0;
       double bp = std::numeric_limits<double>::infinity();
@@ -442,26 +664,13 @@ void plusplus_impl(const at::Tensor& x, const int64_t* offsets, int64_t G, int64
           bt = t;
         }
       }
-      best[g] = bt;
-      indices[g * k + s] = cand[g * nt + bt];
-      chosen[cand[g * nt + bt]] = 1;
+      const int64_t row = cand[g * nt + bt];
+      indices[g * k + s] = row;
+      if (!chosen[row]) wfree[blk.gblk[g] + (row - offsets[g]) / BS] -= 1.0;
+      chosen[row] = 1;
+      for (int64_t b = blk.gblk[g]; b < blk.gblk[g + 1]; ++b) wsum[b] = part[b * nt + bt];
+      pending[g] = bt;
     }
-    if (s + 1 == k) break;
-    // min-distance update from the stored candidate distances, with the block weights of the next draw
-    at::parallel_for(0, NB, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const T* row = dc.data() + best[blk.group[b]] * N;
-        double ws = 0.0, wf = 0.0;
-        for (int64_t i = blk.start[b]; i < blk.end[b]; ++i) {
-          const T v = std::min(closest[i], row[i]);
-          closest[i] = v;
-          ws += static_cast<double>(v);
-          wf += chosen[i] ? 0.0 : 1.0;
-        }
-        wsum[b] = ws;
-        wfree[b] = wf;
-      }
-    });
   }
 }
 
@@ -496,6 +705,7 @@ TORCH_LIBRARY_IMPL(clustr_fast_C, CPU, m) {
   m.impl("kmeans_assign", &kmeans_assign_cpu);
   m.impl("kmeans_update", &kmeans_update_cpu);
   m.impl("kmeans_plusplus", &kmeans_plusplus_cpu);
+  m.impl("kmeans_lloyd_step", &kmeans_lloyd_step_cpu);
 }
 
 }  // namespace clustr_fast
