@@ -2,8 +2,10 @@
 
 Batch form at the ClusTR shape (12 clusters x 20 samples x 512): the "full" group is
 one training step's loss work (forward + backward, wall time including the Python
-call); the reference-code-style case is the per-sample Python loop of the ClusTR
-reference code. Global form: N feats against C learned centers. The GPU case
+call), which runs the fused batch op (forward and gradient in one kernel call); the
+",unfused" case forces the earlier two-op path for comparison, ",variance=given" and
+",reduction=none" the other fused variants; the reference-code-style case is the
+per-sample Python loop of the ClusTR reference code. Global form: N feats against C learned centers. The GPU case
 N=1,000,000, C=4,096, d=128 runs only the fused backends (the reference would need
 several [N, C] float32 buffers, 16 GB each) and records the peak extra memory.
 """
@@ -12,6 +14,7 @@ import torch
 
 import clustr_fast
 from clustr_fast import reference
+from clustr_fast.ops import magnet_loss as _magnet_ops
 from common import Case, compiled, randn
 from conftest import bench_params
 from shapes import MAGNET_BATCH, MAGNET_GLOBAL_CPU, MAGNET_GLOBAL_GPU
@@ -73,6 +76,37 @@ def _run_batch(mode):
     return run
 
 
+def _run_batch_variant(reduction, variance=None, fused=True):
+    """fwd+bwd of the batch form with a reduction / given variance; ``fused=False`` forces the
+    two-op path (global-form kernels on the batch means), the path the fused op replaced."""
+    def run(provider, t):
+        f, ids, cls = t["f"], t["ids"], t["cls"]
+        if provider == "reference":
+            out = reference.magnet_loss_batch(f, ids, cls, alpha=ALPHA, variance=variance, reduction=reduction)
+        else:
+            saved = _magnet_ops.FUSED_MAX_CPU_ENTRIES, _magnet_ops.FUSED_MAX_CLUSTERS
+            if not fused:
+                _magnet_ops.FUSED_MAX_CPU_ENTRIES, _magnet_ops.FUSED_MAX_CLUSTERS = -1, -1
+            try:
+                out = clustr_fast.magnet_loss_batch(f, ids, cls, alpha=ALPHA, variance=variance,
+                                                    reduction=reduction)
+            finally:
+                _magnet_ops.FUSED_MAX_CPU_ENTRIES, _magnet_ops.FUSED_MAX_CLUSTERS = saved
+        grad = t.get("g") if reduction == "none" else None
+        return torch.autograd.grad(out, (f,), grad_outputs=grad)
+    return run
+
+
+def _make_batch_rows(m, per, d):
+    make = _make_batch(m, per, d)
+
+    def make_rows(dev):
+        t = make(dev)
+        t["g"] = randn(m * per, device=dev, seed=5)
+        return t
+    return make_rows
+
+
 def _run_reference_code(provider, t):
     out = reference_code_style(t["f"], t["ids"], t["cls"])
     return torch.autograd.grad(out, (t["f"],))
@@ -108,6 +142,15 @@ def _cases():
         cases.append(Case("magnet_loss", mode, label, ("cpu", "cuda"), _make_batch(m, per, d), _run_batch(mode),
                           flops=fl, bytes=by))
     fl, by = _counts(m * per, m, d, "full")
+    fused_providers = ("reference", "cpu", "triton", "cuda")
+    cases.append(Case("magnet_loss", "full", label + ",unfused", ("cpu", "cuda"), _make_batch(m, per, d),
+                      _run_batch_variant("mean", fused=False), providers=("cpu", "triton", "cuda"),
+                      flops=fl, bytes=by, note="two-op path (global-form kernels on the batch means)"))
+    cases.append(Case("magnet_loss", "full", label + ",variance=given", ("cpu", "cuda"), _make_batch(m, per, d),
+                      _run_batch_variant("mean", variance=40.0), providers=fused_providers, flops=fl, bytes=by))
+    cases.append(Case("magnet_loss", "full", label + ",reduction=none", ("cpu", "cuda"), _make_batch_rows(m, per, d),
+                      _run_batch_variant("none"), providers=fused_providers, flops=fl, bytes=by,
+                      note="the backward runs the fused kernel again with the row gradients"))
     cases.append(Case("magnet_loss", "full", label + ",reference-code", ("cpu", "cuda"), _make_batch(m, per, d),
                       _run_reference_code, providers=("reference",), flops=fl, bytes=by,
                       note="per-sample Python loop as in the ClusTR reference code"))

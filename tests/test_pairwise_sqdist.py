@@ -116,11 +116,12 @@ def test_bad_inputs_name_the_argument():
         clustr_fast.pairwise_sqdist(x, x, precision="fast")
 
 
-def test_opcheck_forward_and_backward():
-    x = torch.randn(9, 5, requires_grad=True)
-    c = torch.randn(4, 5, requires_grad=True)
+def test_opcheck_forward_and_backward(backend):
+    _, dev = backend
+    x = torch.randn(9, 5, device=dev, requires_grad=True)
+    c = torch.randn(4, 5, device=dev, requires_grad=True)
     torch.library.opcheck(pairwise_sqdist_op, (x, c, 0))
-    g = torch.randn(9, 4)
+    g = torch.randn(9, 4, device=dev)
     torch.library.opcheck(torch.ops.clustr_fast.pairwise_sqdist_backward.default, (g, x.detach(), c.detach(), 0))
 
 

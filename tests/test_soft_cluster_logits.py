@@ -253,14 +253,15 @@ def test_bad_inputs_name_the_argument():
         clustr_fast.soft_cluster_predict(f, mu, cls, 3, variance=1.0, top_d=0)
 
 
-def test_opcheck_forward_and_backward():
-    f, mu, cls, nc, var = _inputs(9, 6, 5, 2, torch.float32, "cpu", seed=51)
+def test_opcheck_forward_and_backward(backend):
+    _, dev = backend
+    f, mu, cls, nc, var = _inputs(9, 6, 5, 2, torch.float32, dev, seed=51)
     f.requires_grad_(True)
     mu.requires_grad_(True)
     torch.library.opcheck(soft_cluster_logits_op, (f, mu, cls, nc, var, 2, 0))
     torch.library.opcheck(soft_cluster_logits_op, (f, mu, cls, nc, var, 6, 1))
     out, idx = soft_cluster_logits_op(f.detach(), mu.detach(), cls, nc, var, 2, 0)
-    g = torch.randn(out.shape)
+    g = torch.randn(out.shape, device=dev)
     torch.library.opcheck(torch.ops.clustr_fast.soft_cluster_logits_backward.default,
                           (g, out, idx, f.detach(), mu.detach(), cls, var))
 

@@ -22,6 +22,24 @@ with ``gA, gL`` the derivatives of loss_i in A_i and L_i. P is formed for a
 bounded block of rows at a time, never [N, C]. ``var`` is a 0-d tensor input;
 ``variance=None`` computes it with plain-PyTorch ``cluster_variance`` so that
 autograd carries its gradient back to feats and centers.
+
+Batch form, fused (``magnet_loss_batch`` when the batch fits one kernel call, see
+``fused_batch_applies``): one kernel computes the cluster counts and means, sigma^2,
+the per-row losses, ``total = sum_i w_i loss_i`` and, in the same call, its gradient
+with respect to feats through the means and sigma^2 (the fused-loss pattern of
+Liger-Kernel: the forward computes the gradient at once)::
+
+    grad f_i = 2 (R_i f_i - sum_k P_ik mu_k) + gmu_{a_i} / n_{a_i} + cv (f_i - mu_{a_i})
+    gmu_k = 2 (colsum(P)_k mu_k - sum_i P_ik f_i),   R_i = rowsum(P)_i
+    cv = 2 grad_var / (N - 1)  (batch variance; 0 for a given one)
+
+- reduction "mean"/"sum": ``clustr_fast::magnet_loss_batch_fused`` returns (total,
+  grad) with ``w_i = 1/N`` or 1; its backward only scales the saved gradient by
+  grad_output (no second pass over the batch; not twice differentiable).
+- reduction "none": ``clustr_fast::magnet_loss_batch_rows`` returns the losses [N]; its
+  backward op ``clustr_fast::magnet_loss_batch_rows_bwd`` runs the same fused kernel
+  once more with ``w = grad_output`` (the vector-Jacobian product, recomputed from
+  the inputs in one call instead of saving [M, d] and [N, M] statistics).
 """
 from __future__ import annotations
 
@@ -30,8 +48,9 @@ import math
 import torch
 from torch import Tensor
 
+from .. import _backend
 from .._validate import acc_dtype, check_magnet_loss, check_magnet_loss_batch
-from ..reference.cluster_means import _cluster_variance
+from ..reference.cluster_means import _cluster_means, _cluster_variance
 from ..reference.pairwise_sqdist import _sqdist
 from ._dispatch import extension_kernel, run, triton_kernel
 
@@ -178,6 +197,164 @@ def _backward(ctx, grad_loss, grad_stats):
 magnet_loss_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+# --------------------------------------------------------------------------- batch form, fused
+
+# A GPU batch runs in one block / program: at most this many clusters and rows, and the
+# means, their gradient and the [N, M] distances within this many bytes (CUDA shared memory).
+FUSED_MAX_CLUSTERS = 64
+FUSED_MAX_ROWS = 4096
+FUSED_MAX_SHARED_BYTES = 96 * 1024
+FUSED_MAX_CPU_ENTRIES = 1 << 24  # N * M on the CPU (the [N, M] distance buffer)
+
+
+def fused_batch_shared_bytes(n: int, m: int, d: int, dtype: torch.dtype) -> int:
+    """Shared memory of the CUDA kernel: means and their gradient [M, d], P [N, M], R [N], [M] sums, counts."""
+    size = 8 if dtype == torch.float64 else 4
+    return size * (2 * m * d + n * m + n + m) + 4 * m
+
+
+def fused_batch_applies(feats: Tensor, m: int) -> bool:
+    """True when ``magnet_loss_batch`` on ``feats`` with ``m`` clusters runs as one fused call."""
+    n, d = feats.shape
+    if feats.device.type == "cpu" and (torch.compiler.is_compiling() or _backend.requested() != "triton"):
+        return n * m <= FUSED_MAX_CPU_ENTRIES
+    return (m <= FUSED_MAX_CLUSTERS and n <= FUSED_MAX_ROWS
+            and fused_batch_shared_bytes(n, m, d, acc_dtype(feats.dtype)) <= FUSED_MAX_SHARED_BYTES)
+
+
+def _reference_batch(feats, ids, classes, variance, variance_value, alpha, eps, row_weight, weight, with_grad):
+    """Plain PyTorch: (losses [N], total = sum_i w_i loss_i, d total / d feats or [0, d]).
+
+    The global-form reference (``_reference_fwd``/``_reference_bwd``) on the batch means,
+    chained by hand through the means (``gmu_k / n_k``) and the batch variance
+    (``grad_var * 2 (f_i - mu_{a_i}) / (N - 1)``).
+    """
+    acc = acc_dtype(feats.dtype)
+    f = feats.to(acc)
+    n = f.shape[0]
+    mu, counts = _cluster_means(f, ids, classes.shape[0])
+    valid = counts > 0
+    if variance is not None:
+        var = variance.to(device=f.device, dtype=acc).reshape(())
+    elif variance_value > 0:
+        var = torch.tensor(variance_value, device=f.device, dtype=acc)
+    else:
+        var = _cluster_variance(f, mu, ids)
+    loss, stats = _reference_fwd(f, mu, ids, classes, valid, var, alpha, eps)
+    w = row_weight.to(acc) if row_weight is not None else torch.full_like(loss, weight)
+    total = (w * loss).sum()
+    if not with_grad:
+        return loss, total, feats.new_empty((0, feats.shape[1]))
+    grad_f, grad_mu, grad_var = _reference_bwd(w, f, mu, ids, classes, valid, var, loss, stats, alpha, eps)
+    a = ids.long()
+    grad = grad_f + (grad_mu / counts.clamp_min(1).to(acc)[:, None])[a]
+    if variance is None and not variance_value > 0:
+        grad = grad + (2.0 / (n - 1)) * grad_var * (f - mu[a])
+    return loss, total, grad.to(feats.dtype)
+
+
+_BATCH = {
+    "reference": _reference_batch,
+    "cpu": extension_kernel("magnet_loss_batch"),
+    "cuda": extension_kernel("magnet_loss_batch"),
+    "triton": triton_kernel("magnet_loss_batch", "magnet_loss_batch"),
+}
+
+
+def _run_batch(feats, ids, classes, variance, variance_value, alpha, eps, row_weight, weight, with_grad):
+    return run(_OP, feats.device, _BATCH, feats, ids, classes, variance, variance_value, alpha, eps,
+               row_weight, weight, with_grad, kernel="magnet_loss_batch")
+
+
+@torch.library.custom_op("clustr_fast::magnet_loss_batch_fused", mutates_args=())
+def magnet_loss_batch_fused_op(feats: Tensor, ids: Tensor, classes: Tensor, variance: Tensor | None,
+                               variance_value: float, alpha: float, eps: float,
+                               weight: float) -> tuple[Tensor, Tensor]:
+    """(weight * sum_i loss_i as a 0-d tensor, its gradient in feats [N, d]), in one fused call.
+
+    The gradient is computed by the forward and saved; the backward only scales it by
+    grad_output. ``variance`` (0-d) or ``variance_value > 0`` give sigma^2, else the batch variance.
+    """
+    _, total, grad = _run_batch(feats, ids, classes, variance, variance_value, alpha, eps, None, weight, True)
+    return total, grad
+
+
+@magnet_loss_batch_fused_op.register_fake
+def _(feats, ids, classes, variance, variance_value, alpha, eps, weight):
+    return feats.new_empty((), dtype=acc_dtype(feats.dtype)), torch.empty_like(feats)
+
+
+def _fused_setup_context(ctx, inputs, output):
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(output[1])
+
+
+def _fused_backward(ctx, grad_total, _grad_grad):
+    (grad,) = ctx.saved_tensors
+    return grad * grad_total.to(grad.dtype), None, None, None, None, None, None, None
+
+
+magnet_loss_batch_fused_op.register_autograd(_fused_backward, setup_context=_fused_setup_context)
+
+
+@torch.library.custom_op("clustr_fast::magnet_loss_batch_rows", mutates_args=())
+def magnet_loss_batch_rows_op(feats: Tensor, ids: Tensor, classes: Tensor, variance: Tensor | None,
+                              variance_value: float, alpha: float, eps: float) -> Tensor:
+    """Per-row batch-form losses [N] in the accumulation dtype (one fused call, no gradient)."""
+    return _run_batch(feats, ids, classes, variance, variance_value, alpha, eps, None, 1.0, False)[0]
+
+
+@magnet_loss_batch_rows_op.register_fake
+def _(feats, ids, classes, variance, variance_value, alpha, eps):
+    return feats.new_empty((feats.shape[0],), dtype=acc_dtype(feats.dtype))
+
+
+@torch.library.custom_op("clustr_fast::magnet_loss_batch_rows_bwd", mutates_args=())
+def magnet_loss_batch_rows_bwd_op(grad: Tensor, feats: Tensor, ids: Tensor, classes: Tensor,
+                                  variance: Tensor | None, variance_value: float, alpha: float,
+                                  eps: float) -> Tensor:
+    """Gradient in feats of sum_i grad_i loss_i: the fused kernel run again with row weights ``grad``."""
+    return _run_batch(feats, ids, classes, variance, variance_value, alpha, eps, grad, 1.0, True)[2]
+
+
+@magnet_loss_batch_rows_bwd_op.register_fake
+def _(grad, feats, ids, classes, variance, variance_value, alpha, eps):
+    return torch.empty_like(feats)
+
+
+def _rows_setup_context(ctx, inputs, output):
+    feats, ids, classes, variance, variance_value, alpha, eps = inputs
+    ctx.save_for_backward(feats, ids, classes, variance)
+    ctx.scalars = (variance_value, alpha, eps)
+
+
+def _rows_backward(ctx, grad):
+    feats, ids, classes, variance = ctx.saved_tensors
+    gf = magnet_loss_batch_rows_bwd_op(grad.contiguous(), feats, ids, classes, variance, *ctx.scalars)
+    return gf, None, None, None, None, None, None
+
+
+magnet_loss_batch_rows_op.register_autograd(_rows_backward, setup_context=_rows_setup_context)
+
+
+def _fused_variance(variance, feats):
+    """(variance tensor or None, variance value): a Python number travels as a float argument."""
+    if variance is None:
+        return None, 0.0
+    if isinstance(variance, torch.Tensor):
+        return variance.detach().to(device=feats.device, dtype=acc_dtype(feats.dtype)).reshape(()), 0.0
+    return None, float(variance)
+
+
+def _magnet_loss_batch_fused(feats, cluster_ids, cluster_classes, alpha, variance, eps, reduction):
+    var_t, var_v = _fused_variance(variance, feats)
+    args = (feats, cluster_ids, cluster_classes, var_t, var_v, float(alpha), float(eps))
+    if reduction == "none" or not (torch.is_grad_enabled() and feats.requires_grad):
+        return _reduce(magnet_loss_batch_rows_op(*args), reduction)
+    weight = 1.0 / max(feats.shape[0], 1) if reduction == "mean" else 1.0
+    return magnet_loss_batch_fused_op(*args, weight)[0]
+
+
 # --------------------------------------------------------------------------- public functions
 
 
@@ -231,10 +408,14 @@ def magnet_loss_batch(feats, cluster_ids, cluster_classes, *, alpha=1.0, varianc
 
     ``centers = cluster_means(feats, cluster_ids, M)`` with ``M = len(cluster_classes)``
     (gradients flow through the means and, with ``variance=None``, through sigma^2);
-    a cluster without samples in the batch is no impostor of anyone.
+    a cluster without samples in the batch is no impostor of anyone. Runs as one fused
+    call (forward and gradient together) when ``fused_batch_applies``; otherwise as the
+    global form on the batch means.
     """
     if not torch.compiler.is_compiling():
         check_magnet_loss_batch(feats, cluster_ids, cluster_classes, alpha, variance, eps, reduction)
+    if fused_batch_applies(feats, cluster_classes.shape[0]):
+        return _magnet_loss_batch_fused(feats, cluster_ids, cluster_classes, alpha, variance, eps, reduction)
     f = feats.to(acc_dtype(feats.dtype))
     mu, counts = _batch_means(f, cluster_ids, cluster_classes.shape[0])
     if variance is None:

@@ -32,7 +32,7 @@ from .. import _backend
 from .._validate import acc_dtype, check_soft_cluster_logits
 from ..reference import soft_cluster_logits as _reference
 from ..reference.pairwise_sqdist import _sqdist
-from ._dispatch import extension_kernel, reference_vjp, run, triton_kernel
+from ._dispatch import extension_kernel, run, triton_kernel
 
 
 def _variance_value(variance) -> float:
@@ -48,12 +48,24 @@ def _reference_fwd(feats, centers, classes, num_classes, variance, top_d, precis
 
 
 def _reference_bwd(grad, out, idx, feats, centers, classes, variance):
-    num_classes, top_d = out.shape[1], idx.shape[1]
-
-    def fn(f, mu):
-        return _reference(f, mu, classes, num_classes, variance=variance, top_d=top_d)
-
-    return reference_vjp(fn, (feats, centers), grad)
+    """Plain-PyTorch backward over the saved selection ``idx`` (the formula in the module docstring)."""
+    acc = acc_dtype(feats.dtype)
+    f = feats.detach().to(acc)
+    mu = centers.detach().to(acc)
+    diff = f[:, None, :] - mu[idx]  # [N, D, d]
+    s = 1.0 / (2.0 * float(variance))
+    z = -s * diff.square().sum(-1)  # [N, D]
+    big_z = torch.logsumexp(z, dim=1, keepdim=True)
+    cls = classes[idx]
+    present = torch.isfinite(out)
+    g = torch.where(present, grad.to(acc), torch.zeros((), dtype=acc, device=grad.device))
+    logit_j = (torch.where(present, out, torch.zeros((), dtype=acc, device=out.device)) + big_z).gather(1, cls)
+    w = torch.exp(z - logit_j)  # weight of j within its class
+    p = torch.exp(z - big_z)  # weight of j among all selected centers
+    a = -s * (g.gather(1, cls) * w - g.sum(1, keepdim=True) * p)  # d loss / d d_ij
+    gf = 2.0 * (a.unsqueeze(-1) * diff).sum(1)
+    gc = torch.zeros_like(mu).index_add_(0, idx.reshape(-1), (-2.0 * a.unsqueeze(-1) * diff).reshape(-1, mu.shape[1]))
+    return gf, gc
 
 
 _FWD = {

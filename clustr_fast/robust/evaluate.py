@@ -111,7 +111,7 @@ def sanity_checks(classifier, x, y, *, num_classes, eps, steps, restarts, size=2
     losses = ["ce", "margin", "official-loss"] + (["magnet"] if getattr(classifier, "head", None) is not None else [])
     checks = {"gradients": sanity.gradient_check(classifier, xs, ys, losses),
               "strength": sanity.strength_check(classifier, xs, ys, eps=eps, steps=steps,
-                                                restarts=max(2, restarts // 2), clip=input_box(x))}
+                                                restarts=2, clip=input_box(x))}
     if "eps_curve" in result:
         checks["chance"] = sanity.chance_check(result["eps_curve"], y, num_classes)
     if "certificate" in result:

@@ -53,10 +53,10 @@ def gradient_check(model, x, y, losses, min_share: float = 0.95) -> dict:
 
 
 def strength_check(model, x, y, *, eps, steps, restarts, tol=None, **kw) -> dict:
-    """Accuracy under (steps/2, restarts/2) vs (steps, restarts) vs (2 steps, restarts)."""
+    """Accuracy under (steps/2, 1 restart) vs (steps, restarts) vs (2 steps, restarts)."""
     n = x.shape[0]
     tol = max(0.01, 2.0 / max(n, 1)) if tol is None else tol
-    runs = [(max(1, steps // 2), max(1, restarts // 2)), (steps, restarts), (2 * steps, restarts)]
+    runs = [(max(1, steps // 2), 1), (steps, restarts), (2 * steps, restarts)]
     accs = []
     for i, (s, r) in enumerate(runs):
         acc, _ = robust_accuracy(model, x, y, eps=eps, steps=s, restarts=r, seed=100 + i, **kw)

@@ -1,0 +1,223 @@
+"""Triton kernel for the fused Magnet-loss batch form: the whole batch in one program.
+
+One program (grid (1,)) walks the batch in phases separated by barriers, with
+O(M d + N M) scratch in global memory (M = batch clusters, padded to BM <= 64):
+
+1. counts n_k and means mu_k -> MU [BM, d]
+2. d_ik = ||f_i - mu_k||^2 by explicit differences -> PS [N, BM]; sigma^2 is the
+   batch variance sum_i d_{i,a_i} / (N - 1), a given tensor, or a given value
+3. per row: logsumexp over impostors (other class, non-empty cluster), loss_i,
+   total = sum_i w_i loss_i and, with WITH_GRAD, the matrix P = d total / d dist
+   (overwriting PS), its row sums R and column sums
+4. gradient, per column chunk: gmu_k = 2 (colsum_k mu_k - sum_i P_ik f_i) / n_k, then
+   grad f_i = 2 (R_i f_i - sum_k P_ik mu_k) + gmu_{a_i} + cv (f_i - mu_{a_i}),
+   cv = 2 grad_var / (N - 1) for the batch variance, 0 otherwise.
+"""
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import acc_dtype, interpreted, tl_dtype
+
+MAX_CLUSTERS = 64  # BM: every batch cluster sits in one register tile
+
+
+@triton.jit
+def _logaddexp(x, y):
+    hi = tl.maximum(x, y)
+    lo = tl.minimum(x, y)
+    return hi + tl.log(1.0 + tl.exp(lo - hi))
+
+
+@triton.jit
+def _row_ids(IDS, n0, N, BM: tl.constexpr, BN: tl.constexpr):
+    """(rows, row mask, cluster ids (-1 outside), one-hot [BN, BM])."""
+    rows = n0 + tl.arange(0, BN)
+    mask_n = rows < N
+    a = tl.load(IDS + rows, mask=mask_n, other=-1)
+    onehot = a[:, None] == tl.arange(0, BM)[None, :]
+    return rows, mask_n, a, onehot
+
+
+@triton.jit
+def _magnet_batch_kernel(F, IDS, CLS, VAR, W, LOSS, TOTAL, GRAD, MU, PS, RS,
+                         N, M, D, sfn, sfd, var_value, weight, alpha, log_eps,
+                         VAR_MODE: tl.constexpr, HAS_W: tl.constexpr, USE_EPS: tl.constexpr,
+                         WITH_GRAD: tl.constexpr, ACC: tl.constexpr,
+                         BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
+    ks = tl.arange(0, BM)
+    mask_k = ks < M
+    offs_d = tl.arange(0, BD)
+
+    # 1. counts and means
+    cnt = tl.zeros((BM,), dtype=ACC)
+    for n0 in range(0, N, BN):
+        rows, mask_n, a, onehot = _row_ids(IDS, n0, N, BM, BN)
+        cnt += tl.sum(onehot.to(ACC), axis=0)
+    inv_cnt = 1.0 / tl.maximum(cnt, 1.0)
+    for d0 in range(0, D, BD):
+        dd = d0 + offs_d
+        mask_d = dd < D
+        sums = tl.zeros((BM, BD), dtype=ACC)
+        for n0 in range(0, N, BN):
+            rows, mask_n, a, onehot = _row_ids(IDS, n0, N, BM, BN)
+            f = tl.load(F + rows[:, None] * sfn + dd[None, :] * sfd,
+                        mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(ACC)
+            sums += tl.sum(onehot.to(ACC)[:, :, None] * f[:, None, :], axis=0)
+        tl.store(MU + ks[:, None] * D + dd[None, :], sums * inv_cnt[:, None], mask=mask_d[None, :])
+    tl.debug_barrier()
+
+    # 2. distances to every cluster, sigma^2
+    own_sum = tl.zeros((BN,), dtype=ACC)
+    for n0 in range(0, N, BN):
+        rows, mask_n, a, onehot = _row_ids(IDS, n0, N, BM, BN)
+        dist = tl.zeros((BN, BM), dtype=ACC)
+        for d0 in range(0, D, BD):
+            dd = d0 + offs_d
+            mask_d = dd < D
+            f = tl.load(F + rows[:, None] * sfn + dd[None, :] * sfd,
+                        mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(ACC)
+            mu = tl.load(MU + ks[:, None] * D + dd[None, :], mask=mask_d[None, :], other=0.0)
+            diff = f[:, None, :] - mu[None, :, :]
+            dist += tl.sum(diff * diff, axis=2)
+        tl.store(PS + rows[:, None] * BM + ks[None, :], dist, mask=mask_n[:, None])
+        own_sum += tl.sum(tl.where(onehot, dist, 0.0), axis=1)
+    if VAR_MODE == 0:
+        var = tl.sum(own_sum, axis=0) / (N - 1)
+    elif VAR_MODE == 1:
+        var = tl.load(VAR).to(ACC)
+    else:
+        var = var_value
+    s = 0.5 / var
+    tl.debug_barrier()
+
+    # 3. per-row losses and P = d total / d dist
+    cls_k = tl.load(CLS + ks, mask=mask_k, other=0)
+    valid_k = mask_k & (cnt > 0)
+    total = tl.zeros((BN,), dtype=ACC)
+    gsum = tl.zeros((BN,), dtype=ACC)
+    colsum = tl.zeros((BM,), dtype=ACC)
+    for n0 in range(0, N, BN):
+        rows, mask_n, a, onehot = _row_ids(IDS, n0, N, BM, BN)
+        dist = tl.load(PS + rows[:, None] * BM + ks[None, :], mask=mask_n[:, None], other=0.0)
+        cls_i = tl.load(CLS + a, mask=mask_n, other=0)
+        imp = (cls_k[None, :] != cls_i[:, None]) & valid_k[None, :] & mask_n[:, None]
+        z = tl.where(imp, -s * dist, float("-inf"))
+        m = tl.max(z, axis=1)
+        has = m > float("-inf")
+        m_safe = tl.where(has, m, 0.0)
+        p = tl.where(imp, tl.exp(z - m_safe[:, None]), 0.0)
+        l_safe = tl.where(has, tl.sum(p, axis=1), 1.0)
+        lse0 = tl.where(has, m_safe + tl.log(l_safe), 0.0)
+        expected = tl.where(has, tl.sum(p * dist, axis=1) / l_safe, 0.0)
+        own = tl.sum(tl.where(onehot, dist, 0.0), axis=1)
+        a_log = -s * own - alpha
+        if USE_EPS:
+            le = tl.zeros((BN,), dtype=ACC) + log_eps
+            b = tl.where(has, _logaddexp(lse0, le), le)
+            loss = tl.maximum(-_logaddexp(a_log - b, le), 0.0)
+        else:
+            loss = tl.where(has, tl.maximum(lse0 - a_log, 0.0), 0.0)
+        tl.store(LOSS + rows, loss, mask=mask_n)
+        if HAS_W:
+            w = tl.load(W + rows, mask=mask_n, other=0.0).to(ACC)
+        else:
+            w = tl.where(mask_n, weight, 0.0).to(ACC)
+        total += w * loss
+        if WITH_GRAD:
+            gate = tl.where(loss > 0, w, 0.0)
+            if USE_EPS:
+                sig = tl.sigmoid(a_log - b - log_eps)
+                tau = tl.where(has, tl.sigmoid(lse0 - log_eps), 0.0)
+                g_a = -gate * sig
+                g_l = gate * sig * tau
+            else:
+                g_a = tl.where(has, -gate, 0.0)
+                g_l = tl.where(has, gate, 0.0)
+            gsum += g_a * own + g_l * expected
+            pm = tl.where(imp, (-s * g_l)[:, None] * tl.exp(z - lse0[:, None]), 0.0)
+            pm += tl.where(onehot, (-s * g_a)[:, None], 0.0)
+            tl.store(PS + rows[:, None] * BM + ks[None, :], pm, mask=mask_n[:, None])
+            tl.store(RS + rows, tl.sum(pm, axis=1), mask=mask_n)
+            colsum += tl.sum(pm, axis=0)
+    tl.store(TOTAL, tl.sum(total, axis=0))
+
+    # 4. gradient in feats, through the means and sigma^2
+    if WITH_GRAD:
+        tl.debug_barrier()
+        if VAR_MODE == 0:
+            cv = 4.0 * s * s * tl.sum(gsum, axis=0) / (N - 1)
+        else:
+            cv = 0.0
+        for d0 in range(0, D, BD):
+            dd = d0 + offs_d
+            mask_d = dd < D
+            mu = tl.load(MU + ks[:, None] * D + dd[None, :], mask=mask_d[None, :], other=0.0)
+            pf = tl.zeros((BM, BD), dtype=ACC)
+            for n0 in range(0, N, BN):
+                rows, mask_n, a, onehot = _row_ids(IDS, n0, N, BM, BN)
+                pm = tl.load(PS + rows[:, None] * BM + ks[None, :], mask=mask_n[:, None], other=0.0)
+                f = tl.load(F + rows[:, None] * sfn + dd[None, :] * sfd,
+                            mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(ACC)
+                pf += tl.sum(pm[:, :, None] * f[:, None, :], axis=0)
+            gmu = 2.0 * (colsum[:, None] * mu - pf) * inv_cnt[:, None]
+            for n0 in range(0, N, BN):
+                rows, mask_n, a, onehot = _row_ids(IDS, n0, N, BM, BN)
+                m2 = mask_n[:, None] & mask_d[None, :]
+                pm = tl.load(PS + rows[:, None] * BM + ks[None, :], mask=mask_n[:, None], other=0.0)
+                rs = tl.load(RS + rows, mask=mask_n, other=0.0)
+                f = tl.load(F + rows[:, None] * sfn + dd[None, :] * sfd, mask=m2, other=0.0).to(ACC)
+                oh = onehot.to(ACC)[:, :, None]
+                p_mu = tl.sum(pm[:, :, None] * mu[None, :, :], axis=1)
+                g_own = tl.sum(oh * gmu[None, :, :], axis=1)
+                mu_own = tl.sum(oh * mu[None, :, :], axis=1)
+                g = 2.0 * (rs[:, None] * f - p_mu) + g_own + cv * (f - mu_own)
+                tl.store(GRAD + rows[:, None] * D + dd[None, :], g.to(GRAD.dtype.element_ty), mask=m2)
+
+
+def _config(m):
+    bm = max(2, triton.next_power_of_2(m))
+    if interpreted():
+        return dict(BM=bm, BN=16, BD=32), {}
+    bn = 16
+    bd = max(4, min(64, 8192 // (bn * bm)))
+    return dict(BM=bm, BN=bn, BD=bd), dict(num_warps=8)
+
+
+def magnet_loss_batch(feats, ids, classes, variance, variance_value, alpha, eps, row_weight, weight, with_grad):
+    """(losses [N], total = sum_i w_i loss_i (0-d), d total / d feats [N, d] or [0, d]).
+
+    Accumulation dtype for losses and total, the feats dtype for the gradient. At most
+    ``MAX_CLUSTERS`` clusters; one program for the whole batch.
+    """
+    N, D = feats.shape
+    M = classes.shape[0]
+    if M > MAX_CLUSTERS:
+        raise ValueError(f"the fused Triton batch kernel takes at most {MAX_CLUSTERS} clusters, got {M}")
+    acc = acc_dtype(feats.dtype)
+    dev = feats.device
+    loss = torch.empty((N,), device=dev, dtype=acc)
+    total = torch.zeros((), device=dev, dtype=acc)
+    grad = torch.empty((N, D) if with_grad else (0, D), device=dev, dtype=feats.dtype)
+    if N == 0:
+        return loss, total, grad
+    meta, launch = _config(M)
+    mu = torch.empty((meta["BM"], D), device=dev, dtype=acc)
+    ps = torch.empty((N, meta["BM"]), device=dev, dtype=acc)
+    rs = torch.empty((N,), device=dev, dtype=acc)
+    if variance is None and variance_value > 0 and acc == torch.float64:
+        variance = torch.tensor(variance_value, dtype=acc)  # a float64 value, not a float32 argument
+    if variance is not None:
+        var_mode, var_t = 1, variance.to(device=dev, dtype=acc).reshape(())
+    else:
+        var_mode, var_t = (2 if variance_value > 0 else 0), total
+    w = row_weight.to(acc).contiguous() if row_weight is not None else loss
+    _magnet_batch_kernel[(1,)](
+        feats, ids, classes, var_t, w, loss, total, grad, mu, ps, rs,
+        N, M, D, feats.stride(0), feats.stride(1), float(variance_value), float(weight), float(alpha),
+        math.log(eps) if eps > 0 else 0.0,
+        VAR_MODE=var_mode, HAS_W=row_weight is not None, USE_EPS=eps > 0, WITH_GRAD=bool(with_grad),
+        ACC=tl_dtype(acc), **meta, **launch)
+    return loss, total, grad
