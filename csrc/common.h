@@ -3,6 +3,17 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+// AVX2+FMA clones of hot CPU loops, chosen at load time by ISA level (the build itself
+// targets the x86-64 baseline, so the library still runs on any x86-64 CPU).
+// "arch=haswell" would be chosen by CPU model, and so never on AMD processors.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 12
+#define CLUSTR_VEC_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define CLUSTR_VEC_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define CLUSTR_VEC_CLONES
+#endif
+
 namespace clustr_fast {
 
 // float64 stays float64; everything else accumulates in float32.

@@ -28,15 +28,7 @@
 
 #include "common.h"
 
-// AVX2+FMA clones of the hot loops, chosen at load time by ISA level ("arch=haswell" would be
-// chosen by CPU model, and so never on AMD processors).
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 12
-#define CLUSTR_VEC_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define CLUSTR_VEC_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define CLUSTR_VEC_CLONES
-#endif
+// CLUSTR_VEC_CLONES (common.h): AVX2+FMA clones of the hot loops, chosen at load time.
 
 namespace clustr_fast {
 namespace {

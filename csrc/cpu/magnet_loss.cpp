@@ -159,6 +159,66 @@ inline T squared_distance(const T* u, const T* v, int64_t D) {
   return acc;
 }
 
+// Everything forward_rows needs for one block of rows whose distance products are in bp.
+template <typename T>
+struct RowBlock {
+  const T *x, *c, *cn;
+  const int64_t* a;
+  const T *cls, *valid;
+  T *lp, *own_p, *lse_p, *e_p;
+  int64_t D, C;
+};
+
+// Rows [r0, r1): own distance, online logsumexp over impostors, the loss and its stats.
+template <typename T>
+inline void forward_block(const RowBlock<T>& rb, T* bp, int64_t r0, int64_t r1, T s, T alpha, bool use_eps,
+                          T log_eps) {
+  const int64_t D = rb.D, C = rb.C;
+  const T ninf = -std::numeric_limits<T>::infinity();
+  for (int64_t i = r0; i < r1; ++i) {
+    const T* xi = rb.x + i * D;
+    T* z = bp + (i - r0) * C;
+    const T own = squared_distance(xi, rb.c + rb.a[i] * D, D);
+    impostor_logits(z, rb.cn, rb.cls, rb.valid, rb.cls[rb.a[i]], squared_norm(xi, D), s, C);
+    T m = ninf;
+#pragma omp simd reduction(max : m)
+    for (int64_t k = 0; k < C; ++k) m = z[k] > m ? z[k] : m;
+    const bool has = m > ninf;
+    T l = T(0), e = T(0);
+    if (has) {
+#pragma omp simd reduction(+ : l, e)
+      for (int64_t k = 0; k < C; ++k) {
+        const T ez = exp_fast(z[k] - m);
+        const T p = z[k] > ninf ? ez : T(0);
+        l += p;
+        e += z[k] > ninf ? p * z[k] : T(0);
+      }
+    }
+    const T lse = has ? m + std::log(l) : ninf;
+    rb.own_p[i] = own;
+    rb.lse_p[i] = lse;
+    rb.e_p[i] = has ? -(e / l) / s : T(0);
+    rb.lp[i] = row_loss(-s * own - alpha, has ? lse : T(0), has, use_eps, log_eps);
+  }
+}
+
+CLUSTR_VEC_CLONES void forward_block_f(const RowBlock<float>& rb, float* bp, int64_t r0, int64_t r1, float s,
+                                       float alpha, bool use_eps, float log_eps) {
+  forward_block<float>(rb, bp, r0, r1, s, alpha, use_eps, log_eps);
+}
+CLUSTR_VEC_CLONES void forward_block_d(const RowBlock<double>& rb, double* bp, int64_t r0, int64_t r1, double s,
+                                       double alpha, bool use_eps, double log_eps) {
+  forward_block<double>(rb, bp, r0, r1, s, alpha, use_eps, log_eps);
+}
+inline void forward_block_vec(const RowBlock<float>& rb, float* bp, int64_t r0, int64_t r1, float s, float alpha,
+                              bool use_eps, float log_eps) {
+  forward_block_f(rb, bp, r0, r1, s, alpha, use_eps, log_eps);
+}
+inline void forward_block_vec(const RowBlock<double>& rb, double* bp, int64_t r0, int64_t r1, double s,
+                              double alpha, bool use_eps, double log_eps) {
+  forward_block_d(rb, bp, r0, r1, s, alpha, use_eps, log_eps);
+}
+
 template <typename T>
 void forward_rows(const Inputs& in, T s, T alpha, bool use_eps, T log_eps, at::Tensor& loss,
                   at::Tensor& stats) {
@@ -174,39 +234,14 @@ void forward_rows(const Inputs& in, T s, T alpha, bool use_eps, T log_eps, at::T
   T* lse_p = own_p + N;
   T* e_p = own_p + 2 * N;
   const at::Tensor ct = in.c.t();
-  const T ninf = -std::numeric_limits<T>::infinity();
   at::parallel_for(0, (N + kBlockRows - 1) / kBlockRows, block_grain(C, D), [&](int64_t b0, int64_t b1) {
     at::Tensor buf = at::empty({kBlockRows, C}, in.x.options());
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t r0 = b * kBlockRows, r1 = std::min(N, r0 + kBlockRows);
       at::Tensor blk = buf.narrow(0, 0, r1 - r0);
       at::mm_out(blk, in.x.narrow(0, r0, r1 - r0), ct);
-      T* bp = blk.data_ptr<T>();
-      for (int64_t i = r0; i < r1; ++i) {
-        const T* xi = x + i * D;
-        T* z = bp + (i - r0) * C;
-        const T own = squared_distance(xi, c + a[i] * D, D);
-        impostor_logits(z, cn, cls, valid, cls[a[i]], squared_norm(xi, D), s, C);
-        T m = ninf;
-#pragma omp simd reduction(max : m)
-        for (int64_t k = 0; k < C; ++k) m = z[k] > m ? z[k] : m;
-        const bool has = m > ninf;
-        T l = T(0), e = T(0);
-        if (has) {
-#pragma omp simd reduction(+ : l, e)
-          for (int64_t k = 0; k < C; ++k) {
-            const T ez = exp_fast(z[k] - m);
-            const T p = z[k] > ninf ? ez : T(0);
-            l += p;
-            e += z[k] > ninf ? p * z[k] : T(0);
-          }
-        }
-        const T lse = has ? m + std::log(l) : ninf;
-        own_p[i] = own;
-        lse_p[i] = lse;
-        e_p[i] = has ? -(e / l) / s : T(0);
-        lp[i] = row_loss(-s * own - alpha, has ? lse : T(0), has, use_eps, log_eps);
-      }
+      forward_block_vec(RowBlock<T>{x, c, cn, a, cls, valid, lp, own_p, lse_p, e_p, D, C}, blk.data_ptr<T>(),
+                        r0, r1, s, alpha, use_eps, log_eps);
     }
   });
 }

@@ -24,6 +24,19 @@ void sqdist_epilogue(scalar_t* o, const scalar_t* xn, const scalar_t* cn, int64_
   }
 }
 
+CLUSTR_VEC_CLONES void sqdist_epilogue_f(float* o, const float* xn, const float* cn, int64_t rows, int64_t K) {
+  sqdist_epilogue<float>(o, xn, cn, rows, K);
+}
+CLUSTR_VEC_CLONES void sqdist_epilogue_d(double* o, const double* xn, const double* cn, int64_t rows, int64_t K) {
+  sqdist_epilogue<double>(o, xn, cn, rows, K);
+}
+inline void sqdist_epilogue_vec(float* o, const float* xn, const float* cn, int64_t rows, int64_t K) {
+  sqdist_epilogue_f(o, xn, cn, rows, K);
+}
+inline void sqdist_epilogue_vec(double* o, const double* xn, const double* cn, int64_t rows, int64_t K) {
+  sqdist_epilogue_d(o, xn, cn, rows, K);
+}
+
 at::Tensor pairwise_sqdist_cpu(const at::Tensor& x_in, const at::Tensor& c_in, int64_t precision) {
   check_matrix(x_in, "x");
   check_matrix(c_in, "c");
@@ -49,7 +62,7 @@ at::Tensor pairwise_sqdist_cpu(const at::Tensor& x_in, const at::Tensor& c_in, i
         const int64_t r0 = b * rows, r1 = std::min(N, r0 + rows);
         at::Tensor blk = out.narrow(0, r0, r1 - r0);
         at::mm_out(blk, x.narrow(0, r0, r1 - r0), ct);
-        sqdist_epilogue(blk.data_ptr<scalar_t>(), xnp + r0, cnp, r1 - r0, K);
+        sqdist_epilogue_vec(blk.data_ptr<scalar_t>(), xnp + r0, cnp, r1 - r0, K);
       }
     });
   });
