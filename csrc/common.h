@@ -5,11 +5,12 @@
 
 // AVX2+FMA clones of hot CPU loops, chosen at load time by ISA level (the build itself
 // targets the x86-64 baseline, so the library still runs on any x86-64 CPU).
-// "arch=haswell" would be chosen by CPU model, and so never on AMD processors.
+// "arch=haswell" would be chosen by CPU model, and so never on AMD processors. `flatten`
+// inlines the templates the wrapper calls into each clone, so they are vectorised for its ISA.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 12
-#define CLUSTR_VEC_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define CLUSTR_VEC_CLONES __attribute__((target_clones("arch=x86-64-v3", "default"), flatten))
 #elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define CLUSTR_VEC_CLONES __attribute__((target_clones("avx2", "default")))
+#define CLUSTR_VEC_CLONES __attribute__((target_clones("avx2", "default"), flatten))
 #else
 #define CLUSTR_VEC_CLONES
 #endif

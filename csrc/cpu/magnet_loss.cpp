@@ -293,6 +293,24 @@ inline void gradient_block(const Inputs& in, T* bp, int64_t r0, int64_t r1, T s,
   }
 }
 
+CLUSTR_VEC_CLONES void gradient_block_f(const Inputs& in, float* bp, int64_t r0, int64_t r1, float s,
+                                        const float* coef_a, const float* coef_l, const float* lse, float* rowsum) {
+  gradient_block<float>(in, bp, r0, r1, s, coef_a, coef_l, lse, rowsum);
+}
+CLUSTR_VEC_CLONES void gradient_block_d(const Inputs& in, double* bp, int64_t r0, int64_t r1, double s,
+                                        const double* coef_a, const double* coef_l, const double* lse,
+                                        double* rowsum) {
+  gradient_block<double>(in, bp, r0, r1, s, coef_a, coef_l, lse, rowsum);
+}
+inline void gradient_block_vec(const Inputs& in, float* bp, int64_t r0, int64_t r1, float s, const float* coef_a,
+                               const float* coef_l, const float* lse, float* rowsum) {
+  gradient_block_f(in, bp, r0, r1, s, coef_a, coef_l, lse, rowsum);
+}
+inline void gradient_block_vec(const Inputs& in, double* bp, int64_t r0, int64_t r1, double s,
+                               const double* coef_a, const double* coef_l, const double* lse, double* rowsum) {
+  gradient_block_d(in, bp, r0, r1, s, coef_a, coef_l, lse, rowsum);
+}
+
 template <typename T>
 void backward_rows(const Inputs& in, T s, const T* coef_a, const T* coef_l, const T* lse,
                    at::Tensor& grad_f, at::Tensor& grad_mu) {
@@ -317,7 +335,7 @@ void backward_rows(const Inputs& in, T s, const T* coef_a, const T* coef_l, cons
         const at::Tensor xb = in.x.narrow(0, r0, R);
         at::mm_out(blk, xb, in.c.t());
         T* bp = blk.data_ptr<T>();
-        gradient_block(in, bp, r0, r1, s, coef_a, coef_l, lse, rowsum.data());
+        gradient_block_vec(in, bp, r0, r1, s, coef_a, coef_l, lse, rowsum.data());
         at::Tensor gfb = grad_f.narrow(0, r0, R);
         at::mm_out(gfb, blk, in.c);  // P mu
         for (int64_t i = 0; i < R; ++i) {
