@@ -7,29 +7,7 @@ from clustr_fast.nn import SoftClusterHead
 from clustr_fast.robust import attacks
 from clustr_fast.robust.attacks import eps_curve, pgd, robust_accuracy
 from clustr_fast.train.classifier import ClusterClassifier
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids thread-pool overhead."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-class LinearNet(nn.Module):
-    """``x -> (logits, W x)``: a linear feature map (the logits are unused by cluster heads)."""
-
-    def __init__(self, weight, num_classes):
-        super().__init__()
-        self.lin = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
-        self.lin.weight.data.copy_(weight)
-        self.fc = nn.Linear(weight.shape[0], num_classes)
-
-    def forward(self, x):
-        f = self.lin(x)
-        return self.fc(f), f
+from robust_helpers import one_thread, LinearNet  # noqa: F401  (one_thread: autouse fixture)
 
 
 def linear_cluster_model(seed=0, in_dim=5, feat_dim=3, num_classes=4, variance=0.5):

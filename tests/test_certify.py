@@ -3,33 +3,13 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from clustr_fast.nn import SoftClusterHead
 from clustr_fast.robust.attacks import pgd
 from clustr_fast.robust.certify import (NearestCenterScores, attack_certified, certified_accuracy, certify,
                                         radius_grid)
 from clustr_fast.train.classifier import ClusterClassifier
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-class LinearNet(nn.Module):
-    def __init__(self, weight, num_classes):
-        super().__init__()
-        self.lin = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
-        self.lin.weight.data.copy_(weight)
-        self.fc = nn.Linear(weight.shape[0], num_classes)
-
-    def forward(self, x):
-        f = self.lin(x)
-        return self.fc(f), f
+from robust_helpers import one_thread, LinearNet  # noqa: F401  (one_thread: autouse fixture)
 
 
 def cluster_model(weight, centers, classes, num_classes):

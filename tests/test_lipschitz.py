@@ -9,14 +9,7 @@ from torch.nn import functional as F
 from clustr_fast.models import build_model
 from clustr_fast.robust import lipschitz
 from clustr_fast.robust.lipschitz import conv2d_norm, lipschitz_bound, operator_norm
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from robust_helpers import one_thread  # noqa: F401  (one_thread: autouse fixture)
 
 
 class Pair(nn.Module):

@@ -1,0 +1,27 @@
+"""Small models and fixtures shared by the attack, certification and Lipschitz tests."""
+import pytest
+import torch
+from torch import nn
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread avoids thread-pool overhead."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class LinearNet(nn.Module):
+    """``x -> (logits, W x)``: a linear feature map (the logits are unused by cluster heads)."""
+
+    def __init__(self, weight, num_classes):
+        super().__init__()
+        self.lin = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+        self.lin.weight.data.copy_(weight)
+        self.fc = nn.Linear(weight.shape[0], num_classes)
+
+    def forward(self, x):
+        f = self.lin(x)
+        return self.fc(f), f
