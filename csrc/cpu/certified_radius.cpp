@@ -14,20 +14,10 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu/vec_math.h"
 
 namespace clustr_fast {
 namespace {
-
-template <typename T>
-inline T row_sqdist(const T* a, const T* b, int64_t d) {
-  T s = T(0);
-#pragma omp simd reduction(+ : s)
-  for (int64_t k = 0; k < d; ++k) {
-    const T t = a[k] - b[k];
-    s += t * t;
-  }
-  return s;
-}
 
 template <typename T>
 void radius_rows(const at::Tensor& f_t, const at::Tensor& mu_t, const at::Tensor& cls_t, const at::Tensor& gap_t,
@@ -45,7 +35,7 @@ void radius_rows(const at::Tensor& f_t, const at::Tensor& mu_t, const at::Tensor
       const T* fi = f + i * d;
       int64_t best = 0;
       for (int64_t j = 0; j < C; ++j) {
-        dist[j] = row_sqdist(fi, mu + j * d, d);
+        dist[j] = squared_distance(fi, mu + j * d, d);
         if (dist[j] < dist[best]) best = j;
       }
       const T d1 = dist[best];

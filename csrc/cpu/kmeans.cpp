@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu/vec_math.h"
 
 // CLUSTR_VEC_CLONES (common.h): AVX2+FMA clones of the hot loops, chosen at load time.
 
@@ -50,17 +51,6 @@ void parallel_items(int64_t n, const Init& init, const Body& body) {
     auto state = init();
     for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) body(state, i);
   });
-}
-
-template <typename T>
-inline __attribute__((always_inline)) T row_sqdist(const T* a, const T* b, int64_t d) {
-  T s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int64_t j = 0; j < d; ++j) {
-    const T t = a[j] - b[j];
-    s += t * t;
-  }
-  return s;
 }
 
 // 32-byte vectors (GCC/Clang vector extensions; split in two on targets without AVX).

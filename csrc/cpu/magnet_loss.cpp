@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu/vec_math.h"
 
 namespace clustr_fast {
 namespace {
@@ -138,25 +139,6 @@ inline void impostor_logits(T* row, const T* cn, const T* cls, const T* valid, T
     const T keep = (cls[k] != ci) & (valid[k] != T(0)) ? T(0) : ninf;
     row[k] = z + keep;
   }
-}
-
-template <typename T>
-inline T squared_norm(const T* v, int64_t D) {
-  T acc = T(0);
-#pragma omp simd reduction(+ : acc)
-  for (int64_t j = 0; j < D; ++j) acc += v[j] * v[j];
-  return acc;
-}
-
-template <typename T>
-inline T squared_distance(const T* u, const T* v, int64_t D) {
-  T acc = T(0);
-#pragma omp simd reduction(+ : acc)
-  for (int64_t j = 0; j < D; ++j) {
-    const T t = u[j] - v[j];
-    acc += t * t;
-  }
-  return acc;
 }
 
 // Everything forward_rows needs for one block of rows whose distance products are in bp.

@@ -21,20 +21,10 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu/vec_math.h"
 
 namespace clustr_fast {
 namespace {
-
-template <typename T>
-inline T direct_sqdist(const T* a, const T* b, int64_t d) {
-  T s = T(0);
-#pragma omp simd reduction(+ : s)
-  for (int64_t k = 0; k < d; ++k) {
-    const T t = a[k] - b[k];
-    s += t * t;
-  }
-  return s;
-}
 
 // Indices of the D smallest (value, index) pairs of v[0..C), in no particular order.
 template <typename T>
@@ -63,7 +53,7 @@ template <typename T>
 T selected_logits(const T* f, const T* mu, const int64_t* idx, int64_t D, int64_t d, T scale, T* z) {
   T mx = -std::numeric_limits<T>::infinity();
   for (int64_t s = 0; s < D; ++s) {
-    z[s] = -scale * direct_sqdist(f, mu + idx[s] * d, d);
+    z[s] = -scale * squared_distance(f, mu + idx[s] * d, d);
     mx = std::max(mx, z[s]);
   }
   if (!(mx > -std::numeric_limits<T>::infinity())) return mx;
