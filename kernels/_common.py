@@ -2,6 +2,7 @@
 import os
 
 import torch
+import triton
 import triton.language as tl
 
 # precision code (0 highest, 1 high, 2 medium) -> tl.dot input_precision for fp32 operands.
@@ -30,3 +31,11 @@ def dot_precision(dtype: torch.dtype, precision: int) -> str:
     if dtype == torch.float64 or interpreted():
         return "ieee"
     return DOT_PRECISION[precision]
+
+
+@triton.jit
+def logaddexp(x, y):
+    """log(exp(x) + exp(y)) without overflow (inside Triton kernels)."""
+    hi = tl.maximum(x, y)
+    lo = tl.minimum(x, y)
+    return hi + tl.log(1.0 + tl.exp(lo - hi))

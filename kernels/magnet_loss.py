@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, dot_precision, interpreted, tl_dtype
+from ._common import logaddexp as _logaddexp, acc_dtype, dot_precision, interpreted, tl_dtype
 
 P_BLOCK_ELEMS = 1 << 22  # rows per backward block: at most this many P entries (16 MB in fp32)
 
@@ -74,13 +74,6 @@ def _impostors(CLS, VALID, cols, mask_c, cls_i, HAS_VALID: tl.constexpr):
         v = tl.load(VALID + cols, mask=mask_c, other=0)
         imp = imp & (v != 0)[None, :]
     return imp
-
-
-@triton.jit
-def _logaddexp(x, y):
-    hi = tl.maximum(x, y)
-    lo = tl.minimum(x, y)
-    return hi + tl.log(1.0 + tl.exp(lo - hi))
 
 
 @triton.jit

@@ -19,16 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, interpreted, tl_dtype
+from ._common import logaddexp as _logaddexp, acc_dtype, interpreted, tl_dtype
 
 MAX_CLUSTERS = 64  # BM: every batch cluster sits in one register tile
-
-
-@triton.jit
-def _logaddexp(x, y):
-    hi = tl.maximum(x, y)
-    lo = tl.minimum(x, y)
-    return hi + tl.log(1.0 + tl.exp(lo - hi))
 
 
 @triton.jit

@@ -272,9 +272,9 @@ inline void assign_grouped_any(const double* x, const double* c, const int64_t* 
   assign_grouped_d(x, c, g, gk, d, i0, i1, lab, sq);
 }
 
-std::tuple<at::Tensor, at::Tensor> kmeans_assign_cpu(const at::Tensor& x_in, const at::Tensor& c_in,
-                                                     int64_t precision, const std::optional<at::Tensor>& groups_in,
-                                                     int64_t group_k) {
+// Checked, detached, contiguous (x, centers) in the accumulation dtype.
+std::pair<at::Tensor, at::Tensor> points_and_centers(const at::Tensor& x_in, const at::Tensor& c_in,
+                                                     int64_t precision) {
   check_matrix(x_in, "x");
   check_matrix(c_in, "centers");
   check_precision(precision);
@@ -283,6 +283,15 @@ std::tuple<at::Tensor, at::Tensor> kmeans_assign_cpu(const at::Tensor& x_in, con
   const auto acc = acc_type(x_in.scalar_type());
   const at::Tensor x = x_in.detach().to(acc).contiguous();
   const at::Tensor c = c_in.detach().to(acc).contiguous();
+  return {x, c};
+}
+
+std::tuple<at::Tensor, at::Tensor> kmeans_assign_cpu(const at::Tensor& x_in, const at::Tensor& c_in,
+                                                     int64_t precision, const std::optional<at::Tensor>& groups_in,
+                                                     int64_t group_k) {
+  const auto xc = points_and_centers(x_in, c_in, precision);
+  const at::Tensor x = xc.first, c = xc.second;
+  const auto acc = x.scalar_type();
   const int64_t N = x.size(0), D = x.size(1);
   at::Tensor labels = at::zeros({N}, x.options().dtype(at::kLong));
   at::Tensor sqdist = at::empty({N}, x.options());
@@ -467,14 +476,9 @@ void lloyd_step_fused(const at::Tensor& x, const at::Tensor& c, const int64_t* g
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_lloyd_step_cpu(
     const at::Tensor& x_in, const at::Tensor& c_in, int64_t precision, const std::optional<at::Tensor>& groups_in,
     int64_t group_k) {
-  check_matrix(x_in, "x");
-  check_matrix(c_in, "centers");
-  check_precision(precision);
-  TORCH_CHECK(x_in.size(1) == c_in.size(1), "x and centers must have the same number of columns");
-  TORCH_CHECK(c_in.size(0) >= 1, "centers must have at least one row");
-  const auto acc = acc_type(x_in.scalar_type());
-  const at::Tensor x = x_in.detach().to(acc).contiguous();
-  const at::Tensor c = c_in.detach().to(acc).contiguous();
+  const auto xc = points_and_centers(x_in, c_in, precision);
+  const at::Tensor x = xc.first, c = xc.second;
+  const auto acc = x.scalar_type();
   const int64_t N = x.size(0), D = x.size(1), K = c.size(0);
   at::Tensor groups;
   if (groups_in.has_value()) {
