@@ -1,11 +1,17 @@
 """KMeans estimator and the per-group (per-class) k-means refresh of ClusTR.
 
 Both run Lloyd's algorithm on the fused ops of :mod:`clustr_fast.ops.kmeans`:
-k-means++ seeding, then per iteration one assignment and one update launch
-(for all groups together in :func:`kmeans_per_group`), or on the CPU one fused
-Lloyd step (a single pass over x), and one host sync for the stopping test.
-Stopping follows scikit-learn: labels unchanged, or the total squared center
-shift at most ``tol * mean(var(x, 0))``.
+k-means++ seeding, then Lloyd iterations. Stopping follows scikit-learn: labels
+unchanged, or the total squared center shift at most ``tol * mean(var(x, 0))``.
+
+- ``KMeans``: per iteration one assignment and one update launch, or on the CPU
+  one fused Lloyd step (a single pass over x), and one host sync for the test.
+- ``kmeans_per_group``: every group is its own k-means problem and stops on its
+  own (scikit-learn's rule with the group's own variance), exactly as a loop of
+  per-class ``KMeans`` fits. On the CPU one call runs every group to convergence,
+  group after group while its rows sit in cache; on other devices each iteration
+  is one assignment and one update launch for all groups, and a group that has
+  stopped keeps its centers.
 """
 from __future__ import annotations
 
@@ -13,16 +19,8 @@ import torch
 
 from . import _backend
 from ._validate import acc_dtype, check_finite, check_float, check_ids, check_int, check_matrix, check_real
-from .ops.kmeans import (kmeans_assign_op, kmeans_lloyd_step_op, kmeans_update_op, lloyd_step_runs_here,
-                         plusplus_segments)
-
-
-def _check_finite(x, name, op):
-    """``check_finite`` behind a cheap filter: a finite float64 sum means every value is finite (nan
-    and inf propagate), so the elementwise test runs only when the sum is not (it then decides)."""
-    if x.numel() and bool(torch.isfinite(x.sum(dtype=torch.float64))):
-        return
-    check_finite(x, name, op=op)
+from .ops.kmeans import (kmeans_assign_op, kmeans_lloyd_groups_op, kmeans_lloyd_step_op, kmeans_update_op,
+                         lloyd_groups_stepwise, lloyd_step_runs_here, plusplus_segments)
 
 
 def _tolerance(x: torch.Tensor, tol: float) -> float:
@@ -105,7 +103,7 @@ class KMeans:
 
     def fit(self, x):
         x = self._prepare(x)
-        _check_finite(x, "x", "KMeans")
+        check_finite(x, "x", op="KMeans")
         if self.n_clusters > x.shape[0]:
             raise ValueError(f"KMeans: `n_clusters`={self.n_clusters} is larger than the {x.shape[0]} rows of `x`")
         x = x.contiguous()
@@ -135,9 +133,12 @@ def kmeans_per_group(x, groups, k, *, max_iter=20, tol=1e-4, generator=None, n_l
     """k clusters in each group (class) of ``x [N,d]``, every group in the same launches.
 
     ``groups [N]`` holds group ids in ``[0, G)``; every group needs at least ``k`` rows. Rows are
-    sorted by group once; seeding runs greedy k-means++ in every group per step, and each Lloyd
-    iteration is one assignment (row i only sees its group's centers) and one update for all groups.
-    Stops when no label changes or the total squared center shift is at most ``tol * mean(var(x, 0))``.
+    sorted by group once; seeding runs greedy k-means++ in every group per step. Each group then
+    runs at most ``max_iter`` Lloyd iterations and stops on its own, when none of its labels changes
+    or its squared center shift is at most ``tol * mean(var(x_g, 0))`` (scikit-learn's rule per
+    group: the result is that of a per-class loop of fits). CPU: one call, group after group in
+    cache, one thread per group. Other devices: one assignment (row i only sees its group's
+    centers) and one update launch per iteration for all groups.
 
     Returns ``(labels int64 [N] = group * k + j, centers [G*k, d])`` with the centers of group g in
     rows ``[g*k, (g+1)*k)`` (accumulation dtype: float32 for half inputs).
@@ -150,7 +151,7 @@ def kmeans_per_group(x, groups, k, *, max_iter=20, tol=1e-4, generator=None, n_l
     k = check_int(k, "k", low=1, op=op)
     max_iter = check_int(max_iter, "max_iter", low=0, op=op)
     tol = check_real(tol, "tol", op=op)
-    _check_finite(x, "x", op)
+    check_finite(x, "x", op=op)
     if x.shape[0] == 0:
         raise ValueError(f"{op}: `x` has no rows")
     if int(groups.min()) < 0:
@@ -164,12 +165,15 @@ def kmeans_per_group(x, groups, k, *, max_iter=20, tol=1e-4, generator=None, n_l
     in_order = bool((groups[1:] >= groups[:-1]).all())  # rows already sorted by group: no copy
     order = None if in_order else torch.argsort(groups, stable=True)
     xs = (x.detach() if in_order else x.detach()[order]).to(acc_dtype(x.dtype)).contiguous()
-    gs = (groups if in_order else groups[order]).contiguous()
     offsets = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)])
     idx = plusplus_segments(xs, offsets, k, generator=generator, n_local_trials=n_local_trials)
     centers = xs[idx.reshape(-1)]
-    centers, lab_sorted, _, _ = _lloyd(xs, centers, max_iter, _tolerance(xs, tol), groups=gs, group_k=k,
-                                       precision=_backend.precision_code(precision))
+    prec = _backend.precision_code(precision)
+    if lloyd_step_runs_here(xs.device):
+        lab_sorted, _, centers, _ = kmeans_lloyd_groups_op(xs, offsets, centers, max_iter, tol, prec)
+    else:
+        lab_sorted, _, centers, _ = lloyd_groups_stepwise(xs, offsets, centers, max_iter, tol, prec, kmeans_assign_op,
+                                                          kmeans_update_op, torch.are_deterministic_algorithms_enabled())
     if in_order:
         return lab_sorted, centers
     labels = torch.empty_like(lab_sorted)

@@ -52,4 +52,9 @@ TORCH_LIBRARY(clustr_fast_C, m) {
   // One Lloyd step in one pass: (labels, sqdist) = kmeans_assign(x, centers, ...), and
   // (new_centers, counts) = kmeans_update(x, labels, K, prev_centers=centers). CPU only.
   m.def("kmeans_lloyd_step(Tensor x, Tensor centers, int precision, Tensor? groups, int group_k) -> (Tensor, Tensor, Tensor, Tensor)");
+  // Lloyd's algorithm to convergence in every segment [offsets[g], offsets[g+1]) of x from the
+  // centers [g*k, (g+1)*k), each segment stopping on its own (labels unchanged, or center shift
+  // <= tol * mean feature variance of the segment). -> (labels int64 [N] = g*k + j, sqdist [N],
+  // centers [G*k, d], n_iter int64 [G]). CPU only (other devices run the step ops).
+  m.def("kmeans_lloyd_groups(Tensor x, Tensor offsets, Tensor centers, int max_iter, float tol, int precision) -> (Tensor, Tensor, Tensor, Tensor)");
 }

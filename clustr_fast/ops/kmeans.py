@@ -6,6 +6,9 @@
                 reference only; on other backends :func:`lloyd_step_runs_here` is False and the
                 caller runs assign + update)
     k-means++:  greedy D^2 seeding (scikit-learn's), in every segment of x at once
+    lloyd groups: Lloyd's algorithm to convergence in every segment of x, each segment stopping
+                on its own (CPU: segment after segment in cache; elsewhere: one assign and one
+                update launch per iteration for all segments, see :func:`lloyd_groups_stepwise`)
 
 Not differentiable (no autograd is registered). Each op also takes the
 segment/group arguments that :func:`clustr_fast.kmeans_per_group` uses to run
@@ -53,6 +56,54 @@ def _reference_lloyd_step(x, centers, precision, groups, group_k):
     return labels, sq, new_centers, counts
 
 
+def group_tolerances(x: Tensor, offsets: Tensor, tol: float) -> Tensor:
+    """scikit-learn's absolute tolerance of every segment: ``tol * mean_f var(x_g[:, f])`` (float64 [G])."""
+    off = offsets.tolist()
+    out = torch.zeros(len(off) - 1, dtype=torch.float64, device=x.device)
+    if tol > 0:
+        for g in range(len(off) - 1):
+            if off[g + 1] - off[g] >= 2:
+                out[g] = x[off[g]:off[g + 1]].to(torch.float64).var(0, unbiased=False).mean() * tol
+    return out
+
+
+def lloyd_groups_stepwise(x, offsets, centers, max_iter, tol, precision, assign, update, deterministic=True):
+    """Lloyd's algorithm in every segment with one ``assign`` and one ``update`` call per iteration
+    for all segments; a segment that has stopped keeps its centers (so its labels stay put).
+
+    Same result as running each segment alone: iteration ``it`` updates the centers of the active
+    segments, reassigns, and a segment stops when none of its labels changed or its center shift is
+    at most its tolerance (:func:`group_tolerances`). One host sync per iteration.
+    Returns ``(labels, sqdist, centers, n_iter int64 [G])``.
+    """
+    G = offsets.numel() - 1
+    k = centers.shape[0] // G
+    sizes = offsets.diff().to(x.device)
+    groups = torch.repeat_interleave(torch.arange(G, device=x.device), sizes)
+    tol_g = group_tolerances(x, offsets, float(tol))
+    labels, d = assign(x, centers, precision, groups, k)
+    n_iter = torch.zeros(G, dtype=torch.int64, device=x.device)
+    active = torch.ones(G, dtype=torch.bool, device=x.device)
+    for _ in range(max_iter):
+        new_centers, _ = update(x, labels, G * k, centers, deterministic)
+        new_centers = torch.where(active.repeat_interleave(k)[:, None], new_centers, centers)
+        shift = (new_centers.to(torch.float64) - centers.to(torch.float64)).square().sum(1).view(G, k).sum(1)
+        centers = new_centers
+        n_iter += active.long()
+        new_labels, d = assign(x, centers, precision, groups, k)
+        changed = torch.zeros(G, dtype=torch.int64, device=x.device).index_add_(0, groups, (new_labels != labels).long())
+        labels = new_labels
+        active &= (changed > 0) & (shift > tol_g)
+        if not bool(active.any()):
+            break
+    return labels, d, centers, n_iter
+
+
+def _reference_lloyd_groups(x, offsets, centers, max_iter, tol, precision):
+    return lloyd_groups_stepwise(x.to(acc_dtype(x.dtype)), offsets, centers.to(acc_dtype(x.dtype)), max_iter, tol,
+                                 precision, _reference_assign, _reference_update)
+
+
 def _reference_plusplus(x, offsets, k, first, draws):
     """The reference algorithm of ``reference.kmeans_plusplus``, one segment at a time, on given draws."""
     acc = acc_dtype(x.dtype)
@@ -96,6 +147,10 @@ _UPDATE = {
 _LLOYD_STEP = {
     "reference": _reference_lloyd_step,
     "cpu": extension_kernel("kmeans_lloyd_step"),
+}
+_LLOYD_GROUPS = {
+    "reference": _reference_lloyd_groups,
+    "cpu": extension_kernel("kmeans_lloyd_groups"),
 }
 _PLUSPLUS = {
     "reference": _reference_plusplus,
@@ -144,6 +199,22 @@ def _(x, centers, precision, groups, group_k):
     n, acc = x.shape[0], acc_dtype(x.dtype)
     return (x.new_empty((n,), dtype=torch.int64), x.new_empty((n,), dtype=acc),
             x.new_empty(tuple(centers.shape), dtype=acc), x.new_empty((centers.shape[0],), dtype=torch.int64))
+
+
+@torch.library.custom_op("clustr_fast::kmeans_lloyd_groups", mutates_args=())
+def kmeans_lloyd_groups_op(x: Tensor, offsets: Tensor, centers: Tensor, max_iter: int, tol: float,
+                           precision: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    labels, sq, new_centers, n_iter = run("kmeans_lloyd_groups", x.device, _LLOYD_GROUPS, x, offsets, centers,
+                                          max_iter, tol, precision)
+    acc = acc_dtype(x.dtype)
+    return labels, sq.to(acc), new_centers.to(acc), n_iter
+
+
+@kmeans_lloyd_groups_op.register_fake
+def _(x, offsets, centers, max_iter, tol, precision):
+    n, acc = x.shape[0], acc_dtype(x.dtype)
+    return (x.new_empty((n,), dtype=torch.int64), x.new_empty((n,), dtype=acc),
+            x.new_empty(tuple(centers.shape), dtype=acc), x.new_empty((offsets.shape[0] - 1,), dtype=torch.int64))
 
 
 def lloyd_step_runs_here(device: torch.device) -> bool:

@@ -24,9 +24,11 @@
 #include <limits>
 #include <memory>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "common.h"
+#include "cpu/kmeans_rows.h"
 #include "cpu/vec_math.h"
 
 // CLUSTR_VEC_CLONES (common.h): AVX2+FMA clones of the hot loops, chosen at load time.
@@ -34,108 +36,54 @@
 namespace clustr_fast {
 namespace {
 
-// body(state, i) for every i in [0, n) on the intra-op threads, each thread with its own
-// state = init(); items are handed out one at a time, so a thread that the OS preempts (a busy
-// machine) holds back at most one item. What an item writes must not depend on the thread.
-template <typename Init, typename Body>
-void parallel_items(int64_t n, const Init& init, const Body& body) {
-  if (n <= 0) return;
-  const int64_t threads = std::min<int64_t>(n, at::get_num_threads());
-  if (threads <= 1 || at::in_parallel_region()) {
-    auto state = init();
-    for (int64_t i = 0; i < n; ++i) body(state, i);
-    return;
-  }
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
-    auto state = init();
-    for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) body(state, i);
-  });
-}
-
-// 32-byte vectors (GCC/Clang vector extensions; split in two on targets without AVX).
-template <typename T>
-struct Vec32;
-template <>
-struct Vec32<float> {
-  typedef float type __attribute__((vector_size(32)));
-  static constexpr int W = 8;
-};
-template <>
-struct Vec32<double> {
-  typedef double type __attribute__((vector_size(32)));
-  static constexpr int W = 4;
-};
-
-// out[t] = ||xi - c[t]||^2 for NT centers at once: each chunk of xi is loaded once and the NT
-// sums stay in registers; one horizontal sum per center at the end.
-template <typename T, int NT>
-inline __attribute__((always_inline)) void sqdist_to_few(const T* xi, const T* const* c, int64_t D, T* out) {
-  using V = typename Vec32<T>::type;
-  constexpr int W = Vec32<T>::W;
-  V acc[NT];
-  for (int t = 0; t < NT; ++t) acc[t] = V{};
-  int64_t j = 0;
-  for (; j + W <= D; j += W) {
-    V xv;
-    std::memcpy(&xv, xi + j, sizeof(V));
-    for (int t = 0; t < NT; ++t) {
-      V cv;
-      std::memcpy(&cv, c[t] + j, sizeof(V));
-      const V df = xv - cv;
-      acc[t] += df * df;
-    }
-  }
-  for (int t = 0; t < NT; ++t) {
-    T v = 0;
-    for (int l = 0; l < W; ++l) v += acc[t][l];
-    for (int64_t e = j; e < D; ++e) {
-      const T df = xi[e] - c[t][e];
-      v += df * df;
-    }
-    out[t] = v;
-  }
-}
-
-// out[t] = ||xi - c[t]||^2 for any number of centers, in groups of at most 8.
-template <typename T>
-inline __attribute__((always_inline)) void sqdist_to_many(const T* xi, const T* const* c, int64_t nc, int64_t D,
-                                                          T* out) {
-  for (int64_t t0 = 0; t0 < nc; t0 += 8) {
-    const T* const* cc = c + t0;
-    T* o = out + t0;
-    switch (std::min<int64_t>(8, nc - t0)) {
-      case 1: sqdist_to_few<T, 1>(xi, cc, D, o); break;
-      case 2: sqdist_to_few<T, 2>(xi, cc, D, o); break;
-      case 3: sqdist_to_few<T, 3>(xi, cc, D, o); break;
-      case 4: sqdist_to_few<T, 4>(xi, cc, D, o); break;
-      case 5: sqdist_to_few<T, 5>(xi, cc, D, o); break;
-      case 6: sqdist_to_few<T, 6>(xi, cc, D, o); break;
-      case 7: sqdist_to_few<T, 7>(xi, cc, D, o); break;
-      default: sqdist_to_few<T, 8>(xi, cc, D, o); break;
-    }
-  }
-}
-
 // ------------------------------------------------------------------ assign
 
-// tile[i,k] <- cn[k] - 2 tile[i,k]; keeps the first minimum of each row in best/lab.
+// Row i of the tile becomes cn[k] - 2 tile[i,k] (its squared distances less ||x_i||^2); keeps the
+// first minimum of each row in best/lab. Vector lanes track their own minimum and its index
+// (strict <, so each lane keeps its first), then the lanes are merged by (value, index).
 template <typename T>
 inline __attribute__((always_inline)) void argmin_epilogue(T* tile, const T* cn, int64_t rows, int64_t kc,
                                                            int64_t k0, T* best, int64_t* lab) {
+  using V = typename Vec32<T>::type;
+  using I = decltype(V{} < V{});  // integer lanes of the same width
+  constexpr int W = Vec32<T>::W;
+  const int64_t kv = kc / W * W;
+  I lane{};
+  for (int l = 0; l < W; ++l) lane[l] = l;
   for (int64_t i = 0; i < rows; ++i) {
-    T* row = tile + i * kc;
+    const T* row = tile + i * kc;
     T m = std::numeric_limits<T>::infinity();
-#pragma omp simd reduction(min : m)
-    for (int64_t k = 0; k < kc; ++k) {
-      row[k] = cn[k] - T(2) * row[k];
-      m = std::min(m, row[k]);
+    int64_t arg = -1;
+    if (kv > 0) {
+      V bv, c, r;
+      I bi = lane;
+      std::memcpy(&c, cn, sizeof(V));
+      std::memcpy(&r, row, sizeof(V));
+      bv = c - T(2) * r;
+      for (int64_t k = W; k < kv; k += W) {
+        std::memcpy(&c, cn + k, sizeof(V));
+        std::memcpy(&r, row + k, sizeof(V));
+        const V v = c - T(2) * r;
+        const I lt = v < bv;
+        bv = lt ? v : bv;
+        bi = lt ? lane + static_cast<typename std::remove_reference<decltype(lane[0])>::type>(k) : bi;
+      }
+      for (int l = 0; l < W; ++l)
+        if (bv[l] < m || (bv[l] == m && bi[l] < arg)) {
+          m = bv[l];
+          arg = bi[l];
+        }
+    }
+    for (int64_t k = kv; k < kc; ++k) {
+      const T v = cn[k] - T(2) * row[k];
+      if (v < m) {
+        m = v;
+        arg = k;
+      }
     }
     if (m < best[i]) {
-      int64_t k = 0;
-      while (k + 1 < kc && !(row[k] == m)) ++k;
       best[i] = m;
-      lab[i] = k0 + k;
+      lab[i] = k0 + arg;
     }
   }
 }
@@ -172,13 +120,21 @@ CLUSTR_VEC_CLONES void row_norms_d(const double* x, int64_t r, int64_t d, double
 inline void row_norms_any(const float* x, int64_t r, int64_t d, float* o) { row_norms_f(x, r, d, o); }
 inline void row_norms_any(const double* x, int64_t r, int64_t d, double* o) { row_norms_d(x, r, d, o); }
 
+// Centers per BLAS product, and rows per BLAS block: a product tile of about 64K values (it
+// stays in L2), at least 256 rows, so that few centers still make few, large products.
+constexpr int64_t kDenseCenters = 256;
+inline int64_t dense_rows(int64_t K) {
+  return std::clamp<int64_t>(65536 / std::clamp<int64_t>(K, 1, kDenseCenters), 256, 2048);
+}
+
 // Centers prepared for the BLAS form ||x||^2 + ||c||^2 - 2 x.c: c^T and the squared norms.
 template <typename T>
 struct DenseCenters {
-  static constexpr int64_t RB = 256, KC = 256;  // rows per BLAS block, centers per product
+  static constexpr int64_t KC = kDenseCenters;
+  const int64_t RB;  // rows per BLAS block
   at::Tensor ct;
   std::vector<T> cn;
-  explicit DenseCenters(const at::Tensor& c) : ct(c.t()), cn(c.size(0)) {
+  explicit DenseCenters(const at::Tensor& c) : RB(dense_rows(c.size(0))), ct(c.t()), cn(c.size(0)) {
     row_norms_any(c.data_ptr<T>(), c.size(0), c.size(1), cn.data());
   }
 };
@@ -189,12 +145,12 @@ struct DenseScratch {
   at::Tensor tile;
   std::vector<T> best, xn;
   DenseScratch(const at::Tensor& x, int64_t K)
-      : tile(at::empty({DenseCenters<T>::RB * std::min(K, DenseCenters<T>::KC)}, x.options())),
-        best(DenseCenters<T>::RB),
-        xn(DenseCenters<T>::RB) {}
+      : tile(at::empty({dense_rows(K) * std::min(K, kDenseCenters)}, x.options())),
+        best(dense_rows(K)),
+        xn(dense_rows(K)) {}
 };
 
-// Nearest center of the rows [r0, r0 + rows), rows <= RB: one BLAS product per center chunk,
+// Nearest center of the rows [r0, r0 + rows), rows <= c.RB: one BLAS product per center chunk,
 // consumed at once by the argmin epilogue.
 template <typename T>
 void assign_dense_block(const at::Tensor& x, const DenseCenters<T>& c, int64_t r0, int64_t rows,
@@ -218,7 +174,7 @@ void assign_dense_block(const at::Tensor& x, const DenseCenters<T>& c, int64_t r
 
 template <typename T>
 void assign_dense(const at::Tensor& x, const at::Tensor& c, at::Tensor& labels, at::Tensor& sqdist) {
-  const int64_t N = x.size(0), RB = DenseCenters<T>::RB;
+  const int64_t N = x.size(0), RB = dense_rows(c.size(0));
   const DenseCenters<T> dc(c);
   const int64_t nblk = (N + RB - 1) / RB;
   T* sq = sqdist.data_ptr<T>();
@@ -319,15 +275,6 @@ std::tuple<at::Tensor, at::Tensor> kmeans_assign_cpu(const at::Tensor& x_in, con
 
 // ------------------------------------------------------------------ update
 
-template <typename T>
-inline __attribute__((always_inline)) void add_row(double* acc, const T* row, int64_t d) {
-#pragma omp simd
-  for (int64_t j = 0; j < d; ++j) acc[j] += static_cast<double>(row[j]);
-}
-CLUSTR_VEC_CLONES void add_row_f(double* a, const float* r, int64_t d) { add_row<float>(a, r, d); }
-CLUSTR_VEC_CLONES void add_row_d(double* a, const double* r, int64_t d) { add_row<double>(a, r, d); }
-inline void add_row_any(double* a, const float* r, int64_t d) { add_row_f(a, r, d); }
-inline void add_row_any(double* a, const double* r, int64_t d) { add_row_d(a, r, d); }
 
 template <typename T>
 void update_sorted(const at::Tensor& x, const int64_t* lab, int64_t k, const T* prev, at::Tensor& centers,
@@ -443,7 +390,7 @@ void reduce_partials(const double* part, const int64_t* pcnt, int64_t nchunk, in
 template <typename T>
 void lloyd_step_fused(const at::Tensor& x, const at::Tensor& c, const int64_t* groups, int64_t gk,
                       const LloydChunks& ch, int64_t* lab, T* sq, T* out, int64_t* counts) {
-  const int64_t N = x.size(0), D = x.size(1), K = c.size(0), RB = DenseCenters<T>::RB;
+  const int64_t N = x.size(0), D = x.size(1), K = c.size(0), RB = dense_rows(K);
   const T* xp = x.data_ptr<T>();
   const T* cp = c.data_ptr<T>();
   std::unique_ptr<double[]> part(new double[ch.count * K * D]);  // each chunk zeroes its own
@@ -486,7 +433,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_lloyd_step_cpu
     TORCH_CHECK(groups.dim() == 1 && groups.size(0) == N, "groups must be 1-D of length N");
     TORCH_CHECK(group_k >= 1, "group_k must be >= 1");
   }
-  const LloydChunks ch = lloyd_chunks(N, K, D, DenseCenters<float>::RB);
+  const LloydChunks ch = lloyd_chunks(N, K, D, dense_rows(K));
   if (N == 0 || D == 0 || ch.count == 0) {  // nothing to fuse, or too many partial sums: two passes
     auto [labels, sqdist] = kmeans_assign_cpu(x, c, precision, groups_in, group_k);
     auto [centers, counts] = kmeans_update_cpu(x, labels, K, c, true);
@@ -526,11 +473,72 @@ SegmentBlocks make_blocks(const int64_t* offsets, int64_t G, int64_t bs) {
   return b;
 }
 
+// The candidates' distances with one vector lane per candidate: lanes hold up to W candidates
+// (cT[j] = coordinate j of each), so a row costs D broadcasts, subtractions and FMAs for all of
+// them, with no horizontal sums; four rows share each load of cT[j]. Same terms as
+// sqdist_to_few, summed in coordinate order. Writes dc and adds the partial potentials to part.
+template <typename T>
+inline __attribute__((always_inline)) void eval_candidates_lanes(const T* x, int64_t N, int64_t D,
+                                                                 const int64_t* cand, int64_t m, const T* closest,
+                                                                 int64_t i0, int64_t i1, T* dc, double* part) {
+  using V = typename Vec32<T>::type;
+  constexpr int W = Vec32<T>::W;
+  std::vector<T> cT(D * W);  // (plain T storage: a vector of V may not be 32-byte aligned)
+  for (int64_t j = 0; j < D; ++j)
+    for (int l = 0; l < W; ++l) cT[j * W + l] = x[cand[std::min<int64_t>(l, m - 1)] * D + j];
+  auto ct = [&](int64_t j) {
+    V v;
+    std::memcpy(&v, cT.data() + j * W, sizeof(V));
+    return v;
+  };
+  double pacc[W] = {};
+  auto finish = [&](const V& acc, int64_t i) {
+    const V cl = V{} + closest[i];
+    const V mn = acc < cl ? acc : cl;
+    for (int l = 0; l < W; ++l) pacc[l] += static_cast<double>(mn[l]);  // every lane: vectorizes
+    for (int64_t l = 0; l < m; ++l) dc[l * N + i] = acc[l];
+  };
+  int64_t i = i0;
+  for (; i + 4 <= i1; i += 4) {
+    const T* r0 = x + i * D;
+    V a0{}, a1{}, a2{}, a3{};
+    for (int64_t j = 0; j < D; ++j) {
+      const V c = ct(j);
+      const V d0 = r0[j] - c, d1 = r0[D + j] - c, d2 = r0[2 * D + j] - c, d3 = r0[3 * D + j] - c;
+      a0 += d0 * d0;
+      a1 += d1 * d1;
+      a2 += d2 * d2;
+      a3 += d3 * d3;
+    }
+    finish(a0, i);
+    finish(a1, i + 1);
+    finish(a2, i + 2);
+    finish(a3, i + 3);
+  }
+  for (; i < i1; ++i) {
+    V a{};
+    for (int64_t j = 0; j < D; ++j) {
+      const V df = x[i * D + j] - ct(j);
+      a += df * df;
+    }
+    finish(a, i);
+  }
+  for (int64_t l = 0; l < m; ++l) part[l] += pacc[l];
+}
+
 // dc[t*N + i] = ||x_i - x_{cand_t}||^2 for the rows [i0, i1); part[t] = sum_i min(closest_i, dc).
 template <typename T>
 inline __attribute__((always_inline)) void eval_candidates(const T* x, int64_t N, int64_t D, const int64_t* cand,
                                                            int64_t nt, const T* closest, int64_t i0, int64_t i1,
                                                            T* dc, double* part) {
+  if (nt >= 3) {  // lanes pay off from a few candidates on
+    constexpr int64_t W = Vec32<T>::W;
+    for (int64_t t0 = 0; t0 < nt; t0 += W) {
+      for (int64_t t = t0; t < std::min(nt, t0 + W); ++t) part[t] = 0.0;
+      eval_candidates_lanes<T>(x, N, D, cand + t0, std::min(W, nt - t0), closest, i0, i1, dc + t0 * N, part + t0);
+    }
+    return;
+  }
   constexpr int64_t kMax = 64;
   const T* cs[kMax];
   T v[kMax];

@@ -1,0 +1,300 @@
+// kmeans_lloyd_groups on the CPU: Lloyd's algorithm run to convergence in every group (segment)
+// of rows, group after group, each group on one thread while its rows sit in cache.
+//
+//   For group g (rows [offsets[g], offsets[g+1]), centers [g*k, (g+1)*k)):
+//     labels = argmin_j ||x_i - c_j||^2 (first minimum, explicit differences)
+//     for it in 1..max_iter:
+//       c_j <- mean of the rows labelled j (kept when empty); shift = sum ||c_new - c_old||^2
+//       labels <- argmin again; n_iter[g] = it
+//       stop when no label changed or shift <= tol * mean_f var(x_g[:, f])  (scikit-learn's rule,
+//       per group: a group stops on its own, so a group's result does not depend on the others)
+//
+// The float64 cluster sums are kept up to date incrementally: a row that changes cluster moves
+// its values from one sum to the other, so an iteration reads each row once (its distances) and
+// only the rows that moved a second time. With up to 8 centers a row's nearest center comes from
+// k - 1 dot products with differences of centers (prepare_directions); the squared distances
+// returned are exact differences to the final centers. A group's work never depends on the
+// thread count.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include "common.h"
+#include "cpu/kmeans_rows.h"
+
+namespace clustr_fast {
+namespace {
+
+constexpr int64_t kDirections = 7;  // up to 8 centers: the fast directions form below
+
+// Scratch of one thread: float64 cluster sums [k*D] and feature means [D], counts [k], and the
+// directions w [(k-1)*D] with their offsets b [k-1] (see nearest_by_directions).
+template <typename T>
+struct GroupScratch {
+  std::vector<double> sums, mean, b;
+  std::vector<int64_t> counts;
+  std::vector<T> w;
+  GroupScratch(int64_t k, int64_t D) : sums(k * D), mean(D), b(k), counts(k), w(k * D) {}
+};
+
+// out[t] = xi . w[t] for NT directions at once, U interleaved partial sums per direction.
+template <typename T, int NT>
+inline __attribute__((always_inline)) void dots_to_few(const T* xi, const T* w, int64_t D, T* out) {
+  using V = typename Vec32<T>::type;
+  constexpr int W = Vec32<T>::W;
+  constexpr int U = NT >= 4 ? 2 : (NT >= 2 ? 4 : 8);
+  V acc[U][NT];
+  for (int u = 0; u < U; ++u)
+    for (int t = 0; t < NT; ++t) acc[u][t] = V{};
+  int64_t j = 0;
+  for (; j + U * W <= D; j += U * W) {
+    for (int u = 0; u < U; ++u) {
+      V xv;
+      std::memcpy(&xv, xi + j + u * W, sizeof(V));
+      for (int t = 0; t < NT; ++t) {
+        V wv;
+        std::memcpy(&wv, w + t * D + j + u * W, sizeof(V));
+        acc[u][t] += xv * wv;
+      }
+    }
+  }
+  for (; j + W <= D; j += W) {
+    V xv;
+    std::memcpy(&xv, xi + j, sizeof(V));
+    for (int t = 0; t < NT; ++t) {
+      V wv;
+      std::memcpy(&wv, w + t * D + j, sizeof(V));
+      acc[0][t] += xv * wv;
+    }
+  }
+  for (int t = 0; t < NT; ++t) {
+    for (int u = 1; u < U; ++u) acc[0][t] += acc[u][t];
+    T v = 0;
+    for (int l = 0; l < W; ++l) v += acc[0][t][l];
+    for (int64_t e = j; e < D; ++e) v += xi[e] * w[t * D + e];
+    out[t] = v;
+  }
+}
+
+// Directions form of the nearest center among c_0..c_{k-1} (k <= 8):
+//   ||x - c_j||^2 - ||x - c_0||^2 = b_j - 2 x.w_j,  w_j = c_j - c_0,  b_j = (c_j - c_0).(c_j + c_0)
+// so a row costs k - 1 dot products with the (short) differences of the centers, and no term is
+// as large as ||x||^2 (what the plain norm form loses to cancellation). First minimum, with the
+// value 0 for c_0: equal centers tie and keep the lower index.
+template <typename T>
+inline void prepare_directions(const T* c, int64_t k, int64_t D, T* w, double* b) {
+  for (int64_t j = 1; j < k; ++j) {
+    double bj = 0.0;
+    for (int64_t f = 0; f < D; ++f) {
+      const double cj = static_cast<double>(c[j * D + f]), c0 = static_cast<double>(c[f]);
+      w[(j - 1) * D + f] = c[j * D + f] - c[f];
+      bj += (cj - c0) * (cj + c0);
+    }
+    b[j - 1] = bj;
+  }
+}
+
+template <typename T>
+inline __attribute__((always_inline)) int64_t nearest_by_directions(const T* xi, const T* w, const double* b,
+                                                                    int64_t k, int64_t D) {
+  T dots[kDirections];
+  switch (k - 1) {
+    case 0: return 0;
+    case 1: dots_to_few<T, 1>(xi, w, D, dots); break;
+    case 2: dots_to_few<T, 2>(xi, w, D, dots); break;
+    case 3: dots_to_few<T, 3>(xi, w, D, dots); break;
+    case 4: dots_to_few<T, 4>(xi, w, D, dots); break;
+    case 5: dots_to_few<T, 5>(xi, w, D, dots); break;
+    case 6: dots_to_few<T, 6>(xi, w, D, dots); break;
+    default: dots_to_few<T, 7>(xi, w, D, dots); break;
+  }
+  double best = 0.0;
+  int64_t arg = 0;
+  for (int64_t j = 1; j < k; ++j) {
+    const double e = b[j - 1] - 2.0 * static_cast<double>(dots[j - 1]);
+    if (e < best) {
+      best = e;
+      arg = j;
+    }
+  }
+  return arg;
+}
+
+// Nearest of the k centers c by explicit differences (first minimum), for k > 8.
+template <typename T>
+inline __attribute__((always_inline)) int64_t nearest_by_differences(const T* xi, const T* c, int64_t k, int64_t D) {
+  constexpr int64_t kPass = 16;  // centers sharing one read of the row
+  const T* cs[kPass];
+  T dist[kPass];
+  T best = std::numeric_limits<T>::infinity();
+  int64_t arg = 0;
+  for (int64_t j0 = 0; j0 < k; j0 += kPass) {
+    const int64_t nc = std::min(kPass, k - j0);
+    for (int64_t j = 0; j < nc; ++j) cs[j] = c + (j0 + j) * D;
+    sqdist_to_many<T>(xi, cs, nc, D, dist);
+    for (int64_t j = 0; j < nc; ++j) {
+      if (dist[j] < best) {
+        best = dist[j];
+        arg = j0 + j;
+      }
+    }
+  }
+  return arg;
+}
+
+// acc[j] -= row[j] in float64.
+template <typename T>
+inline __attribute__((always_inline)) void sub_row(double* acc, const T* row, int64_t d) {
+#pragma omp simd
+  for (int64_t j = 0; j < d; ++j) acc[j] -= static_cast<double>(row[j]);
+}
+
+// Assign every row of the group; a row whose label changes (every row on the first call, when
+// lab holds -1) moves its values between the float64 sums. Returns the number of changed labels.
+template <typename T>
+inline __attribute__((always_inline)) int64_t assign_and_move(const T* x, int64_t n, int64_t D, const T* c,
+                                                              int64_t k, int64_t* lab, GroupScratch<T>& s) {
+  const bool directions = k - 1 <= kDirections;
+  if (directions) prepare_directions<T>(c, k, D, s.w.data(), s.b.data());
+  int64_t changed = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const T* xi = x + i * D;
+    const int64_t j = directions ? nearest_by_directions<T>(xi, s.w.data(), s.b.data(), k, D)
+                                 : nearest_by_differences<T>(xi, c, k, D);
+    const int64_t old = lab[i];
+    if (j == old) continue;
+    ++changed;
+    if (old >= 0) {
+      sub_row<T>(s.sums.data() + old * D, xi, D);
+      if (--s.counts[old] == 0) std::fill(s.sums.begin() + old * D, s.sums.begin() + (old + 1) * D, 0.0);
+    }
+    add_row<T>(s.sums.data() + j * D, xi, D);
+    ++s.counts[j];
+    lab[i] = j;
+  }
+  return changed;
+}
+
+// scikit-learn's absolute tolerance of the group: tol * mean over features of var(x[:, f]).
+template <typename T>
+inline __attribute__((always_inline)) double group_tolerance(const T* x, int64_t n, int64_t D, double tol,
+                                                             double* mean) {
+  if (tol <= 0.0 || n < 2) return 0.0;
+  std::fill(mean, mean + D, 0.0);
+  for (int64_t i = 0; i < n; ++i) add_row<T>(mean, x + i * D, D);
+  for (int64_t f = 0; f < D; ++f) mean[f] /= static_cast<double>(n);
+  double ss = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    const T* xi = x + i * D;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t f = 0; f < D; ++f) {
+      const double df = static_cast<double>(xi[f]) - mean[f];
+      ss += df * df;
+    }
+  }
+  return tol * ss / static_cast<double>(n) / static_cast<double>(D);
+}
+
+// Lloyd's algorithm in one group. c [k, D] holds the initial centers and receives the final ones
+// (those of the final labels); lab receives local labels in [0, k) and sq the exact squared
+// distance of each row to its center (explicit differences). Returns the number of iterations.
+template <typename T>
+inline __attribute__((always_inline)) int64_t lloyd_group(const T* x, int64_t n, int64_t D, int64_t k,
+                                                          int64_t max_iter, double tol, T* c, int64_t* lab, T* sq,
+                                                          GroupScratch<T>& s) {
+  const double tol_abs = group_tolerance<T>(x, n, D, tol, s.mean.data());
+  std::fill(s.sums.begin(), s.sums.end(), 0.0);
+  std::fill(s.counts.begin(), s.counts.end(), int64_t(0));
+  std::fill(lab, lab + n, int64_t(-1));
+  assign_and_move<T>(x, n, D, c, k, lab, s);
+  int64_t it = 0;
+  while (it < max_iter) {
+    ++it;
+    double shift = 0.0;
+    for (int64_t j = 0; j < k; ++j) {
+      if (s.counts[j] == 0) continue;  // an empty cluster keeps its center
+      const double inv = 1.0 / static_cast<double>(s.counts[j]);
+      T* cj = c + j * D;
+      const double* sj = s.sums.data() + j * D;
+      for (int64_t f = 0; f < D; ++f) {
+        const T v = static_cast<T>(sj[f] * inv);
+        const double df = static_cast<double>(v) - static_cast<double>(cj[f]);
+        shift += df * df;
+        cj[f] = v;
+      }
+    }
+    const int64_t changed = assign_and_move<T>(x, n, D, c, k, lab, s);
+    if (changed == 0 || shift <= tol_abs) break;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const T* own = c + lab[i] * D;
+    sqdist_to_few<T, 1>(x + i * D, &own, D, sq + i);
+  }
+  return it;
+}
+
+CLUSTR_VEC_CLONES int64_t lloyd_group_f(const float* x, int64_t n, int64_t D, int64_t k, int64_t max_iter,
+                                        double tol, float* c, int64_t* lab, float* sq, GroupScratch<float>& s) {
+  return lloyd_group<float>(x, n, D, k, max_iter, tol, c, lab, sq, s);
+}
+CLUSTR_VEC_CLONES int64_t lloyd_group_d(const double* x, int64_t n, int64_t D, int64_t k, int64_t max_iter,
+                                        double tol, double* c, int64_t* lab, double* sq, GroupScratch<double>& s) {
+  return lloyd_group<double>(x, n, D, k, max_iter, tol, c, lab, sq, s);
+}
+inline int64_t lloyd_group_any(const float* x, int64_t n, int64_t D, int64_t k, int64_t max_iter, double tol,
+                               float* c, int64_t* lab, float* sq, GroupScratch<float>& s) {
+  return lloyd_group_f(x, n, D, k, max_iter, tol, c, lab, sq, s);
+}
+inline int64_t lloyd_group_any(const double* x, int64_t n, int64_t D, int64_t k, int64_t max_iter, double tol,
+                               double* c, int64_t* lab, double* sq, GroupScratch<double>& s) {
+  return lloyd_group_d(x, n, D, k, max_iter, tol, c, lab, sq, s);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_lloyd_groups_cpu(
+    const at::Tensor& x_in, const at::Tensor& offsets_in, const at::Tensor& centers_in, int64_t max_iter, double tol,
+    int64_t precision) {
+  check_matrix(x_in, "x");
+  check_matrix(centers_in, "centers");
+  check_precision(precision);  // the CPU computes exact differences at every precision
+  const auto acc = acc_type(x_in.scalar_type());
+  const at::Tensor x = x_in.detach().to(acc).contiguous();
+  const at::Tensor offsets = offsets_in.detach().to(at::kLong).contiguous();
+  at::Tensor centers = centers_in.detach().to(acc).contiguous().clone();
+  const int64_t N = x.size(0), D = x.size(1), G = offsets.numel() - 1;
+  TORCH_CHECK(G >= 1, "offsets must hold at least two entries");
+  TORCH_CHECK(centers.size(1) == D, "centers must have ", D, " columns, got ", centers.size(1));
+  TORCH_CHECK(centers.size(0) % G == 0, "centers must hold k rows per group");
+  TORCH_CHECK(max_iter >= 0, "max_iter must be >= 0");
+  const int64_t k = centers.size(0) / G;
+  const int64_t* off = offsets.data_ptr<int64_t>();
+  TORCH_CHECK(off[0] == 0 && off[G] == N, "offsets must run from 0 to N");
+  for (int64_t g = 0; g < G; ++g) TORCH_CHECK(off[g + 1] - off[g] >= k, "group ", g, " has fewer than k rows");
+  at::Tensor labels = at::empty({N}, x.options().dtype(at::kLong));
+  at::Tensor sqdist = at::empty({N}, x.options());
+  at::Tensor n_iter = at::empty({G}, x.options().dtype(at::kLong));
+  int64_t* lab = labels.data_ptr<int64_t>();
+  int64_t* iters = n_iter.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(acc, "kmeans_lloyd_groups_cpu", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* cp = centers.data_ptr<scalar_t>();
+    scalar_t* sq = sqdist.data_ptr<scalar_t>();
+    auto init = [&] { return GroupScratch<scalar_t>(k, D); };
+    parallel_items(G, init, [&](GroupScratch<scalar_t>& s, int64_t g) {
+      const int64_t r0 = off[g], n = off[g + 1] - off[g];
+      iters[g] = lloyd_group_any(xp + r0 * D, n, D, k, max_iter, tol, cp + g * k * D, lab + r0, sq + r0, s);
+      for (int64_t i = r0; i < r0 + n; ++i) lab[i] += g * k;
+    });
+  });
+  return {labels, sqdist, centers, n_iter};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(clustr_fast_C, CPU, m) {
+  m.impl("kmeans_lloyd_groups", &kmeans_lloyd_groups_cpu);
+}
+
+}  // namespace clustr_fast

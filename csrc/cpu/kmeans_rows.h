@@ -1,0 +1,128 @@
+// Row kernels shared by the CPU k-means sources (kmeans.cpp, kmeans_groups.cpp): the work
+// scheduler, 32-byte vectors, squared distances of one row to a few centers, and the float64
+// row sum of the Lloyd update.
+#pragma once
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+
+#include "common.h"
+
+namespace clustr_fast {
+namespace {
+
+// body(state, i) for every i in [0, n) on the intra-op threads, each thread with its own
+// state = init(); items are handed out one at a time, so a thread that the OS preempts (a busy
+// machine) holds back at most one item. What an item writes must not depend on the thread.
+template <typename Init, typename Body>
+void parallel_items(int64_t n, const Init& init, const Body& body) {
+  if (n <= 0) return;
+  const int64_t threads = std::min<int64_t>(n, at::get_num_threads());
+  if (threads <= 1 || at::in_parallel_region()) {
+    auto state = init();
+    for (int64_t i = 0; i < n; ++i) body(state, i);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    auto state = init();
+    for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) body(state, i);
+  });
+}
+
+// 32-byte vectors (GCC/Clang vector extensions; split in two on targets without AVX).
+template <typename T>
+struct Vec32;
+template <>
+struct Vec32<float> {
+  typedef float type __attribute__((vector_size(32)));
+  static constexpr int W = 8;
+};
+template <>
+struct Vec32<double> {
+  typedef double type __attribute__((vector_size(32)));
+  static constexpr int W = 4;
+};
+
+// out[t] = ||xi - c[t]||^2 for NT centers at once: each chunk of xi is loaded once and the
+// sums stay in registers; one horizontal sum per center at the end. Few centers get U
+// interleaved partial sums each, so that at least about 8 independent FMA chains hide the FMA
+// latency (with 2 centers and one sum each, a long row was latency-bound).
+template <typename T, int NT>
+inline __attribute__((always_inline)) void sqdist_to_few(const T* xi, const T* const* c, int64_t D, T* out) {
+  using V = typename Vec32<T>::type;
+  constexpr int W = Vec32<T>::W;
+  constexpr int U = NT >= 5 ? 1 : (NT >= 3 ? 2 : 4);
+  V acc[U][NT];
+  for (int u = 0; u < U; ++u)
+    for (int t = 0; t < NT; ++t) acc[u][t] = V{};
+  int64_t j = 0;
+  for (; j + U * W <= D; j += U * W) {
+    for (int u = 0; u < U; ++u) {
+      V xv;
+      std::memcpy(&xv, xi + j + u * W, sizeof(V));
+      for (int t = 0; t < NT; ++t) {
+        V cv;
+        std::memcpy(&cv, c[t] + j + u * W, sizeof(V));
+        const V df = xv - cv;
+        acc[u][t] += df * df;
+      }
+    }
+  }
+  for (; j + W <= D; j += W) {
+    V xv;
+    std::memcpy(&xv, xi + j, sizeof(V));
+    for (int t = 0; t < NT; ++t) {
+      V cv;
+      std::memcpy(&cv, c[t] + j, sizeof(V));
+      const V df = xv - cv;
+      acc[0][t] += df * df;
+    }
+  }
+  for (int t = 0; t < NT; ++t) {
+    for (int u = 1; u < U; ++u) acc[0][t] += acc[u][t];
+    T v = 0;
+    for (int l = 0; l < W; ++l) v += acc[0][t][l];
+    for (int64_t e = j; e < D; ++e) {
+      const T df = xi[e] - c[t][e];
+      v += df * df;
+    }
+    out[t] = v;
+  }
+}
+
+// out[t] = ||xi - c[t]||^2 for any number of centers, in groups of at most 8.
+template <typename T>
+inline __attribute__((always_inline)) void sqdist_to_many(const T* xi, const T* const* c, int64_t nc, int64_t D,
+                                                          T* out) {
+  for (int64_t t0 = 0; t0 < nc; t0 += 8) {
+    const T* const* cc = c + t0;
+    T* o = out + t0;
+    switch (std::min<int64_t>(8, nc - t0)) {
+      case 1: sqdist_to_few<T, 1>(xi, cc, D, o); break;
+      case 2: sqdist_to_few<T, 2>(xi, cc, D, o); break;
+      case 3: sqdist_to_few<T, 3>(xi, cc, D, o); break;
+      case 4: sqdist_to_few<T, 4>(xi, cc, D, o); break;
+      case 5: sqdist_to_few<T, 5>(xi, cc, D, o); break;
+      case 6: sqdist_to_few<T, 6>(xi, cc, D, o); break;
+      case 7: sqdist_to_few<T, 7>(xi, cc, D, o); break;
+      default: sqdist_to_few<T, 8>(xi, cc, D, o); break;
+    }
+  }
+}
+
+// acc[j] += row[j] in float64.
+template <typename T>
+inline __attribute__((always_inline)) void add_row(double* acc, const T* row, int64_t d) {
+#pragma omp simd
+  for (int64_t j = 0; j < d; ++j) acc[j] += static_cast<double>(row[j]);
+}
+CLUSTR_VEC_CLONES void add_row_f(double* a, const float* r, int64_t d) { add_row<float>(a, r, d); }
+CLUSTR_VEC_CLONES void add_row_d(double* a, const double* r, int64_t d) { add_row<double>(a, r, d); }
+inline void add_row_any(double* a, const float* r, int64_t d) { add_row_f(a, r, d); }
+inline void add_row_any(double* a, const double* r, int64_t d) { add_row_d(a, r, d); }
+
+}  // namespace
+}  // namespace clustr_fast
