@@ -100,8 +100,8 @@ def lloyd_groups_stepwise(x, offsets, centers, max_iter, tol, precision, assign,
 
 
 def _reference_lloyd_groups(x, offsets, centers, max_iter, tol, precision):
-    return lloyd_groups_stepwise(x.to(acc_dtype(x.dtype)), offsets, centers.to(acc_dtype(x.dtype)), max_iter, tol,
-                                 precision, _reference_assign, _reference_update)
+    return lloyd_groups_stepwise(x.to(acc_dtype(x.dtype)), offsets, centers.to(acc_dtype(x.dtype)).clone(), max_iter,
+                                 tol, precision, _reference_assign, _reference_update)
 
 
 def _reference_plusplus(x, offsets, k, first, draws):

@@ -1,0 +1,177 @@
+"""Lloyd's algorithm per group (kmeans_lloyd_groups and its stepwise form) on every backend here.
+
+Every group is its own k-means problem: running all groups together must give, group by group,
+what running that group alone gives (labels, centers, number of iterations), whatever the
+tolerance, the thread count or the backend.
+"""
+import pytest
+import torch
+
+from clustr_fast.ops.kmeans import (kmeans_assign_op, kmeans_lloyd_groups_op, kmeans_update_op,
+                                    lloyd_groups_stepwise, lloyd_step_runs_here)
+
+from conftest import low_precision_dtypes
+
+SIZES = [40, 7, 90, 33]
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _grouped_points(sizes, d, dtype=torch.float32, device="cpu", seed=0, spread=3.0):
+    """Groups of blob-like points (a few clusters per group), rows sorted by group."""
+    g = _gen(seed)
+    parts = []
+    for i, n in enumerate(sizes):
+        means = spread * torch.randn(3, d, generator=g) + 10.0 * i
+        parts.append(means[torch.randint(0, 3, (n,), generator=g)] + torch.randn(n, d, generator=g))
+    offsets = torch.tensor([0] + sizes).cumsum(0)
+    return torch.cat(parts).to(device=device, dtype=dtype), offsets
+
+
+def _initial_centers(x, offsets, k, seed):
+    g = _gen(seed)
+    rows = [int(offsets[i]) + torch.randperm(int(offsets[i + 1] - offsets[i]), generator=g)[:k]
+            for i in range(len(offsets) - 1)]
+    return x[torch.cat(rows).to(x.device)].float() if x.dtype != torch.float64 else x[torch.cat(rows).to(x.device)]
+
+
+def _run(x, offsets, centers, max_iter, tol):
+    """The path kmeans_per_group takes on this device and backend."""
+    if lloyd_step_runs_here(x.device):
+        return kmeans_lloyd_groups_op(x, offsets, centers, max_iter, tol, 0)
+    return lloyd_groups_stepwise(x.float() if x.dtype != torch.float64 else x, offsets, centers, max_iter, tol, 0,
+                                 kmeans_assign_op, kmeans_update_op)
+
+
+def _f64_sqdist_own(x, centers, labels):
+    return (x.double().cpu() - centers.double().cpu()[labels.cpu()]).square().sum(1)
+
+
+@pytest.mark.parametrize("k,tol", [(1, 0.0), (3, 0.0), (3, 1e-2), (10, 0.0)])
+def test_groups_together_equal_groups_alone(backend, k, tol):
+    """k = 10 takes the explicit-differences path of the CPU kernel, k <= 8 the directions path."""
+    _, dev = backend
+    sizes = [s + k for s in SIZES]
+    x, offsets = _grouped_points(sizes, 9, device=dev, seed=1)
+    centers = _initial_centers(x, offsets, k, seed=2)
+    labels, sq, cen, n_iter = _run(x, offsets, centers, 30, tol)
+    assert labels.shape == (x.shape[0],) and cen.shape == centers.shape and n_iter.shape == (len(sizes),)
+    for g in range(len(sizes)):
+        r0, r1 = int(offsets[g]), int(offsets[g + 1])
+        one = torch.tensor([0, r1 - r0])
+        lab1, sq1, cen1, it1 = _run(x[r0:r1], one, centers[g * k:(g + 1) * k], 30, tol)
+        assert torch.equal(labels[r0:r1].cpu() - g * k, lab1.cpu())
+        assert int(n_iter[g]) == int(it1[0])
+        torch.testing.assert_close(cen[g * k:(g + 1) * k].cpu(), cen1.cpu(), rtol=1e-6, atol=1e-6)
+    assert (labels.cpu() // k == torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))).all()
+    want = _f64_sqdist_own(x, cen, labels)
+    torch.testing.assert_close(sq.double().cpu(), want, rtol=1e-5, atol=1e-4)
+
+
+def test_cpu_kernel_equals_stepwise_reference():
+    """The CPU kernel (incremental sums, directions form) against the stepwise reference algorithm."""
+    x, offsets = _grouped_points([300, 121, 257], 33, seed=3)
+    for k in (2, 5, 9):
+        centers = _initial_centers(x, offsets, k, seed=4)
+        for tol in (0.0, 1e-3):
+            got = kmeans_lloyd_groups_op(x, offsets, centers, 25, tol, 0)
+            from clustr_fast import use_backend
+            with use_backend("reference"):
+                want = kmeans_lloyd_groups_op(x, offsets, centers, 25, tol, 0)
+            assert torch.equal(got[0], want[0]) and torch.equal(got[3], want[3])
+            torch.testing.assert_close(got[2], want[2], rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-5)
+
+
+def test_each_group_stops_on_its_own(backend):
+    """A group whose points sit on its centers stops after one iteration while the others go on."""
+    _, dev = backend
+    k = 2
+    x, offsets = _grouped_points([60, 80], 5, device=dev, seed=5)
+    still = torch.cat([torch.full((30, 5), -50.0), torch.full((30, 5), -40.0)]).to(dev)  # two exact clusters
+    x = torch.cat([still, x])
+    offsets = torch.tensor([0, 60, 120, 200])
+    centers = torch.cat([still[[0, 30]], _initial_centers(x[60:], offsets[1:] - 60, k, seed=6)])
+    _, _, cen, n_iter = _run(x, offsets, centers, 50, 0.0)
+    assert int(n_iter[0]) == 1 and int(n_iter[1]) >= 1 and int(n_iter[2]) >= 1
+    assert torch.equal(cen[:2].cpu(), still[[0, 30]].cpu())
+    _, _, _, big_tol = _run(x, offsets, centers, 50, 1e9)  # every shift is within tolerance: one iteration
+    assert big_tol.tolist() == [1, 1, 1]
+    lab0, sq0, cen0, it0 = _run(x, offsets, centers, 0, 0.0)  # no iteration: nearest initial center
+    assert it0.tolist() == [0, 0, 0] and torch.equal(cen0.cpu(), centers.cpu())
+    d = (x.double().cpu()[:, None, :] - centers.double().cpu()[None]).square().sum(-1)
+    own = torch.repeat_interleave(torch.arange(3), torch.tensor([60, 60, 80]))
+    mask = (torch.arange(3 * k)[None, :] // k) != own[:, None]
+    assert torch.equal(lab0.cpu(), d.masked_fill(mask, float("inf")).argmin(1))
+
+
+def test_empty_cluster_keeps_its_center(backend):
+    _, dev = backend
+    x, offsets = _grouped_points([50, 50], 4, device=dev, seed=7)
+    centers = _initial_centers(x, offsets, 3, seed=8)
+    centers[1] = 1e4  # no row is ever nearest to it
+    labels, _, cen, _ = _run(x, offsets, centers, 20, 0.0)
+    assert not (labels.cpu() == 1).any()
+    assert torch.equal(cen[1].cpu(), centers[1].cpu())
+
+
+def test_result_does_not_depend_on_thread_count():
+    x, offsets = _grouped_points([500, 300, 401, 77, 260], 24, seed=9)
+    centers = _initial_centers(x, offsets, 4, seed=10)
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            outs.append(kmeans_lloyd_groups_op(x, offsets, centers, 40, 1e-4, 0))
+    finally:
+        torch.set_num_threads(before)
+    for other in outs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(outs[0], other))
+
+
+def test_offset_data_keeps_nearest_labels():
+    """Far from the origin the directions form still picks the float64 nearest center."""
+    x, offsets = _grouped_points([400, 300], 64, seed=11, spread=0.5)
+    x = x + 1000.0
+    centers = _initial_centers(x, offsets, 4, seed=12)
+    labels, _, cen, _ = kmeans_lloyd_groups_op(x, offsets, centers, 10, 0.0, 0)
+    d = (x.double()[:, None, :] - cen.double()[None]).square().sum(-1)
+    own = torch.repeat_interleave(torch.arange(2), torch.tensor([400, 300]))
+    d = d.masked_fill((torch.arange(8)[None, :] // 4) != own[:, None], float("inf"))
+    got = d.gather(1, labels[:, None])[:, 0]
+    assert ((got - d.min(1).values) <= 1e-5 * got).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, "low"])
+def test_dtypes(backend, dtype):
+    name, dev = backend
+    dtypes = low_precision_dtypes(name, dev) if dtype == "low" else [dtype]
+    for dt in dtypes:
+        x, offsets = _grouped_points([40, 50], 6, device=dev, seed=13)
+        x = x.to(dt)
+        centers = _initial_centers(x, offsets, 2, seed=14)
+        labels, sq, cen, _ = _run(x, offsets, centers, 20, 0.0)
+        want_dtype = torch.float64 if dt == torch.float64 else torch.float32
+        assert sq.dtype == want_dtype and cen.dtype == want_dtype
+        torch.testing.assert_close(sq.double().cpu(), _f64_sqdist_own(x, cen, labels), rtol=1e-5, atol=1e-4)
+
+
+def test_bad_inputs():
+    x, offsets = _grouped_points([10, 10], 3, seed=15)
+    c = _initial_centers(x, offsets, 2, seed=16)
+    with pytest.raises(RuntimeError, match="fewer than k rows"):
+        kmeans_lloyd_groups_op(x, torch.tensor([0, 1, 20]), c, 5, 0.0, 0)
+    with pytest.raises(RuntimeError, match="k rows per group"):
+        kmeans_lloyd_groups_op(x, offsets, c[:3], 5, 0.0, 0)
+    with pytest.raises(RuntimeError, match="from 0 to N"):
+        kmeans_lloyd_groups_op(x, torch.tensor([0, 10, 19]), c, 5, 0.0, 0)
+
+
+def test_opcheck():
+    x, offsets = _grouped_points([12, 9], 5, seed=17)
+    c = _initial_centers(x, offsets, 3, seed=18)
+    torch.library.opcheck(kmeans_lloyd_groups_op, (x, offsets, c, 10, 1e-4, 0))
+    torch.library.opcheck(kmeans_lloyd_groups_op, (x.double(), offsets, c.double(), 10, 0.0, 0))
