@@ -7,7 +7,7 @@ import torch
 import clustr_fast
 from clustr_fast import reference
 from clustr_fast.nn import MagnetLoss
-from clustr_fast.ops.magnet_loss import magnet_loss_bwd_op, magnet_loss_fwd_op
+from clustr_fast.ops.magnet_loss import magnet_loss_bwd_op, magnet_loss_fused_op, magnet_loss_fwd_op
 
 from conftest import assert_close_f64, low_precision_dtypes
 
@@ -375,6 +375,52 @@ def test_gradcheck_public_forms_float64(name):
             lambda a: clustr_fast.magnet_loss_batch(a, ids, cls, alpha=0.3, reduction="none"), (f,))
     finally:
         scope.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("variance", [None, 0.8])
+@pytest.mark.parametrize("valid", [False, True])
+def test_fused_global_equals_forward_then_backward(backend, reduction, variance, valid):
+    """The fused op (forward with its gradient, CPU backends) against the fwd + bwd ops, on odd shapes."""
+    name, dev = backend
+    if dev.type != "cpu" or name == "triton":
+        pytest.skip("the fused global form runs on the cpu and reference backends")
+    feats, centers, assign, classes = _global_inputs(301, 13, 37, torch.float32, dev, seed=40)
+    v = (torch.arange(13) % 5 != 3) if valid else None
+    var = torch.tensor(2.3) if variance is None else torch.tensor(variance)
+    weight = 1.0 / 301 if reduction == "mean" else 1.0
+    for eps in (0.0, 1e-8):
+        total, gf, gc, gv = magnet_loss_fused_op(feats, centers, assign, classes, v, var, 0.7, eps, weight)
+        loss, stats = magnet_loss_fwd_op(feats, centers, assign, classes, v, var, 0.7, eps)
+        wf, wc, wv = magnet_loss_bwd_op(torch.full_like(loss, weight), feats, centers, assign, classes, v, var,
+                                        loss, stats, 0.7, eps)
+        torch.testing.assert_close(total, loss.double().sum().float() * weight, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(gf, wf, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(gc, wc, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(gv, wv, rtol=1e-4, atol=1e-7)
+    # the public function takes the fused path when a gradient is wanted: same values as float64
+    f, c = _leaf(feats), _leaf(centers)
+    out = clustr_fast.magnet_loss(f, c, assign, classes, alpha=0.7, variance=variance, reduction=reduction)
+    out.backward()
+    f64, c64 = _leaf(feats.double()), _leaf(centers.double())
+    want = reference.magnet_loss(f64, c64, assign, classes, alpha=0.7, variance=variance, reduction=reduction)
+    want.backward()
+    torch.testing.assert_close(out.double(), want.detach(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(f.grad.double(), f64.grad, rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(c.grad.double(), c64.grad, rtol=1e-3, atol=1e-6)
+
+
+def test_fused_global_opcheck_and_gradcheck():
+    feats, centers, assign, classes, v, var = _op_args(torch.float64, valid=True)
+    torch.library.opcheck(magnet_loss_fused_op, (feats, centers, assign, classes, v, var, 1.0, 1e-8, 0.25))
+    feats, centers, var = (t.requires_grad_(True) for t in (feats, centers, var))
+    for name in ("reference", "cpu"):
+        if name not in clustr_fast.backends():
+            continue
+        with clustr_fast.use_backend(name):
+            assert torch.autograd.gradcheck(
+                lambda a, b, s: magnet_loss_fused_op(a, b, assign, classes, v, s, 0.5, 1e-8, 0.25)[0],
+                (feats, centers, var))
 
 
 def test_torch_compile_fullgraph_cpu():

@@ -20,8 +20,8 @@ gradient of loss_i with respect to the distances is a matrix P with
 
 with ``gA, gL`` the derivatives of loss_i in A_i and L_i. P is formed for a
 bounded block of rows at a time, never [N, C]. ``var`` is a 0-d tensor input;
-``variance=None`` computes it with plain-PyTorch ``cluster_variance`` so that
-autograd carries its gradient back to feats and centers.
+``variance=None`` computes it with ``cluster_variance`` (analytic backward, see
+:mod:`clustr_fast.ops.cluster_means`) so that its gradient reaches feats and centers.
 
 Batch form, fused (``magnet_loss_batch`` when the batch fits one kernel call, see
 ``fused_batch_applies``): one kernel computes the cluster counts and means, sigma^2,
@@ -51,6 +51,7 @@ from torch import Tensor
 from .. import _backend
 from .._validate import acc_dtype, check_magnet_loss, check_magnet_loss_batch
 from ..reference.cluster_means import _cluster_means, _cluster_variance
+from .cluster_means import cluster_variance_core
 from ..reference.pairwise_sqdist import _sqdist
 from ._dispatch import extension_kernel, run, triton_kernel
 
@@ -195,6 +196,66 @@ def _backward(ctx, grad_loss, grad_stats):
 
 
 magnet_loss_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------- global form, fused (CPU)
+
+
+def _reference_fused(feats, centers, assign, classes, valid, var, alpha, eps, weight):
+    loss, stats = _reference_fwd(feats, centers, assign, classes, valid, var, alpha, eps)
+    gf, gc, gv = _reference_bwd(torch.full_like(loss, weight), feats, centers, assign, classes, valid, var, loss,
+                                stats, alpha, eps)
+    return (loss.to(torch.float64).sum() * weight).to(loss.dtype), gf, gc, gv
+
+
+_FUSED = {
+    "reference": _reference_fused,
+    "cpu": extension_kernel("magnet_loss_fused"),
+}
+
+
+@torch.library.custom_op("clustr_fast::magnet_loss_fused", mutates_args=())
+def magnet_loss_fused_op(feats: Tensor, centers: Tensor, assign: Tensor, classes: Tensor, valid: Tensor | None,
+                         var: Tensor, alpha: float, eps: float,
+                         weight: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(total = weight * sum_i loss_i as a 0-d tensor, and its gradients in feats, centers and var).
+
+    One pass: each block's products f.mu give the row losses and, at once, the matrix P of the
+    gradient (the unfused path computes them again in its backward: one product less). The
+    gradients are saved; the backward scales them by grad_output (not twice differentiable).
+    """
+    total, gf, gc, gv = run(_OP, feats.device, _FUSED, feats, centers, assign, classes, valid, var, alpha, eps,
+                            weight, kernel="magnet_loss_fused")
+    acc = acc_dtype(feats.dtype)
+    return total.to(acc).reshape(()), gf.to(feats.dtype), gc.to(centers.dtype), gv.to(var.dtype).reshape(var.shape)
+
+
+@magnet_loss_fused_op.register_fake
+def _(feats, centers, assign, classes, valid, var, alpha, eps, weight):
+    return (feats.new_empty((), dtype=acc_dtype(feats.dtype)), torch.empty_like(feats), torch.empty_like(centers),
+            torch.empty_like(var))
+
+
+def _global_fused_setup_context(ctx, inputs, output):
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.save_for_backward(*output[1:])
+
+
+def _global_fused_backward(ctx, grad_total, *_):
+    gf, gc, gv = ctx.saved_tensors
+    return (gf * grad_total.to(gf.dtype), gc * grad_total.to(gc.dtype), None, None, None,
+            gv * grad_total.to(gv.dtype), None, None, None)
+
+
+magnet_loss_fused_op.register_autograd(_global_fused_backward, setup_context=_global_fused_setup_context)
+
+
+def fused_global_applies(feats: Tensor, centers: Tensor, var: Tensor, reduction: str) -> bool:
+    """The global form runs as :func:`magnet_loss_fused_op` (forward with its gradient) when a gradient
+    is wanted of a reduced loss on the CPU backends (the GPU backends run forward, then backward)."""
+    wants_grad = torch.is_grad_enabled() and (feats.requires_grad or centers.requires_grad or var.requires_grad)
+    return (reduction != "none" and wants_grad and feats.device.type == "cpu"
+            and _backend.requested() in ("auto", "cpu", "reference"))
 
 
 # --------------------------------------------------------------------------- batch form, fused
@@ -394,9 +455,13 @@ def magnet_loss(feats, centers, assign, center_classes, *, alpha=1.0, variance=N
         check_magnet_loss(feats, centers, assign, center_classes, alpha, variance, eps, reduction)
     acc = acc_dtype(feats.dtype)
     if variance is None:
-        var = _cluster_variance(feats.to(acc), centers.to(acc), assign)
+        var = cluster_variance_core(feats.to(acc), centers.to(acc), assign)
     else:
         var = _variance_tensor(variance, feats.to(acc))
+    if fused_global_applies(feats, centers, var, reduction):
+        weight = 1.0 / max(feats.shape[0], 1) if reduction == "mean" else 1.0
+        return magnet_loss_fused_op(feats, centers, assign, center_classes, None, var, float(alpha), float(eps),
+                                    weight)[0]
     loss, _ = magnet_loss_fwd_op(feats, centers, assign, center_classes, None, var,
                                  float(alpha), float(eps))
     return _reduce(loss, reduction)
@@ -419,7 +484,7 @@ def magnet_loss_batch(feats, cluster_ids, cluster_classes, *, alpha=1.0, varianc
     f = feats.to(acc_dtype(feats.dtype))
     mu, counts = _batch_means(f, cluster_ids, cluster_classes.shape[0])
     if variance is None:
-        var = _cluster_variance(f, mu, cluster_ids)
+        var = cluster_variance_core(f, mu, cluster_ids)
     else:
         var = _variance_tensor(variance, f)
     loss, _ = magnet_loss_fwd_op(f, mu, cluster_ids, cluster_classes, counts > 0, var,

@@ -26,12 +26,18 @@
 namespace clustr_fast {
 namespace {
 
-constexpr int64_t kBlockRows = 64;
 constexpr int64_t kSerialWork = int64_t(1) << 22;  // below ~4M multiply-adds a call runs on one thread
+
+// Rows per block: a [rows, C] product block of about 64K values (it stays in L2), 64 to 512 rows.
+// Large blocks make few, efficient BLAS calls (64-row blocks spent a third of the time in the
+// per-call overhead and the small products).
+inline int64_t block_rows(int64_t C) {
+  return std::clamp<int64_t>(65536 / std::max<int64_t>(C, 1), 64, 512);
+}
 
 // Blocks of rows per parallel task, so that small problems (the ClusTR batch) stay serial.
 inline int64_t block_grain(int64_t C, int64_t D) {
-  return std::max<int64_t>(1, kSerialWork / std::max<int64_t>(1, kBlockRows * C * (D + 8)));
+  return std::max<int64_t>(1, kSerialWork / std::max<int64_t>(1, block_rows(C) * C * (D + 8)));
 }
 
 // exp for x <= ~88 with ~1 ulp error, written so that simd loops vectorise it (Cephes expf).
@@ -216,10 +222,11 @@ void forward_rows(const Inputs& in, T s, T alpha, bool use_eps, T log_eps, at::T
   T* lse_p = own_p + N;
   T* e_p = own_p + 2 * N;
   const at::Tensor ct = in.c.t();
-  at::parallel_for(0, (N + kBlockRows - 1) / kBlockRows, block_grain(C, D), [&](int64_t b0, int64_t b1) {
-    at::Tensor buf = at::empty({kBlockRows, C}, in.x.options());
+  const int64_t rows = block_rows(C);
+  at::parallel_for(0, (N + rows - 1) / rows, block_grain(C, D), [&](int64_t b0, int64_t b1) {
+    at::Tensor buf = at::empty({rows, C}, in.x.options());
     for (int64_t b = b0; b < b1; ++b) {
-      const int64_t r0 = b * kBlockRows, r1 = std::min(N, r0 + kBlockRows);
+      const int64_t r0 = b * rows, r1 = std::min(N, r0 + rows);
       at::Tensor blk = buf.narrow(0, 0, r1 - r0);
       at::mm_out(blk, in.x.narrow(0, r0, r1 - r0), ct);
       forward_block_vec(RowBlock<T>{x, c, cn, a, cls, valid, lp, own_p, lse_p, e_p, D, C}, blk.data_ptr<T>(),
@@ -246,6 +253,24 @@ std::tuple<at::Tensor, at::Tensor> magnet_loss_fwd_cpu(const at::Tensor& feats, 
   return {loss, stats};
 }
 
+// Row i of P from its impostor logits z (in place): P_ik = cl exp(z_k - L_i) on impostors, 0
+// elsewhere, plus ca on the own center a_i. Returns rowsum(P)_i.
+template <typename T>
+inline __attribute__((always_inline)) T logits_to_p(T* p, int64_t C, T cl, T lse, T ca, int64_t ai) {
+  const T ninf = -std::numeric_limits<T>::infinity();
+  const T li = lse > ninf ? lse : T(0);
+  T sum = T(0);
+#pragma omp simd reduction(+ : sum)
+  for (int64_t k = 0; k < C; ++k) {
+    const T ez = exp_fast(p[k] - li);
+    const T v = p[k] > ninf ? cl * ez : T(0);
+    p[k] = v;
+    sum += v;
+  }
+  p[ai] += ca;
+  return sum + ca;
+}
+
 // P for one block of rows, in place over the f.mu block; returns nothing, fills rowsum.
 template <typename T>
 inline void gradient_block(const Inputs& in, T* bp, int64_t r0, int64_t r1, T s, const T* coef_a,
@@ -256,22 +281,10 @@ inline void gradient_block(const Inputs& in, T* bp, int64_t r0, int64_t r1, T s,
   const int64_t* a = in.assign.data_ptr<int64_t>();
   const T* cls = in.cls.data_ptr<T>();
   const T* valid = in.valid.data_ptr<T>();
-  const T ninf = -std::numeric_limits<T>::infinity();
   for (int64_t i = r0; i < r1; ++i) {
     T* p = bp + (i - r0) * C;
     impostor_logits(p, cn, cls, valid, cls[a[i]], squared_norm(x + i * D, D), s, C);
-    const T cl = coef_l[i];
-    const T li = lse[i] > ninf ? lse[i] : T(0);
-    T sum = T(0);
-#pragma omp simd reduction(+ : sum)
-    for (int64_t k = 0; k < C; ++k) {
-      const T ez = exp_fast(p[k] - li);
-      const T v = p[k] > ninf ? cl * ez : T(0);
-      p[k] = v;
-      sum += v;
-    }
-    p[a[i]] += coef_a[i];
-    rowsum[i - r0] = sum + coef_a[i];
+    rowsum[i - r0] = logits_to_p(p, C, coef_l[i], lse[i], coef_a[i], a[i]);
   }
 }
 
@@ -293,50 +306,143 @@ inline void gradient_block_vec(const Inputs& in, double* bp, int64_t r0, int64_t
   gradient_block_d(in, bp, r0, r1, s, coef_a, coef_l, lse, rowsum);
 }
 
+// The gradient of one block of rows from its P (in place in blk): grad_f rows = 2 (rowsum f - P mu),
+// and the task's sums colsum(P) += and P^T f +=.
 template <typename T>
-void backward_rows(const Inputs& in, T s, const T* coef_a, const T* coef_l, const T* lse,
-                   at::Tensor& grad_f, at::Tensor& grad_mu) {
-  const int64_t N = in.N, C = in.C, D = in.D;
-  const int64_t nblocks = (N + kBlockRows - 1) / kBlockRows;
-  const int64_t T_ = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), nblocks / block_grain(C, D)));
-  at::Tensor acc_mu = at::zeros({T_, C, D}, in.x.options());   // per-thread sum of P^T f
-  at::Tensor acc_col = at::zeros({T_, C}, in.x.options());     // per-thread colsum(P)
+void p_block_to_gradients(const Inputs& in, at::Tensor& blk, const at::Tensor& xb, int64_t r0, const T* rowsum,
+                          at::Tensor& grad_f, at::Tensor& my_mu, T* my_col) {
+  const int64_t C = in.C, D = in.D, R = blk.size(0);
   const T* x = in.x.data_ptr<T>();
   T* gf = grad_f.data_ptr<T>();
-  // Static split: task t owns a contiguous range of blocks and its own accumulators.
+  const T* bp = blk.data_ptr<T>();
+  at::Tensor gfb = grad_f.narrow(0, r0, R);
+  at::mm_out(gfb, blk, in.c);  // P mu
+  for (int64_t i = 0; i < R; ++i) {
+    T* g = gf + (r0 + i) * D;
+    const T* xi = x + (r0 + i) * D;
+    const T rs = rowsum[i];
+#pragma omp simd
+    for (int64_t j = 0; j < D; ++j) g[j] = T(2) * (rs * xi[j] - g[j]);
+    const T* prow = bp + i * C;
+#pragma omp simd
+    for (int64_t k = 0; k < C; ++k) my_col[k] += prow[k];
+  }
+  my_mu.addmm_(blk.t(), xb);  // P^T f
+}
+
+// Blocks of rows split statically over T_ tasks (each with its own sums, added in task order);
+// body(t, b, buf, my_mu, my_col) handles block b of task t.
+template <typename T, typename Body>
+void over_row_blocks(const Inputs& in, at::Tensor& grad_mu, const Body& body) {
+  const int64_t N = in.N, C = in.C, D = in.D;
+  const int64_t rows = block_rows(C);
+  const int64_t nblocks = (N + rows - 1) / rows;
+  const int64_t T_ = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), nblocks / block_grain(C, D)));
+  at::Tensor acc_mu = at::zeros({T_, C, D}, in.x.options());   // per-task sum of P^T f
+  at::Tensor acc_col = at::zeros({T_, C}, in.x.options());     // per-task colsum(P)
   at::parallel_for(0, T_, 1, [&](int64_t t0, int64_t t1) {
-    at::Tensor buf = at::empty({kBlockRows, C}, in.x.options());
-    std::vector<T> rowsum(kBlockRows);
+    at::Tensor buf = at::empty({rows, C}, in.x.options());
     for (int64_t t = t0; t < t1; ++t) {
       at::Tensor my_mu = acc_mu[t];
       T* my_col = acc_col[t].data_ptr<T>();
       const int64_t bb0 = nblocks * t / T_, bb1 = nblocks * (t + 1) / T_;
       for (int64_t b = bb0; b < bb1; ++b) {
-        const int64_t r0 = b * kBlockRows, r1 = std::min(N, r0 + kBlockRows), R = r1 - r0;
-        at::Tensor blk = buf.narrow(0, 0, R);
-        const at::Tensor xb = in.x.narrow(0, r0, R);
-        at::mm_out(blk, xb, in.c.t());
-        T* bp = blk.data_ptr<T>();
-        gradient_block_vec(in, bp, r0, r1, s, coef_a, coef_l, lse, rowsum.data());
-        at::Tensor gfb = grad_f.narrow(0, r0, R);
-        at::mm_out(gfb, blk, in.c);  // P mu
-        for (int64_t i = 0; i < R; ++i) {
-          T* g = gf + (r0 + i) * D;
-          const T* xi = x + (r0 + i) * D;
-          const T rs = rowsum[i];
-#pragma omp simd
-          for (int64_t j = 0; j < D; ++j) g[j] = T(2) * (rs * xi[j] - g[j]);
-          const T* prow = bp + i * C;
-#pragma omp simd
-          for (int64_t k = 0; k < C; ++k) my_col[k] += prow[k];
-        }
-        my_mu.addmm_(blk.t(), xb);  // P^T f
+        const int64_t r0 = b * rows, r1 = std::min(N, r0 + rows);
+        at::Tensor blk = buf.narrow(0, 0, r1 - r0);
+        body(t, r0, r1, blk, my_mu, my_col);
       }
     }
   });
   // grad_mu = 2 colsum(P) mu - 2 P^T f
   grad_mu.copy_(in.c * acc_col.sum(0).unsqueeze(1) - acc_mu.sum(0));
   grad_mu.mul_(2);
+}
+
+template <typename T>
+void backward_rows(const Inputs& in, T s, const T* coef_a, const T* coef_l, const T* lse,
+                   at::Tensor& grad_f, at::Tensor& grad_mu) {
+  over_row_blocks<T>(in, grad_mu, [&](int64_t t, int64_t r0, int64_t r1, at::Tensor& blk, at::Tensor& my_mu,
+                                      T* my_col) {
+    std::vector<T> rs(r1 - r0);
+    const at::Tensor xb = in.x.narrow(0, r0, r1 - r0);
+    at::mm_out(blk, xb, in.c.t());
+    gradient_block_vec(in, blk.data_ptr<T>(), r0, r1, s, coef_a, coef_l, lse, rs.data());
+    p_block_to_gradients<T>(in, blk, xb, r0, rs.data(), grad_f, my_mu, my_col);
+  });
+}
+
+// Fused global form (forward with its gradient, for the loss total = weight * sum_i loss_i): per
+// block one product f.mu; forward_block turns it into impostor logits and the row losses, then
+// the same logits become P (no second product to recompute the distances). lsum[t], gs[t]: the
+// task's sum of losses and of gA own + gL E.
+template <typename T>
+inline void fused_p_block(const Inputs& in, T* bp, int64_t r0, int64_t r1, T s, T alpha, bool use_eps, T log_eps,
+                          T weight, const T* loss, const T* own, const T* lse, const T* ex, T* rowsum, double& lsum,
+                          double& gs) {
+  const int64_t C = in.C;
+  const int64_t* a = in.assign.data_ptr<int64_t>();
+  for (int64_t i = r0; i < r1; ++i) {
+    T ga, gl;
+    row_coefficients(weight, loss[i], own[i], lse[i], s, alpha, use_eps, log_eps, ga, gl);
+    gs += double(ga) * double(own[i]) + double(gl) * double(ex[i]);
+    lsum += double(loss[i]);
+    rowsum[i - r0] = logits_to_p(bp + (i - r0) * C, C, -s * gl, lse[i], -s * ga, a[i]);
+  }
+}
+CLUSTR_VEC_CLONES void fused_p_block_f(const Inputs& in, float* bp, int64_t r0, int64_t r1, float s, float alpha,
+                                       bool use_eps, float log_eps, float weight, const float* loss, const float* own,
+                                       const float* lse, const float* ex, float* rowsum, double& lsum, double& gs) {
+  fused_p_block<float>(in, bp, r0, r1, s, alpha, use_eps, log_eps, weight, loss, own, lse, ex, rowsum, lsum, gs);
+}
+CLUSTR_VEC_CLONES void fused_p_block_d(const Inputs& in, double* bp, int64_t r0, int64_t r1, double s, double alpha,
+                                       bool use_eps, double log_eps, double weight, const double* loss,
+                                       const double* own, const double* lse, const double* ex, double* rowsum,
+                                       double& lsum, double& gs) {
+  fused_p_block<double>(in, bp, r0, r1, s, alpha, use_eps, log_eps, weight, loss, own, lse, ex, rowsum, lsum, gs);
+}
+inline void fused_p_block_vec(const Inputs& in, float* bp, int64_t r0, int64_t r1, float s, float alpha, bool use_eps,
+                              float log_eps, float weight, const float* loss, const float* own, const float* lse,
+                              const float* ex, float* rowsum, double& lsum, double& gs) {
+  fused_p_block_f(in, bp, r0, r1, s, alpha, use_eps, log_eps, weight, loss, own, lse, ex, rowsum, lsum, gs);
+}
+inline void fused_p_block_vec(const Inputs& in, double* bp, int64_t r0, int64_t r1, double s, double alpha,
+                              bool use_eps, double log_eps, double weight, const double* loss, const double* own,
+                              const double* lse, const double* ex, double* rowsum, double& lsum, double& gs) {
+  fused_p_block_d(in, bp, r0, r1, s, alpha, use_eps, log_eps, weight, loss, own, lse, ex, rowsum, lsum, gs);
+}
+
+// Returns (sum of losses, sum of gA own + gL E), both in task order.
+template <typename T>
+std::pair<double, double> fused_rows(const Inputs& in, T s, T alpha, bool use_eps, T log_eps, T weight,
+                                     at::Tensor& grad_f, at::Tensor& grad_mu) {
+  const int64_t N = in.N, C = in.C, D = in.D;
+  std::vector<T> loss(N), own(N), lse(N), ex(N);
+  std::vector<double> lsum(at::get_num_threads() + 1, 0.0), gs(at::get_num_threads() + 1, 0.0);
+  const T* x = in.x.data_ptr<T>();
+  const T* c = in.c.data_ptr<T>();
+  const T* cn = in.cn.data_ptr<T>();
+  const int64_t* a = in.assign.data_ptr<int64_t>();
+  const T* cls = in.cls.data_ptr<T>();
+  const T* valid = in.valid.data_ptr<T>();
+  const RowBlock<T> rb{x, c, cn, a, cls, valid, loss.data(), own.data(), lse.data(), ex.data(), D, C};
+  const at::Tensor ct = in.c.t();
+  over_row_blocks<T>(in, grad_mu, [&](int64_t t, int64_t r0, int64_t r1, at::Tensor& blk, at::Tensor& my_mu,
+                                      T* my_col) {
+    std::vector<T> rs(r1 - r0);
+    const at::Tensor xb = in.x.narrow(0, r0, r1 - r0);
+    at::mm_out(blk, xb, ct);
+    T* bp = blk.data_ptr<T>();
+    forward_block_vec(rb, bp, r0, r1, s, alpha, use_eps, log_eps);
+    fused_p_block_vec(in, bp, r0, r1, s, alpha, use_eps, log_eps, weight, loss.data(), own.data(), lse.data(),
+                      ex.data(), rs.data(), lsum[t], gs[t]);
+    p_block_to_gradients<T>(in, blk, xb, r0, rs.data(), grad_f, my_mu, my_col);
+  });
+  double total = 0.0, g = 0.0;
+  for (size_t t = 0; t < lsum.size(); ++t) {
+    total += lsum[t];
+    g += gs[t];
+  }
+  return {total, g};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> magnet_loss_bwd_cpu(
@@ -377,6 +483,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> magnet_loss_bwd_cpu(
     backward_rows<T>(in, ts, coef_a.data(), coef_l.data(), lse, grad_f, grad_mu);
   });
   return {grad_f.to(feats.scalar_type()), grad_mu.to(centers.scalar_type()), grad_var.to(var.scalar_type())};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> magnet_loss_fused_cpu(
+    const at::Tensor& feats, const at::Tensor& centers, const at::Tensor& assign, const at::Tensor& classes,
+    const std::optional<at::Tensor>& valid, const at::Tensor& var, double alpha, double eps, double weight) {
+  const Inputs in = prepare(feats, centers, assign, classes, valid);
+  const auto opts = in.x.options();
+  at::Tensor grad_f = at::empty({in.N, in.D}, opts);
+  at::Tensor grad_mu = at::zeros({in.C, in.D}, opts);
+  at::Tensor total = at::zeros({}, opts);
+  at::Tensor grad_var = at::zeros({}, opts);
+  if (in.N == 0) return {total, grad_f.to(feats.scalar_type()), grad_mu.to(centers.scalar_type()), grad_var};
+  const double s = 0.5 / var.detach().item<double>();
+  const bool use_eps = eps > 0;
+  const double log_eps = use_eps ? std::log(eps) : 0.0;
+  AT_DISPATCH_FLOATING_TYPES(in.x.scalar_type(), "magnet_loss_fused_cpu", [&] {
+    using T = scalar_t;
+    const auto [lsum, gs] = fused_rows<T>(in, T(s), T(alpha), use_eps, T(log_eps), T(weight), grad_f, grad_mu);
+    total.fill_(weight * lsum);
+    grad_var.fill_(2.0 * s * s * gs);
+  });
+  return {total, grad_f.to(feats.scalar_type()), grad_mu.to(centers.scalar_type()), grad_var.to(var.scalar_type())};
 }
 
 // --------------------------------------------------------------------------- batch form, fused
@@ -572,6 +700,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> magnet_loss_batch_cpu(
 }  // namespace
 
 TORCH_LIBRARY_IMPL(clustr_fast_C, CPU, m) {
+  m.impl("magnet_loss_fused", &magnet_loss_fused_cpu);
   m.impl("magnet_loss_fwd", &magnet_loss_fwd_cpu);
   m.impl("magnet_loss_bwd", &magnet_loss_bwd_cpu);
   m.impl("magnet_loss_batch", &magnet_loss_batch_cpu);
