@@ -19,8 +19,9 @@ import torch
 
 from . import _backend
 from ._validate import acc_dtype, check_finite, check_float, check_ids, check_int, check_matrix, check_real
-from .ops.kmeans import (kmeans_assign_op, kmeans_lloyd_groups_op, kmeans_lloyd_step_op, kmeans_update_op,
-                         lloyd_groups_stepwise, lloyd_step_runs_here, plusplus_segments)
+from .ops.kmeans import (default_trials, kmeans_assign_op, kmeans_fit_groups_op, kmeans_lloyd_step_op,
+                         kmeans_update_op, lloyd_groups_stepwise, lloyd_step_runs_here, plusplus_draws,
+                         plusplus_segments)
 
 
 def _tolerance(x: torch.Tensor, tol: float) -> float:
@@ -63,6 +64,10 @@ def _lloyd_fused(x, centers, max_iter, tol, groups, group_k, precision):
         if stop:
             break
     return centers, labels, float(d.sum(dtype=torch.float64)), n_iter
+
+
+def _trials(k, n_local_trials):
+    return default_trials(k) if n_local_trials is None else int(n_local_trials)
 
 
 def _generator(device, seed, generator=None):
@@ -166,14 +171,16 @@ def kmeans_per_group(x, groups, k, *, max_iter=20, tol=1e-4, generator=None, n_l
     order = None if in_order else torch.argsort(groups, stable=True)
     xs = (x.detach() if in_order else x.detach()[order]).to(acc_dtype(x.dtype)).contiguous()
     offsets = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)])
-    idx = plusplus_segments(xs, offsets, k, generator=generator, n_local_trials=n_local_trials)
-    centers = xs[idx.reshape(-1)]
     prec = _backend.precision_code(precision)
-    if lloyd_step_runs_here(xs.device):
-        lab_sorted, _, centers, _ = kmeans_lloyd_groups_op(xs, offsets, centers, max_iter, tol, prec)
+    if lloyd_step_runs_here(xs.device):  # seeding and iterations of each group in one pass over it
+        first, draws = plusplus_draws(sizes, k, _trials(k, n_local_trials), generator, xs.device)
+        lab_sorted, _, centers, _ = kmeans_fit_groups_op(xs, offsets, k, first + offsets[:-1], draws, max_iter,
+                                                         tol, prec)
     else:
-        lab_sorted, _, centers, _ = lloyd_groups_stepwise(xs, offsets, centers, max_iter, tol, prec, kmeans_assign_op,
-                                                          kmeans_update_op, torch.are_deterministic_algorithms_enabled())
+        idx = plusplus_segments(xs, offsets, k, generator=generator, n_local_trials=n_local_trials)
+        lab_sorted, _, centers, _ = lloyd_groups_stepwise(xs, offsets, xs[idx.reshape(-1)], max_iter, tol, prec,
+                                                          kmeans_assign_op, kmeans_update_op,
+                                                          torch.are_deterministic_algorithms_enabled())
     if in_order:
         return lab_sorted, centers
     labels = torch.empty_like(lab_sorted)

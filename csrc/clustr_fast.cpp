@@ -60,4 +60,7 @@ TORCH_LIBRARY(clustr_fast_C, m) {
   // <= tol * mean feature variance of the segment). -> (labels int64 [N] = g*k + j, sqdist [N],
   // centers [G*k, d], n_iter int64 [G]). CPU only (other devices run the step ops).
   m.def("kmeans_lloyd_groups(Tensor x, Tensor offsets, Tensor centers, int max_iter, float tol, int precision) -> (Tensor, Tensor, Tensor, Tensor)");
+  // kmeans_plusplus (greedy, from first [G] and draws [k-1, G, T]) then kmeans_lloyd_groups, in every
+  // segment while it sits in cache. -> (labels, sqdist, centers [G*k, d], n_iter [G]). CPU only.
+  m.def("kmeans_fit_groups(Tensor x, Tensor offsets, int k, Tensor first, Tensor draws, int max_iter, float tol, int precision) -> (Tensor, Tensor, Tensor, Tensor)");
 }

@@ -7,8 +7,9 @@ tolerance, the thread count or the backend.
 import pytest
 import torch
 
-from clustr_fast.ops.kmeans import (kmeans_assign_op, kmeans_lloyd_groups_op, kmeans_update_op,
-                                    lloyd_groups_stepwise, lloyd_step_runs_here)
+import clustr_fast
+from clustr_fast.ops.kmeans import (kmeans_assign_op, kmeans_fit_groups_op, kmeans_lloyd_groups_op, kmeans_update_op,
+                                    lloyd_groups_stepwise, lloyd_step_runs_here, plusplus_draws, plusplus_segments)
 
 from conftest import low_precision_dtypes
 
@@ -175,3 +176,26 @@ def test_opcheck():
     c = _initial_centers(x, offsets, 3, seed=18)
     torch.library.opcheck(kmeans_lloyd_groups_op, (x, offsets, c, 10, 1e-4, 0))
     torch.library.opcheck(kmeans_lloyd_groups_op, (x.double(), offsets, c.double(), 10, 0.0, 0))
+
+
+@pytest.mark.parametrize("name", ["reference", "cpu"])
+@pytest.mark.parametrize("k,trials", [(1, 1), (3, 3), (4, 1)])
+def test_fit_groups_equals_seeding_then_lloyd(name, k, trials):
+    """kmeans_fit_groups (seeding + Lloyd per group in cache) = kmeans_plusplus + kmeans_lloyd_groups."""
+    if name not in clustr_fast.backends():
+        pytest.skip(f"{name} not available")
+    sizes = [s + k for s in SIZES]
+    x, offsets = _grouped_points(sizes, 11, seed=19)
+    with clustr_fast.use_backend(name):
+        first, draws = plusplus_draws(offsets.diff(), k, trials, _gen(20), "cpu")
+        got = kmeans_fit_groups_op(x, offsets, k, first + offsets[:-1], draws, 25, 1e-4, 0)
+        idx = plusplus_segments(x, offsets, k, generator=_gen(20), n_local_trials=trials)
+        want = kmeans_lloyd_groups_op(x, offsets, x[idx.reshape(-1)], 25, 1e-4, 0)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[3], want[3])
+    assert torch.equal(got[2], want[2]) and torch.equal(got[1], want[1])
+
+
+def test_fit_groups_opcheck():
+    x, offsets = _grouped_points([12, 9], 5, seed=21)
+    first, draws = plusplus_draws(offsets.diff(), 3, 2, _gen(22), "cpu")
+    torch.library.opcheck(kmeans_fit_groups_op, (x, offsets, 3, first + offsets[:-1], draws, 10, 1e-4, 0))

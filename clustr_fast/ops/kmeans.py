@@ -152,6 +152,16 @@ _LLOYD_GROUPS = {
     "reference": _reference_lloyd_groups,
     "cpu": extension_kernel("kmeans_lloyd_groups"),
 }
+def _reference_fit_groups(x, offsets, k, first, draws, max_iter, tol, precision):
+    idx = _reference_plusplus(x, offsets, k, first, draws)
+    centers = x.detach().to(acc_dtype(x.dtype))[idx.reshape(-1)]
+    return _reference_lloyd_groups(x, offsets, centers, max_iter, tol, precision)
+
+
+_FIT_GROUPS = {
+    "reference": _reference_fit_groups,
+    "cpu": extension_kernel("kmeans_fit_groups"),
+}
 _PLUSPLUS = {
     "reference": _reference_plusplus,
     "cpu": extension_kernel("kmeans_plusplus"),
@@ -215,6 +225,24 @@ def _(x, offsets, centers, max_iter, tol, precision):
     n, acc = x.shape[0], acc_dtype(x.dtype)
     return (x.new_empty((n,), dtype=torch.int64), x.new_empty((n,), dtype=acc),
             x.new_empty(tuple(centers.shape), dtype=acc), x.new_empty((offsets.shape[0] - 1,), dtype=torch.int64))
+
+
+@torch.library.custom_op("clustr_fast::kmeans_fit_groups", mutates_args=())
+def kmeans_fit_groups_op(x: Tensor, offsets: Tensor, k: int, first: Tensor, draws: Tensor, max_iter: int,
+                         tol: float, precision: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Greedy k-means++ (``kmeans_plusplus_op`` on the same draws), then ``kmeans_lloyd_groups_op``, in
+    every segment; on the CPU each segment is seeded and iterated while it sits in cache."""
+    labels, sq, centers, n_iter = run("kmeans_fit_groups", x.device, _FIT_GROUPS, x, offsets, k, first, draws,
+                                      max_iter, tol, precision)
+    acc = acc_dtype(x.dtype)
+    return labels, sq.to(acc), centers.to(acc), n_iter
+
+
+@kmeans_fit_groups_op.register_fake
+def _(x, offsets, k, first, draws, max_iter, tol, precision):
+    n, g, acc = x.shape[0], offsets.shape[0] - 1, acc_dtype(x.dtype)
+    return (x.new_empty((n,), dtype=torch.int64), x.new_empty((n,), dtype=acc),
+            x.new_empty((g * k, x.shape[1]), dtype=acc), x.new_empty((g,), dtype=torch.int64))
 
 
 def lloyd_step_runs_here(device: torch.device) -> bool:

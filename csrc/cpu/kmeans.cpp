@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu/kmeans_plusplus.h"
 #include "cpu/kmeans_rows.h"
 #include "cpu/vec_math.h"
 
@@ -451,222 +452,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_lloyd_step_cpu
   return {labels, sqdist, centers, counts};
 }
 
-// ------------------------------------------------------------------ k-means++
-
-// Rows of every segment cut into blocks of at most `bs` rows; the blocks of segment g are
-// [gblk[g], gblk[g+1]).
-struct SegmentBlocks {
-  std::vector<int64_t> start, end, group, gblk;
-};
-
-SegmentBlocks make_blocks(const int64_t* offsets, int64_t G, int64_t bs) {
-  SegmentBlocks b;
-  b.gblk.push_back(0);
-  for (int64_t g = 0; g < G; ++g) {
-    for (int64_t r = offsets[g]; r < offsets[g + 1]; r += bs) {
-      b.start.push_back(r);
-      b.end.push_back(std::min(offsets[g + 1], r + bs));
-      b.group.push_back(g);
-    }
-    b.gblk.push_back(static_cast<int64_t>(b.start.size()));
-  }
-  return b;
-}
-
-// The candidates' distances with one vector lane per candidate: lanes hold up to W candidates
-// (cT[j] = coordinate j of each), so a row costs D broadcasts, subtractions and FMAs for all of
-// them, with no horizontal sums; four rows share each load of cT[j]. Same terms as
-// sqdist_to_few, summed in coordinate order. Writes dc and adds the partial potentials to part.
-template <typename T>
-inline __attribute__((always_inline)) void eval_candidates_lanes(const T* x, int64_t N, int64_t D,
-                                                                 const int64_t* cand, int64_t m, const T* closest,
-                                                                 int64_t i0, int64_t i1, T* dc, double* part) {
-  using V = typename Vec32<T>::type;
-  constexpr int W = Vec32<T>::W;
-  std::vector<T> cT(D * W);  // (plain T storage: a vector of V may not be 32-byte aligned)
-  for (int64_t j = 0; j < D; ++j)
-    for (int l = 0; l < W; ++l) cT[j * W + l] = x[cand[std::min<int64_t>(l, m - 1)] * D + j];
-  auto ct = [&](int64_t j) {
-    V v;
-    std::memcpy(&v, cT.data() + j * W, sizeof(V));
-    return v;
-  };
-  double pacc[W] = {};
-  auto finish = [&](const V& acc, int64_t i) {
-    const V cl = V{} + closest[i];
-    const V mn = acc < cl ? acc : cl;
-    for (int l = 0; l < W; ++l) pacc[l] += static_cast<double>(mn[l]);  // every lane: vectorizes
-    for (int64_t l = 0; l < m; ++l) dc[l * N + i] = acc[l];
-  };
-  int64_t i = i0;
-  for (; i + 4 <= i1; i += 4) {
-    const T* r0 = x + i * D;
-    V a0{}, a1{}, a2{}, a3{};
-    for (int64_t j = 0; j < D; ++j) {
-      const V c = ct(j);
-      const V d0 = r0[j] - c, d1 = r0[D + j] - c, d2 = r0[2 * D + j] - c, d3 = r0[3 * D + j] - c;
-      a0 += d0 * d0;
-      a1 += d1 * d1;
-      a2 += d2 * d2;
-      a3 += d3 * d3;
-    }
-    finish(a0, i);
-    finish(a1, i + 1);
-    finish(a2, i + 2);
-    finish(a3, i + 3);
-  }
-  for (; i < i1; ++i) {
-    V a{};
-    for (int64_t j = 0; j < D; ++j) {
-      const V df = x[i * D + j] - ct(j);
-      a += df * df;
-    }
-    finish(a, i);
-  }
-  for (int64_t l = 0; l < m; ++l) part[l] += pacc[l];
-}
-
-// dc[t*N + i] = ||x_i - x_{cand_t}||^2 for the rows [i0, i1); part[t] = sum_i min(closest_i, dc).
-template <typename T>
-inline __attribute__((always_inline)) void eval_candidates(const T* x, int64_t N, int64_t D, const int64_t* cand,
-                                                           int64_t nt, const T* closest, int64_t i0, int64_t i1,
-                                                           T* dc, double* part) {
-  if (nt >= 3) {  // lanes pay off from a few candidates on
-    constexpr int64_t W = Vec32<T>::W;
-    for (int64_t t0 = 0; t0 < nt; t0 += W) {
-      for (int64_t t = t0; t < std::min(nt, t0 + W); ++t) part[t] = 0.0;
-      eval_candidates_lanes<T>(x, N, D, cand + t0, std::min(W, nt - t0), closest, i0, i1, dc + t0 * N, part + t0);
-    }
-    return;
-  }
-  constexpr int64_t kMax = 64;
-  const T* cs[kMax];
-  T v[kMax];
-  for (int64_t t0 = 0; t0 < nt; t0 += kMax) {
-    const int64_t m = std::min(kMax, nt - t0);
-    for (int64_t t = 0; t < m; ++t) {
-      cs[t] = x + cand[t0 + t] * D;
-      part[t0 + t] = 0.0;
-    }
-    for (int64_t i = i0; i < i1; ++i) {
-      sqdist_to_many<T>(x + i * D, cs, m, D, v);
-      for (int64_t t = 0; t < m; ++t) {
-        dc[(t0 + t) * N + i] = v[t];
-        part[t0 + t] += static_cast<double>(std::min(v[t], closest[i]));
-      }
-    }
-  }
-}
-CLUSTR_VEC_CLONES void eval_candidates_f(const float* x, int64_t N, int64_t D, const int64_t* cand, int64_t nt,
-                                         const float* cl, int64_t i0, int64_t i1, float* dc, double* part) {
-  eval_candidates<float>(x, N, D, cand, nt, cl, i0, i1, dc, part);
-}
-CLUSTR_VEC_CLONES void eval_candidates_d(const double* x, int64_t N, int64_t D, const int64_t* cand, int64_t nt,
-                                         const double* cl, int64_t i0, int64_t i1, double* dc, double* part) {
-  eval_candidates<double>(x, N, D, cand, nt, cl, i0, i1, dc, part);
-}
-inline void eval_candidates_any(const float* x, int64_t N, int64_t D, const int64_t* cand, int64_t nt,
-                                const float* cl, int64_t i0, int64_t i1, float* dc, double* part) {
-  eval_candidates_f(x, N, D, cand, nt, cl, i0, i1, dc, part);
-}
-inline void eval_candidates_any(const double* x, int64_t N, int64_t D, const int64_t* cand, int64_t nt,
-                                const double* cl, int64_t i0, int64_t i1, double* dc, double* part) {
-  eval_candidates_d(x, N, D, cand, nt, cl, i0, i1, dc, part);
-}
-
-// One D^2 draw in segment g: the first row whose running weight exceeds u * total, weights
-// D^2_i = min(closest[i], pending[i]) (pending: distances to the last chosen center, not yet
-// folded into closest; may be null), or 1 for rows not chosen yet when every D^2 is 0.
-template <typename T>
-int64_t sample_row(const SegmentBlocks& blk, int64_t g, double u, const double* wsum, const double* wfree,
-                   const T* closest, const T* pending, const uint8_t* chosen) {
-  double total = 0.0, free = 0.0;
-  for (int64_t b = blk.gblk[g]; b < blk.gblk[g + 1]; ++b) {
-    total += wsum[b];
-    free += wfree[b];
-  }
-  const bool use_free = !(total > 0.0);
-  const double target = u * (use_free ? free : total);
-  double cum = 0.0;
-  int64_t found = -1, last_pos = -1;
-  for (int64_t b = blk.gblk[g]; b < blk.gblk[g + 1]; ++b) {
-    const double w = use_free ? wfree[b] : wsum[b];
-    if (w > 0.0) last_pos = b;
-    if (cum + w > target) {
-      found = b;
-      break;
-    }
-    cum += w;
-  }
-  const int64_t b = found >= 0 ? found : (last_pos >= 0 ? last_pos : blk.gblk[g]);
-  int64_t pick = -1, last_row = blk.start[b];
-  for (int64_t i = blk.start[b]; i < blk.end[b]; ++i) {
-    const T d2 = pending ? std::min(closest[i], pending[i]) : closest[i];
-    const double w = use_free ? (chosen[i] ? 0.0 : 1.0) : static_cast<double>(d2);
-    if (w > 0.0) last_row = i;
-    cum += w;
-    if (found >= 0 && cum > target) {
-      pick = i;
-      break;
-    }
-  }
-  return pick >= 0 ? pick : last_row;
-}
-
-// Greedy k-means++ with one parallel pass over x per step. The pass over a block first folds
-// the distances to the previous step's chosen center into `closest`, then computes the T
-// candidate distances and their partial potentials. The partial potential of the chosen
-// candidate is the block's D^2 weight of the next draw, so no second pass is needed.
-template <typename T>
-void plusplus_impl(const at::Tensor& x, const int64_t* offsets, int64_t G, int64_t k, const int64_t* first,
-                   const double* draws, int64_t nt, int64_t* indices) {
-  constexpr int64_t BS = 512;
-  const int64_t N = x.size(0), D = x.size(1);
-  const T* xp = x.data_ptr<T>();
-  const SegmentBlocks blk = make_blocks(offsets, G, BS);
-  const int64_t NB = static_cast<int64_t>(blk.start.size());
-  std::vector<T> closest(N, std::numeric_limits<T>::infinity()), dc(nt * N);
-  std::vector<uint8_t> chosen(N, 0);
-  std::vector<double> wsum(NB, 0.0), wfree(NB), part(NB * nt);
-  for (int64_t b = 0; b < NB; ++b) wfree[b] = static_cast<double>(blk.end[b] - blk.start[b]);
-  std::vector<int64_t> cand(G * nt), pending(G, -1);  // pending[g]: slot of dc to fold into closest
-  for (int64_t s = 0; s < k; ++s) {
-    for (int64_t g = 0; g < G; ++g) {
-      const T* pend = pending[g] >= 0 ? dc.data() + pending[g] * N : nullptr;
-      for (int64_t t = 0; t < nt; ++t)
-        cand[g * nt + t] = s == 0 ? first[g]
-                                  : sample_row<T>(blk, g, draws[((s - 1) * G + g) * nt + t], wsum.data(),
-                                                  wfree.data(), closest.data(), pend, chosen.data());
-    }
-    parallel_items(NB, [] { return 0; }, [&](int, int64_t b) {
-      const int64_t g = blk.group[b];
-      if (pending[g] >= 0) {
-        const T* row = dc.data() + pending[g] * N;
-        for (int64_t i = blk.start[b]; i < blk.end[b]; ++i) closest[i] = std::min(closest[i], row[i]);
-      }
-      eval_candidates_any(xp, N, D, cand.data() + g * nt, nt, closest.data(), blk.start[b], blk.end[b],
-                          dc.data(), part.data() + b * nt);
-    });
-    for (int64_t g = 0; g < G; ++g) {  // greedy choice: least potential, first on ties
-      int64_t bt = 0;
-      double bp = std::numeric_limits<double>::infinity();
-      for (int64_t t = 0; t < nt; ++t) {
-        double pot = 0.0;
-        for (int64_t b = blk.gblk[g]; b < blk.gblk[g + 1]; ++b) pot += part[b * nt + t];
-        if (pot < bp) {
-          bp = pot;
-          bt = t;
-        }
-      }
-      const int64_t row = cand[g * nt + bt];
-      indices[g * k + s] = row;
-      if (!chosen[row]) wfree[blk.gblk[g] + (row - offsets[g]) / BS] -= 1.0;
-      chosen[row] = 1;
-      for (int64_t b = blk.gblk[g]; b < blk.gblk[g + 1]; ++b) wsum[b] = part[b * nt + bt];
-      pending[g] = bt;
-    }
-  }
-}
+// ------------------------------------------------------------------ k-means++ (kmeans_plusplus.h)
 
 at::Tensor kmeans_plusplus_cpu(const at::Tensor& x_in, const at::Tensor& offsets_in, int64_t k,
                                const at::Tensor& first_in, const at::Tensor& draws_in) {
@@ -687,8 +473,8 @@ at::Tensor kmeans_plusplus_cpu(const at::Tensor& x_in, const at::Tensor& offsets
   at::Tensor indices = at::empty({G, k}, x.options().dtype(at::kLong));
   if (G == 0 || k == 0) return indices;
   AT_DISPATCH_FLOATING_TYPES(acc, "kmeans_plusplus_cpu", [&] {
-    plusplus_impl<scalar_t>(x, op, G, k, first.data_ptr<int64_t>(), draws.data_ptr<double>(), draws.size(2),
-                            indices.data_ptr<int64_t>());
+    plusplus_impl<scalar_t>(x.data_ptr<scalar_t>(), x.size(0), x.size(1), op, G, k, first.data_ptr<int64_t>(),
+                            draws.data_ptr<double>(), draws.size(2), indices.data_ptr<int64_t>());
   });
   return indices;
 }

@@ -1,5 +1,6 @@
 // kmeans_lloyd_groups on the CPU: Lloyd's algorithm run to convergence in every group (segment)
-// of rows, group after group, each group on one thread while its rows sit in cache.
+// of rows, group after group, each group on one thread while its rows sit in cache;
+// kmeans_fit_groups: the same after greedy k-means++ seeding in the group (also in cache).
 //
 //   For group g (rows [offsets[g], offsets[g+1]), centers [g*k, (g+1)*k)):
 //     labels = argmin_j ||x_i - c_j||^2 (first minimum, explicit differences)
@@ -23,6 +24,7 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu/kmeans_plusplus.h"
 #include "cpu/kmeans_rows.h"
 
 namespace clustr_fast {
@@ -291,10 +293,63 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_lloyd_groups_c
   return {labels, sqdist, centers, n_iter};
 }
 
+// Seeding and Lloyd in every group while its rows sit in cache: greedy k-means++ in the group
+// (the kmeans_plusplus kernel on the group alone, from the group's draws), then lloyd_group.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_fit_groups_cpu(
+    const at::Tensor& x_in, const at::Tensor& offsets_in, int64_t k, const at::Tensor& first_in,
+    const at::Tensor& draws_in, int64_t max_iter, double tol, int64_t precision) {
+  check_matrix(x_in, "x");
+  check_precision(precision);
+  const auto acc = acc_type(x_in.scalar_type());
+  const at::Tensor x = x_in.detach().to(acc).contiguous();
+  const at::Tensor offsets = offsets_in.detach().to(at::kLong).contiguous();
+  const at::Tensor first = first_in.detach().to(at::kLong).contiguous();
+  const at::Tensor draws = draws_in.detach().to(at::kDouble).contiguous();
+  const int64_t N = x.size(0), D = x.size(1), G = offsets.numel() - 1;
+  TORCH_CHECK(G >= 1 && k >= 1, "need at least one group and k >= 1");
+  TORCH_CHECK(max_iter >= 0, "max_iter must be >= 0");
+  TORCH_CHECK(first.numel() == G, "first must have one entry per group");
+  TORCH_CHECK(draws.dim() == 3 && draws.size(0) == k - 1 && draws.size(1) == G && draws.size(2) >= 1,
+              "draws must have shape [k-1, G, T]");
+  const int64_t* off = offsets.data_ptr<int64_t>();
+  TORCH_CHECK(off[0] == 0 && off[G] == N, "offsets must run from 0 to N");
+  for (int64_t g = 0; g < G; ++g) TORCH_CHECK(off[g + 1] - off[g] >= k, "group ", g, " has fewer than k rows");
+  const int64_t nt = draws.size(2);
+  at::Tensor labels = at::empty({N}, x.options().dtype(at::kLong));
+  at::Tensor sqdist = at::empty({N}, x.options());
+  at::Tensor centers = at::empty({G * k, D}, x.options());
+  at::Tensor n_iter = at::empty({G}, x.options().dtype(at::kLong));
+  int64_t* lab = labels.data_ptr<int64_t>();
+  int64_t* iters = n_iter.data_ptr<int64_t>();
+  const int64_t* fp = first.data_ptr<int64_t>();
+  const double* dp = draws.data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES(acc, "kmeans_fit_groups_cpu", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* cp = centers.data_ptr<scalar_t>();
+    scalar_t* sq = sqdist.data_ptr<scalar_t>();
+    auto init = [&] { return GroupScratch<scalar_t>(k, D); };
+    parallel_items(G, init, [&](GroupScratch<scalar_t>& s, int64_t g) {
+      const int64_t r0 = off[g], n = off[g + 1] - off[g];
+      const int64_t seg[2] = {0, n}, local_first = fp[g] - r0;
+      std::vector<double> dg((k - 1) * nt);
+      for (int64_t st = 0; st < k - 1; ++st)
+        for (int64_t t = 0; t < nt; ++t) dg[st * nt + t] = dp[(st * G + g) * nt + t];
+      std::vector<int64_t> idx(k);
+      plusplus_impl<scalar_t>(xp + r0 * D, n, D, seg, 1, k, &local_first, dg.data(), nt, idx.data());
+      scalar_t* cg = cp + g * k * D;
+      for (int64_t j = 0; j < k; ++j) std::copy(xp + (r0 + idx[j]) * D, xp + (r0 + idx[j] + 1) * D, cg + j * D);
+      iters[g] = lloyd_group_any(xp + r0 * D, n, D, k, max_iter, tol, cg, lab + r0, sq + r0, s);
+      for (int64_t i = r0; i < r0 + n; ++i) lab[i] += g * k;
+    });
+  });
+  return {labels, sqdist, centers, n_iter};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(clustr_fast_C, CPU, m) {
   m.impl("kmeans_lloyd_groups", &kmeans_lloyd_groups_cpu);
+  m.impl("kmeans_fit_groups", &kmeans_fit_groups_cpu);
 }
 
 }  // namespace clustr_fast
