@@ -5,7 +5,9 @@ one training step's loss work (forward + backward, wall time including the Pytho
 call), which runs the fused batch op (forward and gradient in one kernel call); the
 ",unfused" case forces the earlier two-op path for comparison, ",variance=given" and
 ",reduction=none" the other fused variants; the reference-code-style case is the
-per-sample Python loop of the ClusTR reference code. Global form: N feats against C learned centers. The GPU case
+per-sample Python loop of the ClusTR reference code. "fwd" cases run the forward alone under
+torch.no_grad() (inference) for every provider. Global form: N feats against C learned centers;
+its "full" case runs, on the CPU backends, the fused op (loss and gradient in one pass). The GPU case
 N=1,000,000, C=4,096, d=128 runs only the fused backends (the reference would need
 several [N, C] float32 buffers, 16 GB each) and records the peak extra memory.
 """
@@ -64,15 +66,19 @@ def reference_code_style(feats, ids, classes, alpha=ALPHA, eps=1e-8):
 
 
 def _run_batch(mode):
-    def run(provider, t):
+    def call(provider, t):
         f, ids, cls = t["f"], t["ids"], t["cls"]
         if provider == "reference":
-            out = _ref_batch(f, ids, cls)
-        elif provider == "compiled_reference":
-            out = compiled(_ref_batch)(f, ids, cls)
-        else:
-            out = clustr_fast.magnet_loss_batch(f, ids, cls, alpha=ALPHA)
-        return out if mode == "fwd" else torch.autograd.grad(out, (f,))
+            return _ref_batch(f, ids, cls)
+        if provider == "compiled_reference":
+            return compiled(_ref_batch)(f, ids, cls)
+        return clustr_fast.magnet_loss_batch(f, ids, cls, alpha=ALPHA)
+
+    def run(provider, t):
+        if mode == "fwd":  # the forward alone (inference): no graph, no gradient
+            with torch.no_grad():
+                return call(provider, t)
+        return torch.autograd.grad(call(provider, t), (t["f"],))
     return run
 
 
@@ -113,15 +119,19 @@ def _run_reference_code(provider, t):
 
 
 def _run_global(mode):
-    def run(provider, t):
+    def call(provider, t):
         f, c, a, cls = t["f"], t["c"], t["a"], t["cls"]
         if provider == "reference":
-            out = _ref_global(f, c, a, cls)
-        elif provider == "compiled_reference":
-            out = compiled(_ref_global)(f, c, a, cls)
-        else:
-            out = clustr_fast.magnet_loss(f, c, a, cls, alpha=ALPHA)
-        return out if mode == "fwd" else torch.autograd.grad(out, (f, c))
+            return _ref_global(f, c, a, cls)
+        if provider == "compiled_reference":
+            return compiled(_ref_global)(f, c, a, cls)
+        return clustr_fast.magnet_loss(f, c, a, cls, alpha=ALPHA)
+
+    def run(provider, t):
+        if mode == "fwd":  # the forward alone (inference); with a gradient wanted, the CPU runs the fused op
+            with torch.no_grad():
+                return call(provider, t)
+        return torch.autograd.grad(call(provider, t), (t["f"], t["c"]))
     return run
 
 

@@ -29,8 +29,10 @@ TORCH_LIBRARY(clustr_fast_C, m) {
   // (grad_feats, grad_centers, grad_var) for the gradient [N] of the per-row losses.
   m.def("magnet_loss_bwd(Tensor grad, Tensor feats, Tensor centers, Tensor assign, Tensor classes, Tensor? valid, Tensor var, Tensor loss, Tensor stats, float alpha, float eps) -> (Tensor, Tensor, Tensor)");
   // Global form with its gradient in one pass (reduction mean/sum): total = weight * sum_i loss_i and
-  // (grad_feats, grad_centers, grad_var) of total. CPU only (other devices run fwd + bwd).
-  m.def("magnet_loss_fused(Tensor feats, Tensor centers, Tensor assign, Tensor classes, Tensor? valid, Tensor var, float alpha, float eps, float weight) -> (Tensor, Tensor, Tensor, Tensor)");
+  // (grad_feats, grad_centers, grad_var) of total. var absent: sigma^2 is the cluster variance of
+  // (feats, centers, assign) and its gradient is folded into the two others (grad_var = 0).
+  // CPU only (other devices run fwd + bwd).
+  m.def("magnet_loss_fused(Tensor feats, Tensor centers, Tensor assign, Tensor classes, Tensor? valid, Tensor? var, float alpha, float eps, float weight) -> (Tensor, Tensor, Tensor, Tensor)");
   // Batch form, fused: means of the batch clusters, sigma^2 (variance tensor, else variance_value > 0,
   // else the batch variance), per-row losses [N], total = sum_i w_i loss_i (w = row_weight, else
   // weight) and, with with_grad, d total / d feats [N, d] (else [0, d]), through means and sigma^2.

@@ -411,8 +411,10 @@ def test_fused_global_equals_forward_then_backward(backend, reduction, variance,
 
 
 def test_fused_global_opcheck_and_gradcheck():
+    """var given, and var=None (the cluster variance computed and differentiated inside the op)."""
     feats, centers, assign, classes, v, var = _op_args(torch.float64, valid=True)
     torch.library.opcheck(magnet_loss_fused_op, (feats, centers, assign, classes, v, var, 1.0, 1e-8, 0.25))
+    torch.library.opcheck(magnet_loss_fused_op, (feats, centers, assign, classes, v, None, 1.0, 1e-8, 0.25))
     feats, centers, var = (t.requires_grad_(True) for t in (feats, centers, var))
     for name in ("reference", "cpu"):
         if name not in clustr_fast.backends():
@@ -421,6 +423,20 @@ def test_fused_global_opcheck_and_gradcheck():
             assert torch.autograd.gradcheck(
                 lambda a, b, s: magnet_loss_fused_op(a, b, assign, classes, v, s, 0.5, 1e-8, 0.25)[0],
                 (feats, centers, var))
+            assert torch.autograd.gradcheck(
+                lambda a, b: magnet_loss_fused_op(a, b, assign, classes, v, None, 0.5, 1e-8, 0.25)[0],
+                (feats, centers))
+            for eps in (0.0, 1e-8):  # var=None equals the fused op on the cluster variance, chained by autograd
+                a, b = _leaf(feats), _leaf(centers)
+                got = magnet_loss_fused_op(a, b, assign, classes, v, None, 0.5, eps, 0.25)[0]
+                ga, gb = torch.autograd.grad(got, (a, b))
+                a2, b2 = _leaf(feats), _leaf(centers)
+                s2 = clustr_fast.cluster_variance(a2, b2, assign)
+                want = magnet_loss_fused_op(a2, b2, assign, classes, v, s2, 0.5, eps, 0.25)[0]
+                wa, wb = torch.autograd.grad(want, (a2, b2))
+                torch.testing.assert_close(got, want)
+                torch.testing.assert_close(ga, wa)
+                torch.testing.assert_close(gb, wb)
 
 
 def test_torch_compile_fullgraph_cpu():

@@ -23,6 +23,12 @@ bounded block of rows at a time, never [N, C]. ``var`` is a 0-d tensor input;
 ``variance=None`` computes it with ``cluster_variance`` (analytic backward, see
 :mod:`clustr_fast.ops.cluster_means`) so that its gradient reaches feats and centers.
 
+Global form, fused (CPU backends, a gradient wanted, reduction mean/sum):
+``clustr_fast::magnet_loss_fused`` computes the loss and its gradients in one pass
+(the products f.mu become the logits and then P in place: 3 products instead of 4);
+with ``var=None`` it computes the cluster variance itself and adds its gradient
+``2 grad_var / (N - 1) * (f_i - mu_{a_i})`` to feats (and minus the per-center sums to centers).
+
 Batch form, fused (``magnet_loss_batch`` when the batch fits one kernel call, see
 ``fused_batch_applies``): one kernel computes the cluster counts and means, sigma^2,
 the per-row losses, ``total = sum_i w_i loss_i`` and, in the same call, its gradient
@@ -202,9 +208,20 @@ magnet_loss_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _reference_fused(feats, centers, assign, classes, valid, var, alpha, eps, weight):
+    acc = acc_dtype(feats.dtype)
+    f, mu, a = feats.to(acc), centers.to(acc), assign.long()
+    own_var = var is None
+    if own_var:  # sigma^2 = cluster variance; its gradient is folded into feats and centers below
+        var = _cluster_variance(f, mu, a)
     loss, stats = _reference_fwd(feats, centers, assign, classes, valid, var, alpha, eps)
     gf, gc, gv = _reference_bwd(torch.full_like(loss, weight), feats, centers, assign, classes, valid, var, loss,
                                 stats, alpha, eps)
+    if own_var:
+        k = 2.0 * gv / (f.shape[0] - 1)
+        diff = f - mu[a]
+        gf = gf + k * diff
+        gc = gc - k * torch.zeros_like(mu).index_add_(0, a, diff)
+        gv = torch.zeros_like(gv)
     return (loss.to(torch.float64).sum() * weight).to(loss.dtype), gf, gc, gv
 
 
@@ -216,44 +233,53 @@ _FUSED = {
 
 @torch.library.custom_op("clustr_fast::magnet_loss_fused", mutates_args=())
 def magnet_loss_fused_op(feats: Tensor, centers: Tensor, assign: Tensor, classes: Tensor, valid: Tensor | None,
-                         var: Tensor, alpha: float, eps: float,
+                         var: Tensor | None, alpha: float, eps: float,
                          weight: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(total = weight * sum_i loss_i as a 0-d tensor, and its gradients in feats, centers and var).
 
     One pass: each block's products f.mu give the row losses and, at once, the matrix P of the
     gradient (the unfused path computes them again in its backward: one product less). The
     gradients are saved; the backward scales them by grad_output (not twice differentiable).
+    ``var=None``: sigma^2 is ``cluster_variance(feats, centers, assign)``, computed in the same call,
+    and its gradient is folded into those of feats and centers (the returned grad_var is 0).
     """
     total, gf, gc, gv = run(_OP, feats.device, _FUSED, feats, centers, assign, classes, valid, var, alpha, eps,
                             weight, kernel="magnet_loss_fused")
     acc = acc_dtype(feats.dtype)
-    return total.to(acc).reshape(()), gf.to(feats.dtype), gc.to(centers.dtype), gv.to(var.dtype).reshape(var.shape)
+    if var is None:
+        gv = gv.to(acc).reshape(())
+    else:
+        gv = gv.to(var.dtype).reshape(var.shape)
+    return total.to(acc).reshape(()), gf.to(feats.dtype), gc.to(centers.dtype), gv
 
 
 @magnet_loss_fused_op.register_fake
 def _(feats, centers, assign, classes, valid, var, alpha, eps, weight):
-    return (feats.new_empty((), dtype=acc_dtype(feats.dtype)), torch.empty_like(feats), torch.empty_like(centers),
-            torch.empty_like(var))
+    acc = acc_dtype(feats.dtype)
+    gv = feats.new_empty((), dtype=acc) if var is None else torch.empty_like(var)
+    return feats.new_empty((), dtype=acc), torch.empty_like(feats), torch.empty_like(centers), gv
 
 
 def _global_fused_setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(*output[1:])
     ctx.save_for_backward(*output[1:])
+    ctx.has_var = inputs[5] is not None
 
 
 def _global_fused_backward(ctx, grad_total, *_):
     gf, gc, gv = ctx.saved_tensors
-    return (gf * grad_total.to(gf.dtype), gc * grad_total.to(gc.dtype), None, None, None,
-            gv * grad_total.to(gv.dtype), None, None, None)
+    grad_var = gv * grad_total.to(gv.dtype) if ctx.has_var else None
+    return gf * grad_total.to(gf.dtype), gc * grad_total.to(gc.dtype), None, None, None, grad_var, None, None, None
 
 
 magnet_loss_fused_op.register_autograd(_global_fused_backward, setup_context=_global_fused_setup_context)
 
 
-def fused_global_applies(feats: Tensor, centers: Tensor, var: Tensor, reduction: str) -> bool:
+def fused_global_applies(feats: Tensor, centers: Tensor, var: Tensor | None, reduction: str) -> bool:
     """The global form runs as :func:`magnet_loss_fused_op` (forward with its gradient) when a gradient
     is wanted of a reduced loss on the CPU backends (the GPU backends run forward, then backward)."""
-    wants_grad = torch.is_grad_enabled() and (feats.requires_grad or centers.requires_grad or var.requires_grad)
+    var_grad = var is not None and var.requires_grad
+    wants_grad = torch.is_grad_enabled() and (feats.requires_grad or centers.requires_grad or var_grad)
     return (reduction != "none" and wants_grad and feats.device.type == "cpu"
             and _backend.requested() in ("auto", "cpu", "reference"))
 
@@ -454,12 +480,15 @@ def magnet_loss(feats, centers, assign, center_classes, *, alpha=1.0, variance=N
     if not torch.compiler.is_compiling():  # the id-range checks read values back
         check_magnet_loss(feats, centers, assign, center_classes, alpha, variance, eps, reduction)
     acc = acc_dtype(feats.dtype)
+    weight = 1.0 / max(feats.shape[0], 1) if reduction == "mean" else 1.0
+    if variance is None and fused_global_applies(feats, centers, None, reduction):
+        return magnet_loss_fused_op(feats, centers, assign, center_classes, None, None, float(alpha), float(eps),
+                                    weight)[0]
     if variance is None:
         var = cluster_variance_core(feats.to(acc), centers.to(acc), assign)
     else:
         var = _variance_tensor(variance, feats.to(acc))
     if fused_global_applies(feats, centers, var, reduction):
-        weight = 1.0 / max(feats.shape[0], 1) if reduction == "mean" else 1.0
         return magnet_loss_fused_op(feats, centers, assign, center_classes, None, var, float(alpha), float(eps),
                                     weight)[0]
     loss, _ = magnet_loss_fwd_op(feats, centers, assign, center_classes, None, var,
