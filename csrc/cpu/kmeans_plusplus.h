@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "common.h"
@@ -57,7 +58,7 @@ inline __attribute__((always_inline)) void eval_candidates_lanes(const T* x, int
     const V cl = V{} + closest[i];
     const V mn = acc < cl ? acc : cl;
     for (int l = 0; l < W; ++l) pacc[l] += static_cast<double>(mn[l]);  // every lane: vectorizes
-    for (int64_t l = 0; l < m; ++l) dc[l * N + i] = acc[l];
+    std::memcpy(dc + i * W, &acc, sizeof(V));  // lane layout: row i's W lanes side by side
   };
   int64_t i = i0;
   for (; i + 4 <= i1; i += 4) {
@@ -87,12 +88,24 @@ inline __attribute__((always_inline)) void eval_candidates_lanes(const T* x, int
   for (int64_t l = 0; l < m; ++l) part[l] += pacc[l];
 }
 
-// dc[t*N + i] = ||x_i - x_{cand_t}||^2 for the rows [i0, i1); part[t] = sum_i min(closest_i, dc).
+// Candidate distances dc: with lanes (candidate_lanes), candidate t's distance to row i sits at
+// dc[(t / W) * W * N + i * W + t % W] (one vector store per row and chunk of W candidates);
+// otherwise at dc[t * N + i]. slot_of gives (pointer to row 0, stride between rows).
+inline bool candidate_lanes(int64_t nt) { return nt >= 3; }  // lanes pay off from a few candidates on
+
+template <typename T>
+inline std::pair<const T*, int64_t> slot_of(const T* dc, int64_t N, int64_t nt, int64_t t) {
+  constexpr int64_t W = Vec32<T>::W;
+  if (candidate_lanes(nt)) return {dc + (t / W) * W * N + t % W, W};
+  return {dc + t * N, 1};
+}
+
+// dc (layout above) = ||x_i - x_{cand_t}||^2 for the rows [i0, i1); part[t] = sum_i min(closest_i, dc).
 template <typename T>
 inline __attribute__((always_inline)) void eval_candidates(const T* x, int64_t N, int64_t D, const int64_t* cand,
                                                            int64_t nt, const T* closest, int64_t i0, int64_t i1,
                                                            T* dc, double* part) {
-  if (nt >= 3) {  // lanes pay off from a few candidates on
+  if (candidate_lanes(nt)) {
     constexpr int64_t W = Vec32<T>::W;
     for (int64_t t0 = 0; t0 < nt; t0 += W) {
       for (int64_t t = t0; t < std::min(nt, t0 + W); ++t) part[t] = 0.0;
@@ -140,7 +153,7 @@ inline void eval_candidates_any(const double* x, int64_t N, int64_t D, const int
 // folded into closest; may be null), or 1 for rows not chosen yet when every D^2 is 0.
 template <typename T>
 int64_t sample_row(const SegmentBlocks& blk, int64_t g, double u, const double* wsum, const double* wfree,
-                   const T* closest, const T* pending, const uint8_t* chosen) {
+                   const T* closest, const T* pending, int64_t pstride, const uint8_t* chosen) {
   double total = 0.0, free = 0.0;
   for (int64_t b = blk.gblk[g]; b < blk.gblk[g + 1]; ++b) {
     total += wsum[b];
@@ -162,7 +175,7 @@ int64_t sample_row(const SegmentBlocks& blk, int64_t g, double u, const double* 
   const int64_t b = found >= 0 ? found : (last_pos >= 0 ? last_pos : blk.gblk[g]);
   int64_t pick = -1, last_row = blk.start[b];
   for (int64_t i = blk.start[b]; i < blk.end[b]; ++i) {
-    const T d2 = pending ? std::min(closest[i], pending[i]) : closest[i];
+    const T d2 = pending ? std::min(closest[i], pending[i * pstride]) : closest[i];
     const double w = use_free ? (chosen[i] ? 0.0 : 1.0) : static_cast<double>(d2);
     if (w > 0.0) last_row = i;
     cum += w;
@@ -184,24 +197,27 @@ void plusplus_impl(const T* xp, int64_t N, int64_t D, const int64_t* offsets, in
   constexpr int64_t BS = 512;
   const SegmentBlocks blk = make_blocks(offsets, G, BS);
   const int64_t NB = static_cast<int64_t>(blk.start.size());
-  std::vector<T> closest(N, std::numeric_limits<T>::infinity()), dc(nt * N);
+  constexpr int64_t W = Vec32<T>::W;
+  const int64_t slots = candidate_lanes(nt) ? (nt + W - 1) / W * W : nt;
+  std::vector<T> closest(N, std::numeric_limits<T>::infinity()), dc(slots * N);
   std::vector<uint8_t> chosen(N, 0);
   std::vector<double> wsum(NB, 0.0), wfree(NB), part(NB * nt);
   for (int64_t b = 0; b < NB; ++b) wfree[b] = static_cast<double>(blk.end[b] - blk.start[b]);
   std::vector<int64_t> cand(G * nt), pending(G, -1);  // pending[g]: slot of dc to fold into closest
   for (int64_t s = 0; s < k; ++s) {
     for (int64_t g = 0; g < G; ++g) {
-      const T* pend = pending[g] >= 0 ? dc.data() + pending[g] * N : nullptr;
+      const auto [pend, pstride] =
+          pending[g] >= 0 ? slot_of<T>(dc.data(), N, nt, pending[g]) : std::pair<const T*, int64_t>{nullptr, 1};
       for (int64_t t = 0; t < nt; ++t)
         cand[g * nt + t] = s == 0 ? first[g]
                                   : sample_row<T>(blk, g, draws[((s - 1) * G + g) * nt + t], wsum.data(),
-                                                  wfree.data(), closest.data(), pend, chosen.data());
+                                                  wfree.data(), closest.data(), pend, pstride, chosen.data());
     }
     parallel_items(NB, [] { return 0; }, [&](int, int64_t b) {
       const int64_t g = blk.group[b];
       if (pending[g] >= 0) {
-        const T* row = dc.data() + pending[g] * N;
-        for (int64_t i = blk.start[b]; i < blk.end[b]; ++i) closest[i] = std::min(closest[i], row[i]);
+        const auto [row, stride] = slot_of<T>(dc.data(), N, nt, pending[g]);
+        for (int64_t i = blk.start[b]; i < blk.end[b]; ++i) closest[i] = std::min(closest[i], row[i * stride]);
       }
       eval_candidates_any(xp, N, D, cand.data() + g * nt, nt, closest.data(), blk.start[b], blk.end[b],
                           dc.data(), part.data() + b * nt);
