@@ -37,7 +37,7 @@ SegmentBlocks make_blocks(const int64_t* offsets, int64_t G, int64_t bs) {
 
 // The candidates' distances with one vector lane per candidate: lanes hold up to W candidates
 // (cT[j] = coordinate j of each), so a row costs D broadcasts, subtractions and FMAs for all of
-// them, with no horizontal sums; four rows share each load of cT[j]. Same terms as
+// them, with no horizontal sums; eight rows share each load of cT[j]. Same terms as
 // sqdist_to_few, summed in coordinate order. Writes dc and adds the partial potentials to part.
 template <typename T>
 inline __attribute__((always_inline)) void eval_candidates_lanes(const T* x, int64_t N, int64_t D,
@@ -60,22 +60,20 @@ inline __attribute__((always_inline)) void eval_candidates_lanes(const T* x, int
     for (int l = 0; l < W; ++l) pacc[l] += static_cast<double>(mn[l]);  // every lane: vectorizes
     std::memcpy(dc + i * W, &acc, sizeof(V));  // lane layout: row i's W lanes side by side
   };
+  constexpr int R = 8;  // rows at once: 8 independent FMA chains hide the FMA latency
   int64_t i = i0;
-  for (; i + 4 <= i1; i += 4) {
+  for (; i + R <= i1; i += R) {
     const T* r0 = x + i * D;
-    V a0{}, a1{}, a2{}, a3{};
+    V a[R];
+    for (int r = 0; r < R; ++r) a[r] = V{};
     for (int64_t j = 0; j < D; ++j) {
       const V c = ct(j);
-      const V d0 = r0[j] - c, d1 = r0[D + j] - c, d2 = r0[2 * D + j] - c, d3 = r0[3 * D + j] - c;
-      a0 += d0 * d0;
-      a1 += d1 * d1;
-      a2 += d2 * d2;
-      a3 += d3 * d3;
+      for (int r = 0; r < R; ++r) {
+        const V d = r0[r * D + j] - c;
+        a[r] += d * d;
+      }
     }
-    finish(a0, i);
-    finish(a1, i + 1);
-    finish(a2, i + 2);
-    finish(a3, i + 3);
+    for (int r = 0; r < R; ++r) finish(a[r], i + r);
   }
   for (; i < i1; ++i) {
     V a{};
