@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "common.h"
@@ -41,45 +42,6 @@ struct GroupScratch {
   std::vector<T> w;
   GroupScratch(int64_t k, int64_t D) : sums(k * D), mean(D), b(k), counts(k), w(k * D) {}
 };
-
-// out[t] = xi . w[t] for NT directions at once, U interleaved partial sums per direction.
-template <typename T, int NT>
-inline __attribute__((always_inline)) void dots_to_few(const T* xi, const T* w, int64_t D, T* out) {
-  using V = typename Vec32<T>::type;
-  constexpr int W = Vec32<T>::W;
-  constexpr int U = NT >= 4 ? 2 : (NT >= 2 ? 4 : 8);
-  V acc[U][NT];
-  for (int u = 0; u < U; ++u)
-    for (int t = 0; t < NT; ++t) acc[u][t] = V{};
-  int64_t j = 0;
-  for (; j + U * W <= D; j += U * W) {
-    for (int u = 0; u < U; ++u) {
-      V xv;
-      std::memcpy(&xv, xi + j + u * W, sizeof(V));
-      for (int t = 0; t < NT; ++t) {
-        V wv;
-        std::memcpy(&wv, w + t * D + j + u * W, sizeof(V));
-        acc[u][t] += xv * wv;
-      }
-    }
-  }
-  for (; j + W <= D; j += W) {
-    V xv;
-    std::memcpy(&xv, xi + j, sizeof(V));
-    for (int t = 0; t < NT; ++t) {
-      V wv;
-      std::memcpy(&wv, w + t * D + j, sizeof(V));
-      acc[0][t] += xv * wv;
-    }
-  }
-  for (int t = 0; t < NT; ++t) {
-    for (int u = 1; u < U; ++u) acc[0][t] += acc[u][t];
-    T v = 0;
-    for (int l = 0; l < W; ++l) v += acc[0][t][l];
-    for (int64_t e = j; e < D; ++e) v += xi[e] * w[t * D + e];
-    out[t] = v;
-  }
-}
 
 // Directions form of the nearest center among c_0..c_{k-1} (k <= 8):
 //   ||x - c_j||^2 - ||x - c_0||^2 = b_j - 2 x.w_j,  w_j = c_j - c_0,  b_j = (c_j - c_0).(c_j + c_0)
@@ -102,17 +64,11 @@ inline void prepare_directions(const T* c, int64_t k, int64_t D, T* w, double* b
 template <typename T>
 inline __attribute__((always_inline)) int64_t nearest_by_directions(const T* xi, const T* w, const double* b,
                                                                     int64_t k, int64_t D) {
+  if (k == 1) return 0;
+  const T* ws[kDirections];
   T dots[kDirections];
-  switch (k - 1) {
-    case 0: return 0;
-    case 1: dots_to_few<T, 1>(xi, w, D, dots); break;
-    case 2: dots_to_few<T, 2>(xi, w, D, dots); break;
-    case 3: dots_to_few<T, 3>(xi, w, D, dots); break;
-    case 4: dots_to_few<T, 4>(xi, w, D, dots); break;
-    case 5: dots_to_few<T, 5>(xi, w, D, dots); break;
-    case 6: dots_to_few<T, 6>(xi, w, D, dots); break;
-    default: dots_to_few<T, 7>(xi, w, D, dots); break;
-  }
+  for (int64_t j = 0; j < k - 1; ++j) ws[j] = w + j * D;
+  row_to_many<T, true>(xi, ws, k - 1, D, dots);
   double best = 0.0;
   int64_t arg = 0;
   for (int64_t j = 1; j < k; ++j) {
@@ -233,7 +189,7 @@ inline __attribute__((always_inline)) int64_t lloyd_group(const T* x, int64_t n,
   }
   for (int64_t i = 0; i < n; ++i) {
     const T* own = c + lab[i] * D;
-    sqdist_to_few<T, 1>(x + i * D, &own, D, sq + i);
+    sqdist_to_many<T>(x + i * D, &own, 1, D, sq + i);
   }
   return it;
 }
@@ -255,42 +211,70 @@ inline int64_t lloyd_group_any(const double* x, int64_t n, int64_t D, int64_t k,
   return lloyd_group_d(x, n, D, k, max_iter, tol, c, lab, sq, s);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_lloyd_groups_cpu(
-    const at::Tensor& x_in, const at::Tensor& offsets_in, const at::Tensor& centers_in, int64_t max_iter, double tol,
-    int64_t precision) {
+// Checked, contiguous inputs of the per-group ops and their outputs (centers: [G*k, D]).
+struct GroupRun {
+  at::Tensor x, offsets, labels, sqdist, centers, n_iter;
+  int64_t N = 0, D = 0, G = 0, k = 0;
+};
+
+GroupRun prepare_groups(const at::Tensor& x_in, const at::Tensor& offsets_in, int64_t k, int64_t max_iter,
+                        int64_t precision) {
   check_matrix(x_in, "x");
-  check_matrix(centers_in, "centers");
   check_precision(precision);  // the CPU computes exact differences at every precision
-  const auto acc = acc_type(x_in.scalar_type());
-  const at::Tensor x = x_in.detach().to(acc).contiguous();
-  const at::Tensor offsets = offsets_in.detach().to(at::kLong).contiguous();
-  at::Tensor centers = centers_in.detach().to(acc).contiguous().clone();
-  const int64_t N = x.size(0), D = x.size(1), G = offsets.numel() - 1;
-  TORCH_CHECK(G >= 1, "offsets must hold at least two entries");
-  TORCH_CHECK(centers.size(1) == D, "centers must have ", D, " columns, got ", centers.size(1));
-  TORCH_CHECK(centers.size(0) % G == 0, "centers must hold k rows per group");
+  GroupRun r;
+  r.x = x_in.detach().to(acc_type(x_in.scalar_type())).contiguous();
+  r.offsets = offsets_in.detach().to(at::kLong).contiguous();
+  r.N = r.x.size(0);
+  r.D = r.x.size(1);
+  r.G = r.offsets.numel() - 1;
+  r.k = k;
+  TORCH_CHECK(r.G >= 1, "offsets must hold at least two entries");
+  TORCH_CHECK(k >= 1, "k must be >= 1");
   TORCH_CHECK(max_iter >= 0, "max_iter must be >= 0");
-  const int64_t k = centers.size(0) / G;
-  const int64_t* off = offsets.data_ptr<int64_t>();
-  TORCH_CHECK(off[0] == 0 && off[G] == N, "offsets must run from 0 to N");
-  for (int64_t g = 0; g < G; ++g) TORCH_CHECK(off[g + 1] - off[g] >= k, "group ", g, " has fewer than k rows");
-  at::Tensor labels = at::empty({N}, x.options().dtype(at::kLong));
-  at::Tensor sqdist = at::empty({N}, x.options());
-  at::Tensor n_iter = at::empty({G}, x.options().dtype(at::kLong));
-  int64_t* lab = labels.data_ptr<int64_t>();
-  int64_t* iters = n_iter.data_ptr<int64_t>();
-  AT_DISPATCH_FLOATING_TYPES(acc, "kmeans_lloyd_groups_cpu", [&] {
-    const scalar_t* xp = x.data_ptr<scalar_t>();
-    scalar_t* cp = centers.data_ptr<scalar_t>();
-    scalar_t* sq = sqdist.data_ptr<scalar_t>();
+  const int64_t* off = r.offsets.data_ptr<int64_t>();
+  TORCH_CHECK(off[0] == 0 && off[r.G] == r.N, "offsets must run from 0 to N");
+  for (int64_t g = 0; g < r.G; ++g) TORCH_CHECK(off[g + 1] - off[g] >= k, "group ", g, " has fewer than k rows");
+  r.labels = at::empty({r.N}, r.x.options().dtype(at::kLong));
+  r.sqdist = at::empty({r.N}, r.x.options());
+  r.n_iter = at::empty({r.G}, r.x.options().dtype(at::kLong));
+  return r;
+}
+
+// In every group, one thread per group: seed(xp, g, r0, n, cg) fills (or keeps) the group's
+// initial centers cg [k, D], then lloyd_group runs to convergence.
+template <typename Seed>
+void run_groups(GroupRun& r, int64_t max_iter, double tol, const Seed& seed) {
+  const int64_t* off = r.offsets.data_ptr<int64_t>();
+  int64_t* lab = r.labels.data_ptr<int64_t>();
+  int64_t* iters = r.n_iter.data_ptr<int64_t>();
+  const int64_t D = r.D, k = r.k;
+  AT_DISPATCH_FLOATING_TYPES(r.x.scalar_type(), "kmeans_groups_cpu", [&] {
+    const scalar_t* xp = r.x.data_ptr<scalar_t>();
+    scalar_t* cp = r.centers.data_ptr<scalar_t>();
+    scalar_t* sq = r.sqdist.data_ptr<scalar_t>();
     auto init = [&] { return GroupScratch<scalar_t>(k, D); };
-    parallel_items(G, init, [&](GroupScratch<scalar_t>& s, int64_t g) {
+    parallel_items(r.G, init, [&](GroupScratch<scalar_t>& s, int64_t g) {
       const int64_t r0 = off[g], n = off[g + 1] - off[g];
-      iters[g] = lloyd_group_any(xp + r0 * D, n, D, k, max_iter, tol, cp + g * k * D, lab + r0, sq + r0, s);
+      scalar_t* cg = cp + g * k * D;
+      seed(xp, g, r0, n, cg);
+      iters[g] = lloyd_group_any(xp + r0 * D, n, D, k, max_iter, tol, cg, lab + r0, sq + r0, s);
       for (int64_t i = r0; i < r0 + n; ++i) lab[i] += g * k;
     });
   });
-  return {labels, sqdist, centers, n_iter};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_lloyd_groups_cpu(
+    const at::Tensor& x_in, const at::Tensor& offsets_in, const at::Tensor& centers_in, int64_t max_iter, double tol,
+    int64_t precision) {
+  check_matrix(centers_in, "centers");
+  const int64_t G = offsets_in.numel() - 1;
+  TORCH_CHECK(G >= 1, "offsets must hold at least two entries");
+  TORCH_CHECK(centers_in.size(0) % G == 0 && centers_in.size(0) > 0, "centers must hold k rows per group");
+  GroupRun r = prepare_groups(x_in, offsets_in, centers_in.size(0) / G, max_iter, precision);
+  TORCH_CHECK(centers_in.size(1) == r.D, "centers must have ", r.D, " columns, got ", centers_in.size(1));
+  r.centers = centers_in.detach().to(r.x.scalar_type()).contiguous().clone();
+  run_groups(r, max_iter, tol, [](const auto*, int64_t, int64_t, int64_t, auto*) {});
+  return {r.labels, r.sqdist, r.centers, r.n_iter};
 }
 
 // Seeding and Lloyd in every group while its rows sit in cache: greedy k-means++ in the group
@@ -298,51 +282,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_lloyd_groups_c
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_fit_groups_cpu(
     const at::Tensor& x_in, const at::Tensor& offsets_in, int64_t k, const at::Tensor& first_in,
     const at::Tensor& draws_in, int64_t max_iter, double tol, int64_t precision) {
-  check_matrix(x_in, "x");
-  check_precision(precision);
-  const auto acc = acc_type(x_in.scalar_type());
-  const at::Tensor x = x_in.detach().to(acc).contiguous();
-  const at::Tensor offsets = offsets_in.detach().to(at::kLong).contiguous();
+  GroupRun r = prepare_groups(x_in, offsets_in, k, max_iter, precision);
   const at::Tensor first = first_in.detach().to(at::kLong).contiguous();
   const at::Tensor draws = draws_in.detach().to(at::kDouble).contiguous();
-  const int64_t N = x.size(0), D = x.size(1), G = offsets.numel() - 1;
-  TORCH_CHECK(G >= 1 && k >= 1, "need at least one group and k >= 1");
-  TORCH_CHECK(max_iter >= 0, "max_iter must be >= 0");
+  const int64_t G = r.G, D = r.D;
   TORCH_CHECK(first.numel() == G, "first must have one entry per group");
   TORCH_CHECK(draws.dim() == 3 && draws.size(0) == k - 1 && draws.size(1) == G && draws.size(2) >= 1,
               "draws must have shape [k-1, G, T]");
-  const int64_t* off = offsets.data_ptr<int64_t>();
-  TORCH_CHECK(off[0] == 0 && off[G] == N, "offsets must run from 0 to N");
-  for (int64_t g = 0; g < G; ++g) TORCH_CHECK(off[g + 1] - off[g] >= k, "group ", g, " has fewer than k rows");
   const int64_t nt = draws.size(2);
-  at::Tensor labels = at::empty({N}, x.options().dtype(at::kLong));
-  at::Tensor sqdist = at::empty({N}, x.options());
-  at::Tensor centers = at::empty({G * k, D}, x.options());
-  at::Tensor n_iter = at::empty({G}, x.options().dtype(at::kLong));
-  int64_t* lab = labels.data_ptr<int64_t>();
-  int64_t* iters = n_iter.data_ptr<int64_t>();
   const int64_t* fp = first.data_ptr<int64_t>();
   const double* dp = draws.data_ptr<double>();
-  AT_DISPATCH_FLOATING_TYPES(acc, "kmeans_fit_groups_cpu", [&] {
-    const scalar_t* xp = x.data_ptr<scalar_t>();
-    scalar_t* cp = centers.data_ptr<scalar_t>();
-    scalar_t* sq = sqdist.data_ptr<scalar_t>();
-    auto init = [&] { return GroupScratch<scalar_t>(k, D); };
-    parallel_items(G, init, [&](GroupScratch<scalar_t>& s, int64_t g) {
-      const int64_t r0 = off[g], n = off[g + 1] - off[g];
-      const int64_t seg[2] = {0, n}, local_first = fp[g] - r0;
-      std::vector<double> dg((k - 1) * nt);
-      for (int64_t st = 0; st < k - 1; ++st)
-        for (int64_t t = 0; t < nt; ++t) dg[st * nt + t] = dp[(st * G + g) * nt + t];
-      std::vector<int64_t> idx(k);
-      plusplus_impl<scalar_t>(xp + r0 * D, n, D, seg, 1, k, &local_first, dg.data(), nt, idx.data());
-      scalar_t* cg = cp + g * k * D;
-      for (int64_t j = 0; j < k; ++j) std::copy(xp + (r0 + idx[j]) * D, xp + (r0 + idx[j] + 1) * D, cg + j * D);
-      iters[g] = lloyd_group_any(xp + r0 * D, n, D, k, max_iter, tol, cg, lab + r0, sq + r0, s);
-      for (int64_t i = r0; i < r0 + n; ++i) lab[i] += g * k;
-    });
+  r.centers = at::empty({G * k, D}, r.x.options());
+  run_groups(r, max_iter, tol, [&](const auto* xp, int64_t g, int64_t r0, int64_t n, auto* cg) {
+    using T = std::remove_const_t<std::remove_pointer_t<decltype(xp)>>;
+    const int64_t seg[2] = {0, n}, local_first = fp[g] - r0;
+    std::vector<double> dg((k - 1) * nt);
+    for (int64_t st = 0; st < k - 1; ++st)
+      for (int64_t t = 0; t < nt; ++t) dg[st * nt + t] = dp[(st * G + g) * nt + t];
+    std::vector<int64_t> idx(k);
+    plusplus_impl<T>(xp + r0 * D, n, D, seg, 1, k, &local_first, dg.data(), nt, idx.data());
+    for (int64_t j = 0; j < k; ++j) std::copy(xp + (r0 + idx[j]) * D, xp + (r0 + idx[j] + 1) * D, cg + j * D);
   });
-  return {labels, sqdist, centers, n_iter};
+  return {r.labels, r.sqdist, r.centers, r.n_iter};
 }
 
 }  // namespace

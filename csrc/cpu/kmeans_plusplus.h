@@ -38,7 +38,7 @@ SegmentBlocks make_blocks(const int64_t* offsets, int64_t G, int64_t bs) {
 // The candidates' distances with one vector lane per candidate: lanes hold up to W candidates
 // (cT[j] = coordinate j of each), so a row costs D broadcasts, subtractions and FMAs for all of
 // them, with no horizontal sums; eight rows share each load of cT[j]. Same terms as
-// sqdist_to_few, summed in coordinate order. Writes dc and adds the partial potentials to part.
+// row_to_few, summed in coordinate order. Writes dc and adds the partial potentials to part.
 template <typename T>
 inline __attribute__((always_inline)) void eval_candidates_lanes(const T* x, int64_t N, int64_t D,
                                                                  const int64_t* cand, int64_t m, const T* closest,
@@ -48,11 +48,6 @@ inline __attribute__((always_inline)) void eval_candidates_lanes(const T* x, int
   std::vector<T> cT(D * W);  // (plain T storage: a vector of V may not be 32-byte aligned)
   for (int64_t j = 0; j < D; ++j)
     for (int l = 0; l < W; ++l) cT[j * W + l] = x[cand[std::min<int64_t>(l, m - 1)] * D + j];
-  auto ct = [&](int64_t j) {
-    V v;
-    std::memcpy(&v, cT.data() + j * W, sizeof(V));
-    return v;
-  };
   double pacc[W] = {};
   auto finish = [&](const V& acc, int64_t i) {
     const V cl = V{} + closest[i];
@@ -67,7 +62,8 @@ inline __attribute__((always_inline)) void eval_candidates_lanes(const T* x, int
     V a[R];
     for (int r = 0; r < R; ++r) a[r] = V{};
     for (int64_t j = 0; j < D; ++j) {
-      const V c = ct(j);
+      V c;
+      std::memcpy(&c, cT.data() + j * W, sizeof(V));
       for (int r = 0; r < R; ++r) {
         const V d = r0[r * D + j] - c;
         a[r] += d * d;
@@ -78,7 +74,9 @@ inline __attribute__((always_inline)) void eval_candidates_lanes(const T* x, int
   for (; i < i1; ++i) {
     V a{};
     for (int64_t j = 0; j < D; ++j) {
-      const V df = x[i * D + j] - ct(j);
+      V c;
+      std::memcpy(&c, cT.data() + j * W, sizeof(V));
+      const V df = x[i * D + j] - c;
       a += df * df;
     }
     finish(a, i);

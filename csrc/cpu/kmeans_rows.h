@@ -46,15 +46,15 @@ struct Vec32<double> {
   static constexpr int W = 4;
 };
 
-// out[t] = ||xi - c[t]||^2 for NT centers at once: each chunk of xi is loaded once and the
-// sums stay in registers; one horizontal sum per center at the end. Few centers get U
-// interleaved partial sums each, so that at least about 8 independent FMA chains hide the FMA
-// latency (with 2 centers and one sum each, a long row was latency-bound).
-template <typename T, int NT>
-inline __attribute__((always_inline)) void sqdist_to_few(const T* xi, const T* const* c, int64_t D, T* out) {
+// out[t] = ||xi - c[t]||^2 (Dot = false) or xi . c[t] (Dot = true) for NT rows c[t] at once:
+// each chunk of xi is loaded once and the sums stay in registers; one horizontal sum per row c[t]
+// at the end. Few rows get U interleaved partial sums each, so that about 8 independent FMA
+// chains hide the FMA latency (with 2 rows and one sum each, a long row was latency-bound).
+template <typename T, int NT, bool Dot>
+inline __attribute__((always_inline)) void row_to_few(const T* xi, const T* const* c, int64_t D, T* out) {
   using V = typename Vec32<T>::type;
   constexpr int W = Vec32<T>::W;
-  constexpr int U = NT >= 5 ? 1 : (NT >= 3 ? 2 : 4);
+  constexpr int U = NT >= 5 ? 1 : (NT >= 3 ? 2 : (NT == 2 ? 4 : 8));
   V acc[U][NT];
   for (int u = 0; u < U; ++u)
     for (int t = 0; t < NT; ++t) acc[u][t] = V{};
@@ -66,8 +66,12 @@ inline __attribute__((always_inline)) void sqdist_to_few(const T* xi, const T* c
       for (int t = 0; t < NT; ++t) {
         V cv;
         std::memcpy(&cv, c[t] + j + u * W, sizeof(V));
-        const V df = xv - cv;
-        acc[u][t] += df * df;
+        if constexpr (Dot) {
+          acc[u][t] += xv * cv;
+        } else {
+          const V df = xv - cv;
+          acc[u][t] += df * df;
+        }
       }
     }
   }
@@ -77,40 +81,48 @@ inline __attribute__((always_inline)) void sqdist_to_few(const T* xi, const T* c
     for (int t = 0; t < NT; ++t) {
       V cv;
       std::memcpy(&cv, c[t] + j, sizeof(V));
-      const V df = xv - cv;
-      acc[0][t] += df * df;
+      if constexpr (Dot) {
+        acc[0][t] += xv * cv;
+      } else {
+        const V df = xv - cv;
+        acc[0][t] += df * df;
+      }
     }
   }
   for (int t = 0; t < NT; ++t) {
     for (int u = 1; u < U; ++u) acc[0][t] += acc[u][t];
     T v = 0;
     for (int l = 0; l < W; ++l) v += acc[0][t][l];
-    for (int64_t e = j; e < D; ++e) {
-      const T df = xi[e] - c[t][e];
-      v += df * df;
-    }
+    for (int64_t e = j; e < D; ++e) v += Dot ? xi[e] * c[t][e] : (xi[e] - c[t][e]) * (xi[e] - c[t][e]);
     out[t] = v;
   }
 }
 
-// out[t] = ||xi - c[t]||^2 for any number of centers, in groups of at most 8.
-template <typename T>
-inline __attribute__((always_inline)) void sqdist_to_many(const T* xi, const T* const* c, int64_t nc, int64_t D,
-                                                          T* out) {
+// row_to_few for any number of rows c[t], in groups of at most 8.
+template <typename T, bool Dot>
+inline __attribute__((always_inline)) void row_to_many(const T* xi, const T* const* c, int64_t nc, int64_t D,
+                                                       T* out) {
   for (int64_t t0 = 0; t0 < nc; t0 += 8) {
     const T* const* cc = c + t0;
     T* o = out + t0;
     switch (std::min<int64_t>(8, nc - t0)) {
-      case 1: sqdist_to_few<T, 1>(xi, cc, D, o); break;
-      case 2: sqdist_to_few<T, 2>(xi, cc, D, o); break;
-      case 3: sqdist_to_few<T, 3>(xi, cc, D, o); break;
-      case 4: sqdist_to_few<T, 4>(xi, cc, D, o); break;
-      case 5: sqdist_to_few<T, 5>(xi, cc, D, o); break;
-      case 6: sqdist_to_few<T, 6>(xi, cc, D, o); break;
-      case 7: sqdist_to_few<T, 7>(xi, cc, D, o); break;
-      default: sqdist_to_few<T, 8>(xi, cc, D, o); break;
+      case 1: row_to_few<T, 1, Dot>(xi, cc, D, o); break;
+      case 2: row_to_few<T, 2, Dot>(xi, cc, D, o); break;
+      case 3: row_to_few<T, 3, Dot>(xi, cc, D, o); break;
+      case 4: row_to_few<T, 4, Dot>(xi, cc, D, o); break;
+      case 5: row_to_few<T, 5, Dot>(xi, cc, D, o); break;
+      case 6: row_to_few<T, 6, Dot>(xi, cc, D, o); break;
+      case 7: row_to_few<T, 7, Dot>(xi, cc, D, o); break;
+      default: row_to_few<T, 8, Dot>(xi, cc, D, o); break;
     }
   }
+}
+
+// out[t] = ||xi - c[t]||^2 for any number of centers.
+template <typename T>
+inline __attribute__((always_inline)) void sqdist_to_many(const T* xi, const T* const* c, int64_t nc, int64_t D,
+                                                          T* out) {
+  row_to_many<T, false>(xi, c, nc, D, out);
 }
 
 // acc[j] += row[j] in float64.

@@ -174,24 +174,17 @@ inline void forward_block(const RowBlock<T>& rb, T* bp, int64_t r0, int64_t r1, 
     for (int64_t k = 0; k < C; ++k) m = z[k] > m ? z[k] : m;
     const bool has = m > ninf;
     T l = T(0), e = T(0);
-    if (has && rb.wsum_p != nullptr) {
+    const bool keep = rb.wsum_p != nullptr;
+    if (has) {
 #pragma omp simd reduction(+ : l, e)
       for (int64_t k = 0; k < C; ++k) {
         const T ez = exp_fast(z[k] - m);
         const T p = z[k] > ninf ? ez : T(0);
         l += p;
         e += z[k] > ninf ? p * z[k] : T(0);
-        z[k] = p;
+        z[k] = keep ? p : z[k];
       }
-    } else if (has) {
-#pragma omp simd reduction(+ : l, e)
-      for (int64_t k = 0; k < C; ++k) {
-        const T ez = exp_fast(z[k] - m);
-        const T p = z[k] > ninf ? ez : T(0);
-        l += p;
-        e += z[k] > ninf ? p * z[k] : T(0);
-      }
-    } else if (rb.wsum_p != nullptr) {
+    } else if (keep) {
       std::fill(z, z + C, T(0));
     }
     if (rb.wsum_p != nullptr) rb.wsum_p[i] = l;
@@ -220,20 +213,21 @@ inline void forward_block_vec(const RowBlock<double>& rb, double* bp, int64_t r0
   forward_block_d(rb, bp, r0, r1, s, alpha, use_eps, log_eps);
 }
 
+// The RowBlock of the inputs, writing the losses and stats (and the weight sums) to these arrays.
+template <typename T>
+RowBlock<T> row_block(const Inputs& in, T* lp, T* own_p, T* lse_p, T* e_p, T* wsum_p = nullptr) {
+  return RowBlock<T>{in.x.data_ptr<T>(), in.c.data_ptr<T>(),   in.cn.data_ptr<T>(), in.assign.data_ptr<int64_t>(),
+                     in.cls.data_ptr<T>(), in.valid.data_ptr<T>(), lp,                  own_p,
+                     lse_p,                e_p,                    in.D,                in.C,
+                     wsum_p};
+}
+
 template <typename T>
 void forward_rows(const Inputs& in, T s, T alpha, bool use_eps, T log_eps, at::Tensor& loss,
                   at::Tensor& stats) {
   const int64_t N = in.N, C = in.C, D = in.D;
-  const T* x = in.x.data_ptr<T>();
-  const T* c = in.c.data_ptr<T>();
-  const T* cn = in.cn.data_ptr<T>();
-  const int64_t* a = in.assign.data_ptr<int64_t>();
-  const T* cls = in.cls.data_ptr<T>();
-  const T* valid = in.valid.data_ptr<T>();
-  T* lp = loss.data_ptr<T>();
   T* own_p = stats.data_ptr<T>();
-  T* lse_p = own_p + N;
-  T* e_p = own_p + 2 * N;
+  const RowBlock<T> rb = row_block<T>(in, loss.data_ptr<T>(), own_p, own_p + N, own_p + 2 * N);
   const at::Tensor ct = in.c.t();
   const int64_t rows = block_rows(C);
   at::parallel_for(0, (N + rows - 1) / rows, block_grain(C, D), [&](int64_t b0, int64_t b1) {
@@ -242,8 +236,7 @@ void forward_rows(const Inputs& in, T s, T alpha, bool use_eps, T log_eps, at::T
       const int64_t r0 = b * rows, r1 = std::min(N, r0 + rows);
       at::Tensor blk = buf.narrow(0, 0, r1 - r0);
       at::mm_out(blk, in.x.narrow(0, r0, r1 - r0), ct);
-      forward_block_vec(RowBlock<T>{x, c, cn, a, cls, valid, lp, own_p, lse_p, e_p, D, C}, blk.data_ptr<T>(),
-                        r0, r1, s, alpha, use_eps, log_eps);
+      forward_block_vec(rb, blk.data_ptr<T>(), r0, r1, s, alpha, use_eps, log_eps);
     }
   });
 }
@@ -443,16 +436,10 @@ inline void fused_p_block_vec(const Inputs& in, double* bp, int64_t r0, int64_t 
 template <typename T>
 std::pair<double, double> fused_rows(const Inputs& in, T s, T alpha, bool use_eps, T log_eps, T weight,
                                      at::Tensor& grad_f, at::Tensor& grad_mu) {
-  const int64_t N = in.N, C = in.C, D = in.D;
+  const int64_t N = in.N;
   std::vector<T> loss(N), own(N), lse(N), ex(N), wsum(N);
   std::vector<double> lsum(at::get_num_threads() + 1, 0.0), gs(at::get_num_threads() + 1, 0.0);
-  const T* x = in.x.data_ptr<T>();
-  const T* c = in.c.data_ptr<T>();
-  const T* cn = in.cn.data_ptr<T>();
-  const int64_t* a = in.assign.data_ptr<int64_t>();
-  const T* cls = in.cls.data_ptr<T>();
-  const T* valid = in.valid.data_ptr<T>();
-  const RowBlock<T> rb{x, c, cn, a, cls, valid, loss.data(), own.data(), lse.data(), ex.data(), D, C, wsum.data()};
+  const RowBlock<T> rb = row_block<T>(in, loss.data(), own.data(), lse.data(), ex.data(), wsum.data());
   const at::Tensor ct = in.c.t();
   over_row_blocks<T>(in, grad_mu, [&](int64_t t, int64_t r0, int64_t r1, at::Tensor& blk, at::Tensor& my_mu,
                                       T* my_col) {
