@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import clustr_fast
-from clustr_fast.ops.kmeans import (kmeans_assign_op, kmeans_fit_groups_op, kmeans_lloyd_groups_op, kmeans_update_op,
+from clustr_fast.ops.kmeans import (group_tolerances, kmeans_assign_op, kmeans_fit_groups_op, kmeans_lloyd_groups_op, kmeans_update_op,
                                     lloyd_groups_stepwise, lloyd_step_runs_here, plusplus_draws, plusplus_segments)
 
 from conftest import low_precision_dtypes
@@ -199,3 +199,13 @@ def test_fit_groups_opcheck():
     x, offsets = _grouped_points([12, 9], 5, seed=21)
     first, draws = plusplus_draws(offsets.diff(), 3, 2, _gen(22), "cpu")
     torch.library.opcheck(kmeans_fit_groups_op, (x, offsets, 3, first + offsets[:-1], draws, 10, 1e-4, 0))
+
+
+def test_group_tolerances_are_per_group_variances():
+    x, offsets = _grouped_points([30, 1, 45, 2], 7, seed=23)
+    got = group_tolerances(x, offsets, 1e-3)
+    for g in range(4):
+        rows = x[int(offsets[g]):int(offsets[g + 1])].double()
+        want = rows.var(0, unbiased=False).mean() * 1e-3 if rows.shape[0] >= 2 else torch.tensor(0.0, dtype=torch.float64)
+        torch.testing.assert_close(got[g], want, rtol=1e-5, atol=0.0)
+    assert torch.equal(group_tolerances(x, offsets, 0.0), torch.zeros(4, dtype=torch.float64))

@@ -57,14 +57,21 @@ def _reference_lloyd_step(x, centers, precision, groups, group_k):
 
 
 def group_tolerances(x: Tensor, offsets: Tensor, tol: float) -> Tensor:
-    """scikit-learn's absolute tolerance of every segment: ``tol * mean_f var(x_g[:, f])`` (float64 [G])."""
-    off = offsets.tolist()
-    out = torch.zeros(len(off) - 1, dtype=torch.float64, device=x.device)
-    if tol > 0:
-        for g in range(len(off) - 1):
-            if off[g + 1] - off[g] >= 2:
-                out[g] = x[off[g]:off[g + 1]].to(torch.float64).var(0, unbiased=False).mean() * tol
-    return out
+    """scikit-learn's absolute tolerance of every segment: ``tol * mean_f var(x_g[:, f])`` (float64 [G]).
+
+    Two passes of segment sums (means, then centered squares) for all segments at once: a fixed
+    number of launches whatever the number of segments. 0 for segments of fewer than 2 rows.
+    """
+    sizes = offsets.diff().to(x.device)
+    g = sizes.numel()
+    if tol <= 0:
+        return torch.zeros(g, dtype=torch.float64, device=x.device)
+    groups = torch.repeat_interleave(torch.arange(g, device=x.device), sizes)
+    xa = x.to(acc_dtype(x.dtype))
+    n = sizes.clamp(min=1).to(xa.dtype)[:, None]
+    mean = xa.new_zeros((g, xa.shape[1])).index_add_(0, groups, xa) / n
+    var = xa.new_zeros((g, xa.shape[1])).index_add_(0, groups, (xa - mean[groups]).square_()) / n
+    return torch.where(sizes >= 2, var.mean(1).to(torch.float64) * tol, 0.0)
 
 
 def lloyd_groups_stepwise(x, offsets, centers, max_iter, tol, precision, assign, update, deterministic=True):
