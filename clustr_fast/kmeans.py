@@ -31,18 +31,18 @@ def _tolerance(x: torch.Tensor, tol: float) -> float:
     return float(x.var(0, unbiased=False).mean()) * tol
 
 
-def _lloyd(x, centers, max_iter, tol, *, groups=None, group_k=0, precision=0):
+def _lloyd(x, centers, max_iter, tol, *, precision=0):
     """Lloyd iterations from ``centers``; returns (centers, labels, inertia, n_iter)."""
     if lloyd_step_runs_here(x.device):
-        return _lloyd_fused(x, centers, max_iter, tol, groups, group_k, precision)
+        return _lloyd_fused(x, centers, max_iter, tol, precision)
     deterministic = torch.are_deterministic_algorithms_enabled()
-    labels, d = kmeans_assign_op(x, centers, precision, groups, group_k)
+    labels, d = kmeans_assign_op(x, centers, precision, None, 0)
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
         new_centers, _ = kmeans_update_op(x, labels, centers.shape[0], centers, deterministic)
         shift = (new_centers - centers).square().sum()
         centers = new_centers
-        new_labels, d = kmeans_assign_op(x, centers, precision, groups, group_k)
+        new_labels, d = kmeans_assign_op(x, centers, precision, None, 0)
         stop = bool(((new_labels != labels).sum() == 0) | (shift <= tol))
         labels = new_labels
         if stop:
@@ -50,15 +50,15 @@ def _lloyd(x, centers, max_iter, tol, *, groups=None, group_k=0, precision=0):
     return centers, labels, float(d.sum(dtype=torch.float64)), n_iter
 
 
-def _lloyd_fused(x, centers, max_iter, tol, groups, group_k, precision):
+def _lloyd_fused(x, centers, max_iter, tol, precision):
     """The iterations of :func:`_lloyd` with one fused step per iteration: the step that assigns
     to ``centers`` also returns their update, so n iterations read x n + 1 times."""
-    labels, d, new_centers, _ = kmeans_lloyd_step_op(x, centers, precision, groups, group_k)
+    labels, d, new_centers, _ = kmeans_lloyd_step_op(x, centers, precision, None, 0)
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
         shift = float((new_centers - centers).square().sum())
         centers = new_centers
-        new_labels, d, new_centers, _ = kmeans_lloyd_step_op(x, centers, precision, groups, group_k)
+        new_labels, d, new_centers, _ = kmeans_lloyd_step_op(x, centers, precision, None, 0)
         stop = torch.equal(new_labels, labels) or shift <= tol
         labels = new_labels
         if stop:
