@@ -19,9 +19,9 @@ import torch
 
 from . import _backend
 from ._validate import acc_dtype, check_finite, check_float, check_ids, check_int, check_matrix, check_real
-from .ops.kmeans import (default_trials, kmeans_assign_op, kmeans_fit_groups_op, kmeans_lloyd_step_op,
-                         kmeans_update_op, lloyd_groups_stepwise, lloyd_step_runs_here, plusplus_draws,
-                         plusplus_segments)
+from .ops.kmeans import (default_trials, kmeans_assign_op, kmeans_fit_groups_op, kmeans_lloyd_groups_op,
+                         kmeans_lloyd_step_op, kmeans_update_op, lloyd_groups_runs_here, lloyd_groups_stepwise,
+                         lloyd_step_runs_here, plusplus_draws, plusplus_segments)
 
 
 def _tolerance(x: torch.Tensor, tol: float) -> float:
@@ -143,7 +143,8 @@ def kmeans_per_group(x, groups, k, *, max_iter=20, tol=1e-4, generator=None, n_l
     or its squared center shift is at most ``tol * mean(var(x_g, 0))`` (scikit-learn's rule per
     group: the result is that of a per-class loop of fits). CPU: one call, group after group in
     cache, one thread per group. Other devices: one assignment (row i only sees its group's
-    centers) and one update launch per iteration for all groups.
+    centers) and one update launch per iteration for all groups (CUDA: that loop runs inside
+    the extension; Triton: from Python).
 
     Returns ``(labels int64 [N] = group * k + j, centers [G*k, d])`` with the centers of group g in
     rows ``[g*k, (g+1)*k)`` (accumulation dtype: float32 for half inputs).
@@ -178,9 +179,12 @@ def kmeans_per_group(x, groups, k, *, max_iter=20, tol=1e-4, generator=None, n_l
                                                          tol, prec)
     else:
         idx = plusplus_segments(xs, offsets, k, generator=generator, n_local_trials=n_local_trials)
-        lab_sorted, _, centers, _ = lloyd_groups_stepwise(xs, offsets, xs[idx.reshape(-1)], max_iter, tol, prec,
-                                                          kmeans_assign_op, kmeans_update_op,
-                                                          torch.are_deterministic_algorithms_enabled())
+        if lloyd_groups_runs_here(xs.device):  # CUDA: the Lloyd loop inside the extension
+            lab_sorted, _, centers, _ = kmeans_lloyd_groups_op(xs, offsets, xs[idx.reshape(-1)], max_iter, tol, prec)
+        else:
+            lab_sorted, _, centers, _ = lloyd_groups_stepwise(xs, offsets, xs[idx.reshape(-1)], max_iter, tol,
+                                                              prec, kmeans_assign_op, kmeans_update_op,
+                                                              torch.are_deterministic_algorithms_enabled())
     if in_order:
         return lab_sorted, centers
     labels = torch.empty_like(lab_sorted)

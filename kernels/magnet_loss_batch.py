@@ -162,10 +162,13 @@ def _magnet_batch_kernel(F, IDS, CLS, VAR, W, LOSS, TOTAL, GRAD, MU, PS, RS,
                 pm = tl.load(PS + rows[:, None] * BM + ks[None, :], mask=mask_n[:, None], other=0.0)
                 rs = tl.load(RS + rows, mask=mask_n, other=0.0)
                 f = tl.load(F + rows[:, None] * sfn + dd[None, :] * sfd, mask=m2, other=0.0).to(ACC)
-                oh = onehot.to(ACC)[:, :, None]
-                p_mu = tl.sum(pm[:, :, None] * mu[None, :, :], axis=1)
-                g_own = tl.sum(oh * gmu[None, :, :], axis=1)
-                mu_own = tl.sum(oh * mu[None, :, :], axis=1)
+                # [BM, BN, BD] products summed over their leading axis: on an H200 (Triton 3.6)
+                # the same sums over the middle axis of [BN, BM, BD] gave wrong gradients.
+                pm_t = tl.trans(pm)[:, :, None]
+                oh_t = tl.trans(onehot.to(ACC))[:, :, None]
+                p_mu = tl.sum(pm_t * mu[:, None, :], axis=0)
+                g_own = tl.sum(oh_t * gmu[:, None, :], axis=0)
+                mu_own = tl.sum(oh_t * mu[:, None, :], axis=0)
                 g = 2.0 * (rs[:, None] * f - p_mu) + g_own + cv * (f - mu_own)
                 tl.store(GRAD + rows[:, None] * D + dd[None, :], g.to(GRAD.dtype.element_ty), mask=m2)
 

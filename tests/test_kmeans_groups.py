@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import clustr_fast
-from clustr_fast.ops.kmeans import (group_tolerances, kmeans_assign_op, kmeans_fit_groups_op, kmeans_lloyd_groups_op, kmeans_update_op,
-                                    lloyd_groups_stepwise, lloyd_step_runs_here, plusplus_draws, plusplus_segments)
+from clustr_fast.ops.kmeans import (group_tolerances, kmeans_assign_op, kmeans_fit_groups_op, kmeans_lloyd_groups_op,
+                                    kmeans_update_op, lloyd_groups_runs_here, lloyd_groups_stepwise,
+                                    plusplus_draws, plusplus_segments)
 
 from conftest import low_precision_dtypes
 
@@ -40,7 +41,7 @@ def _initial_centers(x, offsets, k, seed):
 
 def _run(x, offsets, centers, max_iter, tol):
     """The path kmeans_per_group takes on this device and backend."""
-    if lloyd_step_runs_here(x.device):
+    if lloyd_groups_runs_here(x.device):
         return kmeans_lloyd_groups_op(x, offsets, centers, max_iter, tol, 0)
     return lloyd_groups_stepwise(x.float() if x.dtype != torch.float64 else x, offsets, centers, max_iter, tol, 0,
                                  kmeans_assign_op, kmeans_update_op)

@@ -7,8 +7,9 @@
                 caller runs assign + update)
     k-means++:  greedy D^2 seeding (scikit-learn's), in every segment of x at once
     lloyd groups: Lloyd's algorithm to convergence in every segment of x, each segment stopping
-                on its own (CPU: segment after segment in cache; elsewhere: one assign and one
-                update launch per iteration for all segments, see :func:`lloyd_groups_stepwise`)
+                on its own (CPU: segment after segment in cache; CUDA: the stepwise loop in the
+                extension; Triton: one assign and one update launch per iteration for all
+                segments from Python, see :func:`lloyd_groups_stepwise`)
 
 Not differentiable (no autograd is registered). Each op also takes the
 segment/group arguments that :func:`clustr_fast.kmeans_per_group` uses to run
@@ -158,6 +159,7 @@ _LLOYD_STEP = {
 _LLOYD_GROUPS = {
     "reference": _reference_lloyd_groups,
     "cpu": extension_kernel("kmeans_lloyd_groups"),
+    "cuda": extension_kernel("kmeans_lloyd_groups"),
 }
 def _reference_fit_groups(x, offsets, k, first, draws, max_iter, tol, precision):
     idx = _reference_plusplus(x, offsets, k, first, draws)
@@ -255,6 +257,20 @@ def _(x, offsets, k, first, draws, max_iter, tol, precision):
 def lloyd_step_runs_here(device: torch.device) -> bool:
     """True when the fused step can run on ``device`` under the requested backend (CPU: auto, cpu, reference)."""
     return torch.device(device).type == "cpu" and _backend.requested() in ("auto", "cpu", "reference")
+
+
+def lloyd_groups_runs_here(device: torch.device) -> bool:
+    """True when ``kmeans_lloyd_groups_op`` runs on ``device`` under the requested backend.
+
+    CPU tensors: as :func:`lloyd_step_runs_here`. CUDA tensors: under "auto" or "cuda" when the
+    extension has CUDA kernels (the Lloyd loop runs in the extension: a few launches and one
+    4-byte read per iteration). Elsewhere (Triton) :func:`lloyd_groups_stepwise` runs in Python.
+    """
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        return lloyd_step_runs_here(dev)
+    return (dev.type == "cuda" and _backend.requested() in ("auto", "cuda")
+            and _backend.extension_has("kmeans_lloyd_groups", "cuda"))
 
 
 @torch.library.custom_op("clustr_fast::kmeans_plusplus", mutates_args=())
