@@ -87,6 +87,35 @@ def test_backward_matches_float64(backend, n, c, d, k, top_d, dtype):
         assert_close_f64(got.cpu(), want, dtype=dtype, scale=want.abs().max().clamp_min(1.0))
 
 
+@pytest.mark.parametrize("force", ["recompute", "atomic_grad_mu"])
+def test_triton_alternative_paths_match_float64(backend, force):
+    """The Triton forms that the defaults skip: the exact recompute under "highest", and grad_mu by
+    atomics (the default for C > CENTER_MAJOR_MAX_C) instead of the center-major pass."""
+    name, dev = backend
+    if name != "triton":
+        pytest.skip("Triton launcher switches")
+    from clustr_fast.kernels import soft_cluster_logits as K
+    attr = {"recompute": "FORCE_RECOMPUTE", "atomic_grad_mu": "FORCE_ATOMIC_GMU"}[force]
+    f, mu, cls, nc, var = _inputs(127, 65, 130, 2, torch.float32, dev, seed=44)
+    f.requires_grad_(True)
+    mu.requires_grad_(True)
+    old = getattr(K, attr)
+    setattr(K, attr, True)
+    try:
+        out = clustr_fast.soft_cluster_logits(f, mu, cls, nc, variance=var, top_d=5)
+        gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(4)).to(dev)
+        gf, gm = torch.autograd.grad(out, (f, mu), gout)
+    finally:
+        setattr(K, attr, old)
+    f64 = f.detach().cpu().double().requires_grad_(True)
+    m64 = mu.detach().cpu().double().requires_grad_(True)
+    ref = R.soft_cluster_logits(f64, m64, cls.cpu(), nc, variance=var, top_d=5)
+    _check_values(out.detach(), ref.detach(), torch.float32)
+    wf, wm = torch.autograd.grad(ref, (f64, m64), gout.cpu().double())
+    for got, want in ((gf, wf), (gm, wm)):
+        assert_close_f64(got.cpu(), want, dtype=torch.float32, scale=want.abs().max().clamp_min(1.0))
+
+
 def _plain_half(f, mu, cls, nc, var, top_d):
     """The same classifier computed in the inputs' own (half) dtype with plain PyTorch."""
     d = (f[:, None, :] - mu[None, :, :]).square().sum(-1)

@@ -1,0 +1,104 @@
+"""A/B timings of Triton launcher switches, and a check of TF32 ``tl.dot`` on this GPU.
+
+    python benchmarks/ab_triton.py
+
+1. ``soft_cluster_logits`` (Triton): forward with and without the exact recompute of the
+   selected distances under "highest" (``FORCE_RECOMPUTE``), forward+backward with grad_mu
+   by the center-major pass or by atomics (``FORCE_ATOMIC_GMU``).
+2. TF32: ``pairwise_sqdist`` and ``kmeans_assign`` (Triton) with "high" run as plain TF32
+   (``DOT_PRECISION[1] = "tf32"``) against float64: the distance error relative to
+   ||x||^2 + ||c||^2 (TF32 rounding gives about 1e-3) and the share of labels equal to the
+   float64 argmin; then the time of the 1M x 1024 x 128 assignment in TF32.
+Medians of synchronised wall-clock calls, as in ``report.py``. GPU only.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import torch  # noqa: E402
+
+import clustr_fast  # noqa: E402
+from clustr_fast.kernels import _common, soft_cluster_logits as soft_k  # noqa: E402
+from common import randn  # noqa: E402
+from report import time_call  # noqa: E402
+from shapes import KMEANS_ASSIGN_GPU, SOFT_GPU  # noqa: E402
+
+DEV = torch.device("cuda")
+
+
+def _ms(fn):
+    return 1e3 * time_call(fn, DEV)
+
+
+def soft_switches():
+    print("| case | default ms | switched ms | switch |\n|---|---:|---:|---|")
+    for n, c, d, top_d in SOFT_GPU:
+        prec = "high" if c >= 2000 else "highest"
+        f = randn(n, d, device=DEV, seed=0, requires_grad=True)
+        mu = randn(c, d, device=DEV, seed=1, requires_grad=True)
+        nc = max(1, c // 20)
+        cls = torch.arange(c, device=DEV) % nc
+        g = randn(n, nc, device=DEV, seed=2)
+
+        def fwd():
+            with torch.no_grad():
+                return clustr_fast.soft_cluster_logits(f, mu, cls, nc, variance=200.0, top_d=top_d, precision=prec)
+
+        def full():
+            out = clustr_fast.soft_cluster_logits(f, mu, cls, nc, variance=200.0, top_d=top_d, precision=prec)
+            return torch.autograd.grad(out, (f, mu), g)
+
+        with clustr_fast.use_backend("triton"):
+            for label, fn, attr in (("fwd", fwd, "FORCE_RECOMPUTE"), ("fwd+bwd", full, "FORCE_ATOMIC_GMU")):
+                fn()
+                base = _ms(fn)
+                setattr(soft_k, attr, True)
+                try:
+                    fn()
+                    other = _ms(fn)
+                finally:
+                    setattr(soft_k, attr, False)
+                print(f"| soft {label} N={n},C={c},d={d},D={top_d},{prec} | {base:.3f} | {other:.3f} | {attr} |")
+
+
+def tf32_check():
+    old = dict(_common.DOT_PRECISION)
+    _common.DOT_PRECISION[1] = "tf32"
+    try:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(4096, 128, generator=g)
+        c = torch.randn(1024, 128, generator=g)
+        ref = torch.cdist(x.double(), c.double()).square()
+        scale = x.double().square().sum(1, keepdim=True) + c.double().square().sum(1)
+        xd, cd = x.to(DEV), c.to(DEV)
+        with clustr_fast.use_backend("triton"):
+            for prec in ("highest", "high"):
+                got = clustr_fast.pairwise_sqdist(xd, cd, precision=prec).double().cpu()
+                err = ((got - ref).abs() / scale).max().item()
+                lab, _ = clustr_fast.kmeans_assign(xd, cd, precision=prec)
+                same = (lab.cpu() == ref.argmin(1)).float().mean().item()
+                print(f"TF32 check {prec} (DOT_PRECISION[1]={_common.DOT_PRECISION[1]}): pairwise max err / "
+                      f"(|x|^2+|c|^2) = {err:.2e}; kmeans_assign labels equal to float64 argmin: {same:.4f}")
+            n, k, d = KMEANS_ASSIGN_GPU[0]
+            xb = randn(n, d, device=DEV, seed=0)
+            cb = randn(k, d, device=DEV, seed=1)
+            for prec in ("highest", "high"):
+                clustr_fast.kmeans_assign(xb, cb, precision=prec)
+                ms = _ms(lambda: clustr_fast.kmeans_assign(xb, cb, precision=prec))
+                print(f"kmeans_assign {n}x{k}x{d} {prec} (TF32 for high): {ms:.3f} ms")
+    finally:
+        _common.DOT_PRECISION.clear()
+        _common.DOT_PRECISION.update(old)
+
+
+if __name__ == "__main__":
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
+    for step in (soft_switches, tf32_check):
+        try:
+            step()
+        except Exception as exc:  # one failing part must not hide the other
+            print(f"{step.__name__}: {type(exc).__name__}: {exc}")
