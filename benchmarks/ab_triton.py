@@ -3,7 +3,8 @@
     python benchmarks/ab_triton.py
 
 1. ``soft_cluster_logits`` (Triton): forward with and without the exact recompute of the
-   selected distances under "highest" (``FORCE_RECOMPUTE``), forward+backward with grad_mu
+   selected distances under "highest" (``FORCE_RECOMPUTE``) and with the tile-by-tile merge
+   instead of the one-tile selection (``ONE_TILE_MAX_C=0``); forward+backward with grad_mu
    by the center-major pass or by atomics (``FORCE_ATOMIC_GMU``).
 2. TF32: ``pairwise_sqdist`` and ``kmeans_assign`` (Triton) with "high" run as plain TF32
    (``DOT_PRECISION[1] = "tf32"``) against float64: the distance error relative to
@@ -53,16 +54,21 @@ def soft_switches():
             return torch.autograd.grad(out, (f, mu), g)
 
         with clustr_fast.use_backend("triton"):
-            for label, fn, attr in (("fwd", fwd, "FORCE_RECOMPUTE"), ("fwd+bwd", full, "FORCE_ATOMIC_GMU")):
-                fn()
-                base = _ms(fn)
-                setattr(soft_k, attr, True)
+            fn_base = {}
+            for label, fn, attr, value in (("fwd", fwd, "FORCE_RECOMPUTE", True), ("fwd", fwd, "ONE_TILE_MAX_C", 0),
+                                           ("fwd+bwd", full, "FORCE_ATOMIC_GMU", True)):
+                if label not in fn_base:
+                    fn()
+                    fn_base[label] = _ms(fn)
+                old = getattr(soft_k, attr)
+                setattr(soft_k, attr, value)
                 try:
                     fn()
                     other = _ms(fn)
                 finally:
-                    setattr(soft_k, attr, False)
-                print(f"| soft {label} N={n},C={c},d={d},D={top_d},{prec} | {base:.3f} | {other:.3f} | {attr} |")
+                    setattr(soft_k, attr, old)
+                print(f"| soft {label} N={n},C={c},d={d},D={top_d},{prec} | {fn_base[label]:.3f} | {other:.3f} "
+                      f"| {attr}={value} |")
 
 
 def tf32_check():

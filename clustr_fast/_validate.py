@@ -106,7 +106,7 @@ def check_ids(ids, name, upper=None, *, n=None, op=None):
     if n is not None and ids.shape[0] != n:
         raise ValueError(f"{_p(op)}`{name}` must have length {n}, got {ids.shape[0]}")
     if upper is not None and ids.numel():
-        lo, hi = int(ids.min()), int(ids.max())
+        lo, hi = torch.stack(torch.aminmax(ids.detach())).tolist()  # one reduction, one device sync
         if lo < 0 or hi >= upper:
             raise ValueError(
                 f"{_p(op)}`{name}` has values outside [0, {upper}) (min {lo}, max {hi})"

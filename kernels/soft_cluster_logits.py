@@ -4,9 +4,12 @@ Forward, one program per BLOCK_M rows:
 1. distance tiles ``[BLOCK_M, BLOCK_N]`` from ``tl.dot`` (3xTF32 for "highest", TF32 for
    "high", bf16 for "medium"), merged into a running top-D list held in registers:
    while a tile holds a pair (value, index) lexicographically below the list's worst,
-   the tile's best replaces it (so ties go to the lower index, as a stable sort);
-2. the D selected distances recomputed exactly by direct differences (float32, or
-   float64 for float64 inputs);
+   the tile's best replaces it (so ties go to the lower index, as a stable sort). With
+   C <= ONE_TILE_MAX_C (float32) all centers form one tile and the list is its D
+   lexicographic row minima;
+2. for "high"/"medium" (and top_d = C) the D selected distances recomputed exactly by
+   direct differences (float32, or float64 for float64 inputs); "highest" keeps the
+   selection's float32-exact (3xTF32) distances;
 3. per-class online logsumexp of ``z = -d / (2 sigma^2)`` over the selection, minus the
    logsumexp over the whole selection: ``out [N, L]``, -inf for absent classes.
 It writes ``out`` and the selected indices ``idx [N, D]``; no [N, C] buffer.
@@ -69,10 +72,41 @@ def _exact_selected(X, MU, rows, mrow, ti, slot, TOP_D, D_FEAT, sxn, sxd, smc, s
 
 
 @triton.jit
+def _distance_tile(X, MU, rows, mrow, xn, c0, C, D_FEAT, sxn, sxd, smc, smd,
+                   ACC: tl.constexpr, DOT_PREC: tl.constexpr, CAST_BF16: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, NONE: tl.constexpr):
+    """(dist [BLOCK_M, BLOCK_N] = ||x||^2 + ||mu||^2 - 2 x.mu clamped at 0, inf outside C; center ids)."""
+    cols = c0 + tl.arange(0, BLOCK_N)
+    mcol = cols < C
+    offs_d = tl.arange(0, BLOCK_D)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    cn = tl.zeros((BLOCK_N,), dtype=ACC)
+    for d0 in range(0, D_FEAT, BLOCK_D):
+        dd = d0 + offs_d
+        mask_d = dd < D_FEAT
+        xt = tl.load(X + rows[:, None] * sxn + dd[None, :] * sxd,
+                     mask=mrow[:, None] & mask_d[None, :], other=0.0)
+        ct = tl.load(MU + cols[None, :].to(tl.int64) * smc + dd[:, None] * smd,
+                     mask=mcol[None, :] & mask_d[:, None], other=0.0)
+        cf = ct.to(ACC)
+        cn += tl.sum(cf * cf, axis=0)
+        if CAST_BF16:
+            acc = tl.dot(xt.to(tl.bfloat16), ct.to(tl.bfloat16), acc)
+        elif xt.dtype == tl.float16 or xt.dtype == tl.bfloat16:
+            acc = tl.dot(xt, ct, acc)
+        else:
+            acc = tl.dot(xt.to(ACC), cf, acc, input_precision=DOT_PREC, out_dtype=ACC)
+    dist = tl.maximum(xn[:, None] + cn[None, :] - 2.0 * acc, 0.0)
+    dist = tl.where(mcol[None, :], dist, float("inf"))
+    cid = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32) + tl.where(mcol, cols, NONE)[None, :]
+    return dist, cid
+
+
+@triton.jit
 def _soft_fwd_kernel(X, MU, CLS, OUT, IDX, N, C, D_FEAT, L, TOP_D, scale,
                      sxn, sxd, smc, smd,
                      ACC: tl.constexpr, DOT_PREC: tl.constexpr, CAST_BF16: tl.constexpr, ALL: tl.constexpr,
-                     RECOMPUTE: tl.constexpr,
+                     RECOMPUTE: tl.constexpr, ONE_TILE: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                      BLOCK_L: tl.constexpr, DP: tl.constexpr, INIT: tl.constexpr, NONE: tl.constexpr):
     pid = tl.program_id(0)
@@ -94,44 +128,36 @@ def _soft_fwd_kernel(X, MU, CLS, OUT, IDX, N, C, D_FEAT, L, TOP_D, scale,
             xt = tl.load(X + rows[:, None] * sxn + dd[None, :] * sxd,
                          mask=mrow[:, None] & (dd < D_FEAT)[None, :], other=0.0).to(ACC)
             xn += tl.sum(xt * xt, axis=1)
-        for c0 in range(0, C, BLOCK_N):
-            cols = c0 + tl.arange(0, BLOCK_N)
-            mcol = cols < C
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-            cn = tl.zeros((BLOCK_N,), dtype=ACC)
-            for d0 in range(0, D_FEAT, BLOCK_D):
-                dd = d0 + offs_d
-                mask_d = dd < D_FEAT
-                xt = tl.load(X + rows[:, None] * sxn + dd[None, :] * sxd,
-                             mask=mrow[:, None] & mask_d[None, :], other=0.0)
-                ct = tl.load(MU + cols[None, :].to(tl.int64) * smc + dd[:, None] * smd,
-                             mask=mcol[None, :] & mask_d[:, None], other=0.0)
-                cf = ct.to(ACC)
-                cn += tl.sum(cf * cf, axis=0)
-                if CAST_BF16:
-                    acc = tl.dot(xt.to(tl.bfloat16), ct.to(tl.bfloat16), acc)
-                elif xt.dtype == tl.float16 or xt.dtype == tl.bfloat16:
-                    acc = tl.dot(xt, ct, acc)
-                else:
-                    acc = tl.dot(xt.to(ACC), cf, acc, input_precision=DOT_PREC, out_dtype=ACC)
-            dist = tl.maximum(xn[:, None] + cn[None, :] - 2.0 * acc, 0.0)
-            dist = tl.where(mcol[None, :], dist, float("inf"))
-            cid = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32) + tl.where(mcol, cols, NONE)[None, :]
-            cv, ci = _lexmin(dist, cid, NONE)
-            wv, wi = _lexmax(tv, ti)
-            need = ((cv < wv) | ((cv == wv) & (ci < wi))) & mrow
-            todo = tl.sum(need.to(tl.int32), axis=0)
-            while todo > 0:
-                evict = need[:, None] & (tv == wv[:, None]) & (ti == wi[:, None])
-                tv = tl.where(evict, cv[:, None], tv)
-                ti = tl.where(evict, ci[:, None], ti)
-                taken = need[:, None] & (cid == ci[:, None])
+        if ONE_TILE:  # every center in one tile: TOP_D row-wise (value, index) minima, no merging
+            dist, cid = _distance_tile(X, MU, rows, mrow, xn, 0, C, D_FEAT, sxn, sxd, smc, smd,
+                                       ACC, DOT_PREC, CAST_BF16, BLOCK_M, BLOCK_N, BLOCK_D, NONE)
+            for s in range(0, TOP_D):
+                cv, ci = _lexmin(dist, cid, NONE)
+                put = slot[None, :] == s
+                tv = tl.where(put, cv[:, None], tv)
+                ti = tl.where(put, ci[:, None], ti)
+                taken = cid == ci[:, None]
                 dist = tl.where(taken, float("inf"), dist)
                 cid = tl.where(taken, NONE, cid)
+        else:
+            for c0 in range(0, C, BLOCK_N):
+                dist, cid = _distance_tile(X, MU, rows, mrow, xn, c0, C, D_FEAT, sxn, sxd, smc, smd,
+                                           ACC, DOT_PREC, CAST_BF16, BLOCK_M, BLOCK_N, BLOCK_D, NONE)
                 cv, ci = _lexmin(dist, cid, NONE)
                 wv, wi = _lexmax(tv, ti)
                 need = ((cv < wv) | ((cv == wv) & (ci < wi))) & mrow
                 todo = tl.sum(need.to(tl.int32), axis=0)
+                while todo > 0:
+                    evict = need[:, None] & (tv == wv[:, None]) & (ti == wi[:, None])
+                    tv = tl.where(evict, cv[:, None], tv)
+                    ti = tl.where(evict, ci[:, None], ti)
+                    taken = need[:, None] & (cid == ci[:, None])
+                    dist = tl.where(taken, float("inf"), dist)
+                    cid = tl.where(taken, NONE, cid)
+                    cv, ci = _lexmin(dist, cid, NONE)
+                    wv, wi = _lexmax(tv, ti)
+                    need = ((cv < wv) | ((cv == wv) & (ci < wi))) & mrow
+                    todo = tl.sum(need.to(tl.int32), axis=0)
     ti = tl.where(mrow[:, None] & real[None, :], ti, 0)
     tl.store(IDX + rows[:, None] * TOP_D + slot[None, :], ti.to(tl.int64), mask=mrow[:, None] & real[None, :])
 
@@ -289,10 +315,14 @@ def soft_cluster_logits(feats, centers, center_classes, num_classes: int, varian
     cls = center_classes.to(torch.int64).contiguous()
     dp = _pow2(top_d)
     bm = _block_m(dp, N, acc)
+    one_tile = top_d < C and C <= ONE_TILE_MAX_C and (acc == torch.float32 or interpreted())
     if interpreted():
-        meta, launch = dict(BLOCK_N=64, BLOCK_D=64, BLOCK_L=64), {}
+        meta, launch = dict(BLOCK_N=max(16, _pow2(C)) if one_tile else 64, BLOCK_D=64, BLOCK_L=64), {}
     elif acc == torch.float64:
         meta, launch = dict(BLOCK_N=64, BLOCK_D=16, BLOCK_L=32), dict(num_warps=4, num_stages=2)
+    elif one_tile:  # [64, <=256] distance tile: 8 warps keep it in registers
+        bm = 64
+        meta, launch = dict(BLOCK_N=max(16, _pow2(C)), BLOCK_D=32, BLOCK_L=32), dict(num_warps=8, num_stages=3)
     else:
         meta, launch = dict(BLOCK_N=64, BLOCK_D=32, BLOCK_L=32), dict(num_warps=4, num_stages=3)
     grid = (triton.cdiv(N, bm),)
@@ -301,7 +331,7 @@ def soft_cluster_logits(feats, centers, center_classes, num_classes: int, varian
         feats.stride(0), feats.stride(1), centers.stride(0), centers.stride(1),
         ACC=tl_dtype(acc), DOT_PREC=dot_precision(acc, precision),
         CAST_BF16=(precision == 2 and feats.dtype == torch.float32 and not interpreted()),
-        ALL=(top_d == C), RECOMPUTE=recompute_selected(top_d == C, precision, acc),
+        ALL=(top_d == C), RECOMPUTE=recompute_selected(top_d == C, precision, acc), ONE_TILE=one_tile,
         BLOCK_M=bm, DP=dp, INIT=_INIT, NONE=_NONE, **meta, **launch)
     return out, idx
 
@@ -318,6 +348,11 @@ def recompute_selected(all_centers: bool, precision: int, acc: torch.dtype) -> b
 
 
 FORCE_RECOMPUTE = False  # benchmarks/ab_triton.py times both forms
+
+# Largest C whose distances sit in one register tile per row block (float32): the selection is
+# then TOP_D row-wise minima, instead of a data-dependent merge of each 64-center tile into the
+# running list (the loop for larger C).
+ONE_TILE_MAX_C = 256
 
 
 def soft_cluster_logits_backward(grad, out, idx, feats, centers, center_classes, variance: float):
