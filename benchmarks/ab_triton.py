@@ -89,6 +89,27 @@ def tf32_check():
                 same = (lab.cpu() == ref.argmin(1)).float().mean().item()
                 print(f"TF32 check {prec} (DOT_PRECISION[1]={_common.DOT_PRECISION[1]}): pairwise max err / "
                       f"(|x|^2+|c|^2) = {err:.2e}; kmeans_assign labels equal to float64 argmin: {same:.4f}")
+            from clustr_fast import reference
+            f = torch.randn(3000, 64, generator=g)
+            mu = 1.5 * torch.randn(2000, 64, generator=g)
+            cls = torch.arange(2000) // 2
+            want = reference.soft_cluster_logits(f.double(), mu.double(), cls, 1001, variance=16.5, top_d=32)
+            got = clustr_fast.soft_cluster_logits(f.to(DEV), mu.to(DEV), cls.to(DEV), 1001, variance=16.5, top_d=32,
+                                                  precision="high").double().cpu()
+            same = (torch.isinf(got) == torch.isinf(want)).all(1)
+            fin = torch.isfinite(want) & same[:, None]
+            err = ((got - want).abs()[fin] / want.abs()[fin].clamp_min(1.0)).max().item()
+            print(f"TF32 check soft_cluster_logits high: rows with the float64 selection {same.float().mean():.4f}, "
+                  f"max rel err on them {err:.2e}")
+            n, c, d, top_d = SOFT_GPU[1]
+            fb = randn(n, d, device=DEV, seed=0)
+            mb = randn(c, d, device=DEV, seed=1)
+            cb = torch.arange(c, device=DEV) % (c // 20)
+            run = lambda: clustr_fast.soft_cluster_logits(fb, mb, cb, c // 20, variance=200.0, top_d=top_d,  # noqa
+                                                          precision="high")
+            run()
+            print(f"soft_cluster_logits fwd N={n},C={c},d={d},D={top_d} high (TF32): {_ms(run):.3f} ms")
+            del fb, mb
             n, k, d = KMEANS_ASSIGN_GPU[0]
             xb = randn(n, d, device=DEV, seed=0)
             cb = randn(k, d, device=DEV, seed=1)

@@ -51,23 +51,24 @@ def _column(t, slot, s):
 
 
 @triton.jit
-def _exact_selected(X, MU, rows, mrow, ti, slot, TOP_D, D_FEAT, sxn, sxd, smc, smd,
+def _exact_selected(X, MU, IDX, rows, mrow, slot, TOP_D, D_FEAT, sxn, sxd, smc, smd,
                     ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, DP: tl.constexpr):
-    """[BLOCK_M, DP] squared distances ||f_i - mu_{ti[i,s]}||^2 by direct differences."""
+    """[BLOCK_M, DP] squared distances ||f_i - mu_{IDX[i,s]}||^2 by direct differences.
+
+    Each [BLOCK_M, BLOCK_D] slice of the rows is loaded once and meets the D selected centers'
+    slices (gathered rows of MU), so the rows are read once rather than D times.
+    """
     dv = tl.zeros((BLOCK_M, DP), dtype=ACC)
     offs_d = tl.arange(0, BLOCK_D)
-    for s in range(0, TOP_D):
-        js = _column(ti, slot, s).to(tl.int64)
-        js = tl.where(mrow, js, 0)
-        ds = tl.zeros((BLOCK_M,), dtype=ACC)
-        for d0 in range(0, D_FEAT, BLOCK_D):
-            dd = d0 + offs_d
-            m2 = mrow[:, None] & (dd < D_FEAT)[None, :]
-            xt = tl.load(X + rows[:, None] * sxn + dd[None, :] * sxd, mask=m2, other=0.0).to(ACC)
+    for d0 in range(0, D_FEAT, BLOCK_D):
+        dd = d0 + offs_d
+        m2 = mrow[:, None] & (dd < D_FEAT)[None, :]
+        xt = tl.load(X + rows[:, None] * sxn + dd[None, :] * sxd, mask=m2, other=0.0).to(ACC)
+        for s in range(0, TOP_D):
+            js = tl.load(IDX + rows * TOP_D + s, mask=mrow, other=0)
             mt = tl.load(MU + js[:, None] * smc + dd[None, :] * smd, mask=m2, other=0.0).to(ACC)
             diff = xt - mt
-            ds += tl.sum(diff * diff, axis=1)
-        dv = tl.where(slot[None, :] == s, ds[:, None], dv)
+            dv += tl.where(slot[None, :] == s, tl.sum(diff * diff, axis=1)[:, None], 0.0)
     return dv
 
 
@@ -162,7 +163,8 @@ def _soft_fwd_kernel(X, MU, CLS, OUT, IDX, N, C, D_FEAT, L, TOP_D, scale,
     tl.store(IDX + rows[:, None] * TOP_D + slot[None, :], ti.to(tl.int64), mask=mrow[:, None] & real[None, :])
 
     if RECOMPUTE:
-        dv = _exact_selected(X, MU, rows, mrow, ti, slot, TOP_D, D_FEAT, sxn, sxd, smc, smd,
+        tl.debug_barrier()  # the IDX rows just stored are read back by other threads
+        dv = _exact_selected(X, MU, IDX, rows, mrow, slot, TOP_D, D_FEAT, sxn, sxd, smc, smd,
                              ACC, BLOCK_M, BLOCK_D, DP)
     else:  # the selection's own distances (float32-exact products): no gather of the D centers
         dv = tv
@@ -200,7 +202,7 @@ def _soft_bwd_kernel(G, OUT, IDX, X, MU, CLS, GX, GMU, COEF, N, D_FEAT, L, TOP_D
     real = slot < TOP_D
     m2 = mrow[:, None] & real[None, :]
     ti = tl.load(IDX + rows[:, None] * TOP_D + slot[None, :], mask=m2, other=0)
-    dv = _exact_selected(X, MU, rows, mrow, ti, slot, TOP_D, D_FEAT, sxn, sxd, smc, smd,
+    dv = _exact_selected(X, MU, IDX, rows, mrow, slot, TOP_D, D_FEAT, sxn, sxd, smc, smd,
                          ACC, BLOCK_M, BLOCK_D, DP)
     z = tl.where(real[None, :], -scale * dv, float("-inf"))
     zmax = tl.max(z, axis=1)
