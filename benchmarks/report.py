@@ -1,6 +1,6 @@
 """One-call benchmark table: every op x provider on this device, against the reference.
 
-    python benchmarks/report.py [--json out.json] [--only magnet] [--no-compiled]
+    python benchmarks/report.py [--json out.json] [--only magnet] [--skip "N=1000000,C=4096"] [--no-compiled]
 
 Imports every ``bench_*.py`` beside it, runs the ``CASES`` meant for the device
 (the GPU when there is one), times each available provider (wall clock around
@@ -59,17 +59,21 @@ def load_cases(only=None):
 
 
 
-def run(cases, device, providers, *, verbose=True):
+def run(cases, device, providers, *, verbose=True, skip=()):
+    """Time every (case, provider); a pair whose ``"case.id[provider]"`` contains one of ``skip`` is left out."""
     rows = []
     for case in cases:
         if device.type not in case.devices:
+            continue
+        todo = [p for p in case.providers if not any(pat in f"{case.id}[{p}]" for pat in skip)]
+        if not any(p in providers and provider_available(p, device) for p in todo):
             continue
         try:
             inputs = case.make(device)
         except Exception as exc:
             rows.append(dict(case=case.id, provider="-", error=f"inputs: {type(exc).__name__}: {exc}"))
             continue
-        for prov in case.providers:
+        for prov in todo:
             if prov not in providers or not provider_available(prov, device):
                 continue
             row = dict(case=case.id, op=case.op, mode=case.mode, shape=case.shape, provider=prov, note=case.note)
@@ -144,6 +148,9 @@ def main(argv=None):
     ap.add_argument("--json", help="write the rows here as JSON")
     ap.add_argument("--only", nargs="*", help="bench file name fragments to include (e.g. magnet kmeans)")
     ap.add_argument("--no-compiled", action="store_true", help="skip the torch.compile provider (slow to compile)")
+    ap.add_argument("--skip", nargs="*", default=[],
+                    help='leave out the (case, provider) pairs whose "case_id[provider]" contains one of these, '
+                         'e.g. "kmeans_plusplus" or "[reference]"')
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     device = bench_device()
@@ -152,7 +159,7 @@ def main(argv=None):
         providers.discard("compiled_reference")
     cases = load_cases(args.only)
     t0 = time.time()
-    rows = run(cases, device, providers, verbose=not args.quiet)
+    rows = run(cases, device, providers, verbose=not args.quiet, skip=tuple(args.skip))
     header = (f"Device: {device_name(device)}; torch {torch.__version__}; "
               f"{time.strftime('%Y-%m-%d')}; {time.time() - t0:.0f} s")
     print(header)
