@@ -3,13 +3,11 @@
     python benchmarks/ab_triton.py
 
 1. ``soft_cluster_logits`` (Triton): forward with and without the exact recompute of the
-   selected distances under "highest" (``FORCE_RECOMPUTE``) and with the tile-by-tile merge
-   instead of the one-tile selection (``ONE_TILE_MAX_C=0``); forward+backward with grad_mu
-   by the center-major pass or by atomics (``FORCE_ATOMIC_GMU``).
-2. TF32: ``pairwise_sqdist`` and ``kmeans_assign`` (Triton) with "high" run as plain TF32
-   (``DOT_PRECISION[1] = "tf32"``) against float64: the distance error relative to
-   ||x||^2 + ||c||^2 (TF32 rounding gives about 1e-3) and the share of labels equal to the
-   float64 argmin; then the time of the 1M x 1024 x 128 assignment in TF32.
+   selected distances under "highest" (``FORCE_RECOMPUTE``); forward+backward.
+2. TF32: ``pairwise_sqdist``, ``kmeans_assign`` and ``soft_cluster_logits`` (Triton) with
+   "high" as plain TF32 (``DOT_PRECISION[1] = "tf32"``, the default since 2026-11-26)
+   against float64: the distance error relative to ||x||^2 + ||c||^2 (TF32 rounding gives
+   about 1e-3), the share of labels (selections) equal to the float64 ones; then times.
 Medians of synchronised wall-clock calls, as in ``report.py``. GPU only.
 """
 from __future__ import annotations
@@ -54,21 +52,17 @@ def soft_switches():
             return torch.autograd.grad(out, (f, mu), g)
 
         with clustr_fast.use_backend("triton"):
-            fn_base = {}
-            for label, fn, attr, value in (("fwd", fwd, "FORCE_RECOMPUTE", True), ("fwd", fwd, "ONE_TILE_MAX_C", 0),
-                                           ("fwd+bwd", full, "FORCE_ATOMIC_GMU", True)):
-                if label not in fn_base:
-                    fn()
-                    fn_base[label] = _ms(fn)
-                old = getattr(soft_k, attr)
-                setattr(soft_k, attr, value)
-                try:
-                    fn()
-                    other = _ms(fn)
-                finally:
-                    setattr(soft_k, attr, old)
-                print(f"| soft {label} N={n},C={c},d={d},D={top_d},{prec} | {fn_base[label]:.3f} | {other:.3f} "
-                      f"| {attr}={value} |")
+            fwd()
+            base = _ms(fwd)
+            soft_k.FORCE_RECOMPUTE = True
+            try:
+                fwd()
+                other = _ms(fwd)
+            finally:
+                soft_k.FORCE_RECOMPUTE = False
+            print(f"| soft fwd N={n},C={c},d={d},D={top_d},{prec} | {base:.3f} | {other:.3f} | FORCE_RECOMPUTE=True |")
+            full()
+            print(f"| soft fwd+bwd N={n},C={c},d={d},D={top_d},{prec} | {_ms(full):.3f} | | |")
 
 
 def tf32_check():

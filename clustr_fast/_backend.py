@@ -33,18 +33,21 @@ _override_lock = threading.Lock()
 # Ops not listed use _DEFAULT_CUDA_ORDER.
 _DEFAULT_CUDA_ORDER = ("cuda", "triton", "reference")
 AUTO_CUDA_ORDER: dict[str, tuple[str, ...]] = {
-    # H200, torch 2.11, Triton 3.6, 2026-11-26 (benchmarks/RESULTS.md):
+    # H200, torch 2.11, Triton 3.6, 2026-11-26 (benchmarks/RESULTS.md, runs 1-8):
     # pairwise_sqdist fwd 1M x 1024 x 128: Triton 6.0 ms (tensor cores, 3xTF32), CUDA 13.7 ms (SIMT).
     "pairwise_sqdist": ("triton", "cuda", "reference"),
-    # kmeans_assign 1M x 1024 x 128 "highest": Triton 4.96 ms, CUDA 13.96 ms.
+    # kmeans_assign 1M x 1024 x 128 "highest": Triton 5.1 ms, CUDA 14.1 ms.
     "kmeans_assign": ("triton", "cuda", "reference"),
-    # per-class refresh (assign + update + k-means++): CUDA 5.95 ms, Triton 8.88 ms -> default order.
-    # soft_cluster_logits 50k x 200 x 512, D=20: fwd Triton 1.25 / CUDA 2.03 ms, fwd+bwd Triton
-    # 4.66 / CUDA 3.44 ms -> default order (CUDA), as attacks and training run both passes.
-    # certified_radius 50k x 200 x 512: CUDA 5.5 ms, Triton 8.7 ms -> default order.
-    # magnet_loss: not yet timed on a GPU; Triton first because its kernel logic is exercised
-    # on every CPU test run (interpreter), while the CUDA kernel has only been compiled.
+    # per-class refresh (k-means++ + Lloyd per group): CUDA 5.8 ms, Triton 15.7 ms -> default order.
+    # k-means++ 1M x 1024 x 128: Triton 1006 ms, CUDA 1672-1896 ms.
+    "kmeans_plusplus": ("triton", "cuda", "reference"),
+    # soft_cluster_logits 50k x 200 x 512, D=20: fwd Triton 0.9 / CUDA 2.3 ms, fwd+bwd Triton
+    # about 4.5 / CUDA 3.4 ms -> default order (CUDA), as attacks and training run both passes.
+    # certified_radius 50k x 200 x 512: CUDA 5.4 ms, Triton 8.2 ms -> default order.
+    # magnet_loss (global form) 50k x 200 x 512: fwd Triton 0.71 / CUDA 1.40 ms, fwd+bwd
+    # Triton 3.36 / CUDA 3.70 ms.
     "magnet_loss": ("triton", "cuda", "reference"),
+    # magnet_loss_batch (fused, 12 x 20 x 512): fwd+bwd CUDA 0.51 ms, Triton 0.93 ms -> default order.
 }
 _CPU_ORDER = ("cpu", "reference")
 

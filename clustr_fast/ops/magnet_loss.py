@@ -349,8 +349,8 @@ _BATCH = {
 
 
 def _run_batch(feats, ids, classes, variance, variance_value, alpha, eps, row_weight, weight, with_grad):
-    return run(_OP, feats.device, _BATCH, feats, ids, classes, variance, variance_value, alpha, eps,
-               row_weight, weight, with_grad, kernel="magnet_loss_batch")
+    return run("magnet_loss_batch", feats.device, _BATCH, feats, ids, classes, variance, variance_value, alpha,
+               eps, row_weight, weight, with_grad)
 
 
 @torch.library.custom_op("clustr_fast::magnet_loss_batch_fused", mutates_args=())

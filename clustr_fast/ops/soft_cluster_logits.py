@@ -11,7 +11,8 @@ Shapes: feats [N,d], centers [C,d], center_classes [C] -> out [N,L] (float32, fl
 for float64 inputs). The fused kernels stream the distance tiles through a running
 top-D selection (no [N,C] buffer), then recompute the D selected distances exactly
 (direct differences in the accumulation dtype), so ``precision="high"`` only affects
-which centers are selected, never the values.
+which centers are selected, never the values. (Under "highest" the Triton forward keeps
+the selection's float32-exact 3xTF32 distances instead: docs/decisions.md.)
 
 Forward op returns ``(out, idx)``; ``idx [N,D]`` int64 holds the selected centers and
 is all the backward saves besides its inputs. Backward (also a custom op), with
@@ -137,7 +138,7 @@ def soft_cluster_logits(feats: Tensor, centers: Tensor, center_classes: Tensor, 
     ``variance`` sigma^2 > 0 (float or 0-d tensor, a constant), ``top_d`` in ``[1, C]`` or
     None (all centers). A class with no selected center is ``-inf`` with zero gradient.
     ``precision``: "highest" selects with float32-exact distances; "high"/"medium" let the
-    GPU select with TF32/bf16 products. The returned values always come from distances
+    GPU select with TF32/bf16 products, and the returned values then come from distances
     recomputed exactly for the selected centers. Differentiable in ``feats`` and ``centers``.
     """
     code = _backend.precision_code(precision)

@@ -384,11 +384,7 @@ std::tuple<at::Tensor, at::Tensor> kmeans_update_cuda(const at::Tensor& x, const
 
 constexpr int PP_THREADS = 256;
 
-constexpr int PP_MAXT = 16;  // candidates evaluated per read of a row (registers)
-
 // dc[t*N + i] = ||x_i - x_{cand_t}||^2 (one warp per row); part[b*T + t] = sum_i min(closest_i, dc).
-// Each row is read once per PP_MAXT candidates (once for T <= 16, i.e. k up to e^14 with the
-// default 2 + log k trials): the candidates' distances accumulate in registers side by side.
 template <typename scalar_t, typename acc_t>
 __global__ void pp_eval_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ cand,
                                const acc_t* __restrict__ closest, acc_t* __restrict__ dc, double* __restrict__ part,
@@ -399,46 +395,22 @@ __global__ void pp_eval_kernel(const scalar_t* __restrict__ x, const int64_t* __
   const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, nw = blockDim.x / 32;
   const int64_t b = blockIdx.x, s = bstart[b], e = bend[b];
   const int64_t* cg = cand + bgroup[b] * T;
-  for (int64_t t0 = 0; t0 < T; t0 += PP_MAXT) {
-    const int nt = static_cast<int>(T - t0 < PP_MAXT ? T - t0 : PP_MAXT);
-    int64_t cr[PP_MAXT];
-    double p[PP_MAXT];
-#pragma unroll
-    for (int u = 0; u < PP_MAXT; ++u) {
-      cr[u] = u < nt ? cg[t0 + u] : cg[t0];
-      p[u] = 0.0;
-    }
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t cr = cg[t];
+    double p = 0.0;
     for (int64_t r = s + warp; r < e; r += nw) {
-      acc_t v[PP_MAXT];
-#pragma unroll
-      for (int u = 0; u < PP_MAXT; ++u) v[u] = acc_t(0);
+      acc_t v = 0;
       for (int64_t j = lane; j < D; j += 32) {
-        const acc_t xv = static_cast<acc_t>(x[r * sxn + j * sxd]);
-#pragma unroll
-        for (int u = 0; u < PP_MAXT; ++u) {
-          if (u < nt) {
-            const acc_t q = xv - static_cast<acc_t>(x[cr[u] * sxn + j * sxd]);
-            v[u] += q * q;
-          }
-        }
+        const acc_t q = static_cast<acc_t>(x[r * sxn + j * sxd]) - static_cast<acc_t>(x[cr * sxn + j * sxd]);
+        v += q * q;
       }
-      const acc_t cl = closest[r];
-#pragma unroll
-      for (int u = 0; u < PP_MAXT; ++u) {
-        if (u < nt) {  // nt is the same in the whole warp: the shuffles stay converged
-          const acc_t w = warp_sum(v[u]);
-          if (lane == 0) {
-            dc[(t0 + u) * N + r] = w;
-            p[u] += static_cast<double>(w < cl ? w : cl);
-          }
-        }
+      v = warp_sum(v);
+      if (lane == 0) {
+        dc[t * N + r] = v;
+        p += static_cast<double>(v < closest[r] ? v : closest[r]);
       }
     }
-    if (lane == 0) {
-#pragma unroll
-      for (int u = 0; u < PP_MAXT; ++u)
-        if (u < nt) wpart[warp * T + t0 + u] = p[u];
-    }
+    if (lane == 0) wpart[warp * T + t] = p;
   }
   __syncthreads();
   for (int64_t t = threadIdx.x; t < T; t += blockDim.x) {

@@ -11,15 +11,13 @@
 //     per-class logsumexp (logaddexp into the output row), minus Z:
 //       out[i,c] = logsumexp_{j in S_i, cls_j = c} z_ij - Z_i     (-inf when absent)
 // Backward: one warp per row recomputes z and Z, forms a_j = 2 dL/dd_j, writes
-//   grad_f_i = sum_j a_j (f_i - mu_j); grad_mu by one GEMM over the sparse coefficients
-//   (centers_backward, C <= 512), else by atomic adds of -a_j (f_i - mu_j) to grad_mu_j.
+//   grad_f_i = sum_j a_j (f_i - mu_j) and atomically adds -a_j (f_i - mu_j) to grad_mu_j.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAException.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <cmath>
 
 #include "common.h"
@@ -210,7 +208,7 @@ __global__ void backward_kernel(const acc_t* __restrict__ g, const acc_t* __rest
                                 const scalar_t* __restrict__ c, const int64_t* __restrict__ cls,
                                 acc_t* __restrict__ abuf, acc_t* __restrict__ gx, acc_t* __restrict__ gmu,
                                 int64_t N, int64_t D, int64_t L, int64_t TOPD, int64_t sxn, int64_t sxd,
-                                int64_t scn, int64_t scd, acc_t scale, bool atomic_gmu) {
+                                int64_t scn, int64_t scd, acc_t scale) {
   const int lane = threadIdx.x % 32;
   const int64_t row = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   if (row >= N) return;
@@ -244,7 +242,7 @@ __global__ void backward_kernel(const acc_t* __restrict__ g, const acc_t* __rest
       const int64_t j = sel[s];
       const acc_t t = a * (xk - static_cast<acc_t>(c[j * scn + k * scd]));
       acc += t;
-      if (atomic_gmu) atomicAdd(gmu + j * D + k, -t);
+      atomicAdd(gmu + j * D + k, -t);
     }
     gx[row * D + k] = acc;
   }
@@ -292,28 +290,6 @@ std::tuple<at::Tensor, at::Tensor> soft_cluster_logits_cuda(const at::Tensor& fe
   return {out, idx};
 }
 
-// Largest C for the center-major grad_mu (below): at ClusTR sizes (C = 10 classes x 20) it
-// replaces N*D*d contended atomics by one GEMM; for thousands of centers the [rows, C] chunks
-// are mostly zeros and the atomics of backward_kernel are kept.
-constexpr int64_t CENTER_MAJOR_MAX_C = 512;
-
-// grad_mu_j = -sum_{i: j in S_i} a_ij (f_i - mu_j) = colsum_j(A) mu_j - (A^T F)_j with the sparse
-// A [N, C] (A_ij = a_ij, a = abuf) scattered into dense row chunks of at most 2^24 entries and
-// multiplied by cuBLAS (full float32 unless torch.backends.cuda.matmul.allow_tf32 is set).
-void centers_backward(const at::Tensor& abuf, const at::Tensor& idx, const at::Tensor& feats,
-                      const at::Tensor& centers, at::Tensor& gmu) {
-  const int64_t N = feats.size(0), C = centers.size(0);
-  const int64_t chunk = std::max<int64_t>(1, (int64_t(1) << 24) / std::max<int64_t>(C, 1));
-  at::Tensor csum = at::zeros({C}, gmu.options());
-  for (int64_t r0 = 0; r0 < N; r0 += chunk) {
-    const int64_t r1 = std::min(N, r0 + chunk);
-    const at::Tensor a = at::zeros({r1 - r0, C}, gmu.options()).scatter_(1, idx.slice(0, r0, r1), abuf.slice(0, r0, r1));
-    gmu.addmm_(a.t(), feats.slice(0, r0, r1).to(gmu.scalar_type()), /*beta=*/1, /*alpha=*/-1);
-    csum.add_(a.sum(0));
-  }
-  gmu.addcmul_(csum.unsqueeze(1), centers.to(gmu.scalar_type()));
-}
-
 std::tuple<at::Tensor, at::Tensor> soft_cluster_logits_backward_cuda(const at::Tensor& grad, const at::Tensor& out,
                                                                      const at::Tensor& idx_in,
                                                                      const at::Tensor& feats_in,
@@ -337,7 +313,6 @@ std::tuple<at::Tensor, at::Tensor> soft_cluster_logits_backward_cuda(const at::T
   at::Tensor gx = at::zeros({N, D}, feats.options().dtype(acc));
   at::Tensor gmu = at::zeros({C, D}, feats.options().dtype(acc));
   if (N > 0 && D > 0 && TOPD > 0) {
-    const bool center_major = C <= CENTER_MAJOR_MAX_C;
     at::Tensor abuf = at::empty({N, TOPD}, feats.options().dtype(acc));
     auto stream = at::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feats.scalar_type(), "soft_cluster_logits_bwd_cuda",
@@ -347,10 +322,9 @@ std::tuple<at::Tensor, at::Tensor> soft_cluster_logits_backward_cuda(const at::T
           g.data_ptr<acc_t>(), o.data_ptr<acc_t>(), idx.data_ptr<int64_t>(), feats.data_ptr<scalar_t>(),
           centers.data_ptr<scalar_t>(), cls.data_ptr<int64_t>(), abuf.data_ptr<acc_t>(), gx.data_ptr<acc_t>(),
           gmu.data_ptr<acc_t>(), N, D, L, TOPD, feats.stride(0), feats.stride(1), centers.stride(0),
-          centers.stride(1), static_cast<acc_t>(0.5 / variance), !center_major);
+          centers.stride(1), static_cast<acc_t>(0.5 / variance));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
-    if (center_major) centers_backward(abuf, idx, feats, centers, gmu);
   }
   return {gx.to(feats.scalar_type()), gmu.to(centers.scalar_type())};
 }
