@@ -31,7 +31,7 @@ stage "GPU tests (pytest -m gpu, ${GPU_TEST_JOBS:-8} test files at a time)"
 # compilation is CPU-bound, and the correctness tests share the GPU happily.
 SHARDS=$(mktemp -d /tmp/clustr_fast_gpu_tests.XXXX)  # $OUT brings back few files
 ls tests/test_*.py | xargs -P "${GPU_TEST_JOBS:-8}" -I{} sh -c \
-  'f={}; n=$(basename $f .py); timeout '"${GPU_TEST_TIMEOUT:-150}"' '"$PY"' -m pytest -q -p no:cacheprovider -o addopts="" -m gpu "$f" \
+  'f={}; n=$(basename $f .py); timeout '"${GPU_TEST_TIMEOUT:-200}"' '"$PY"' -m pytest -q -p no:cacheprovider -o addopts="" -m gpu "$f" \
      >"'"$SHARDS"'/$n.log" 2>&1; echo "$n: exit $?"'
 cat "$SHARDS"/*.log >"$OUT/gpu_tests.log"
 grep -hE "^[0-9]+ (passed|failed|deselected|skipped)|^=+ .*(passed|failed|error|deselected)" "$SHARDS"/*.log
