@@ -439,6 +439,33 @@ def test_fused_global_opcheck_and_gradcheck():
                 torch.testing.assert_close(gb, wb)
 
 
+@pytest.mark.parametrize("chunk", [None, 7 * 33, 1])
+def test_cluster_variance_chunks_match_float64(chunk, monkeypatch):
+    """cluster_variance in row chunks (a 7-row chunk, one row per chunk, or one chunk): value and
+    gradients against float64 autograd of the plain expression; gradcheck in float64."""
+    from clustr_fast.ops import cluster_means as cm
+    if chunk is not None:
+        monkeypatch.setattr(cm, "CHUNK_ENTRIES", chunk)
+    g = torch.Generator().manual_seed(61)
+    f = torch.randn(101, 33, generator=g)
+    mu = torch.randn(9, 33, generator=g)
+    assign = torch.randint(0, 9, (101,), generator=g)
+    a, b = f.clone().requires_grad_(True), mu.clone().requires_grad_(True)
+    got = clustr_fast.cluster_variance(a, b, assign)
+    ga, gb = torch.autograd.grad(got * 1.7, (a, b))
+    a64, b64 = f.double().requires_grad_(True), mu.double().requires_grad_(True)
+    want = (a64 - b64[assign]).square().sum() / 100
+    wa, wb = torch.autograd.grad(want * 1.7, (a64, b64))
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want.detach(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(ga.double(), wa, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(gb.double(), wb, rtol=1e-5, atol=1e-7)
+    (gm_only,) = torch.autograd.grad(clustr_fast.cluster_variance(f, b, assign), (b,))  # feats without grad
+    torch.testing.assert_close(gm_only.double(), wb / 1.7, rtol=1e-5, atol=1e-7)
+    assert torch.autograd.gradcheck(lambda x, c: clustr_fast.cluster_variance(x, c, assign[:20]),
+                                    (a64[:20].detach().requires_grad_(True), b64.detach().requires_grad_(True)))
+
+
 def test_torch_compile_fullgraph_cpu():
     feats, ids, classes = _batch_inputs(4, 5, 6, torch.float32, "cpu", seed=22)
     centers = torch.randn(4, 6, generator=torch.Generator().manual_seed(23))
