@@ -441,11 +441,12 @@ def test_fused_global_opcheck_and_gradcheck():
 
 @pytest.mark.parametrize("chunk", [None, 7 * 33, 1])
 def test_cluster_variance_chunks_match_float64(chunk, monkeypatch):
-    """cluster_variance in row chunks (a 7-row chunk, one row per chunk, or one chunk): value and
+    """cluster_variance in row chunks (7 rows, one row per chunk) or in one pass: value and
     gradients against float64 autograd of the plain expression; gradcheck in float64."""
     from clustr_fast.ops import cluster_means as cm
     if chunk is not None:
         monkeypatch.setattr(cm, "CHUNK_ENTRIES", chunk)
+        monkeypatch.setattr(cm, "ONE_PASS_MAX_ENTRIES", 0)
     g = torch.Generator().manual_seed(61)
     f = torch.randn(101, 33, generator=g)
     mu = torch.randn(9, 33, generator=g)

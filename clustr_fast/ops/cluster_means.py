@@ -10,7 +10,7 @@ reference implementation. ``cluster_variance`` has an analytic backward
     grad_f_i = c D_i,    grad_mu_k = -c sum_{i: a_i = k} D_i    (one index_add)
 
 whereas autograd of the plain expression scatters the centers' gradient with an
-accumulating index_put, about 4x slower on the CPU. Both passes run in row chunks
+accumulating index_put, about 4x slower on the CPU. Large inputs run in row chunks
 (``CHUNK_ENTRIES``): no [N, d] temporary. The Magnet loss composes it with its fused
 kernel.
 """
@@ -20,47 +20,62 @@ from .._validate import acc_dtype, check_cluster_variance
 from ..reference import cluster_means  # noqa: F401
 
 
-# Rows per chunk times d: the gathered centers and the differences of one chunk are at most
-# 2^22 entries each (16 MB in float32), so no [N, d] temporary is made (the Magnet loss at
-# N = 1,000,000, d = 128 otherwise held 1 GB of them) and the backward recomputes them.
+# Inputs of more than ONE_PASS_MAX_ENTRIES entries are walked in row chunks of at most
+# CHUNK_ENTRIES entries (16 MB in float32): the Magnet loss at N = 1,000,000, d = 128 held
+# 1 GB of [N, d] temporaries for sigma^2 otherwise. Smaller inputs take one pass (three ATen
+# calls), since every chunk costs a few launches on a GPU.
 CHUNK_ENTRIES = 1 << 22
+ONE_PASS_MAX_ENTRIES = 1 << 26
 
 
 def _chunks(n: int, d: int):
+    if n * d <= ONE_PASS_MAX_ENTRIES:
+        return [(0, n)]
     step = max(1, CHUNK_ENTRIES // max(d, 1))
-    return ((r0, min(n, r0 + step)) for r0 in range(0, n, step))
+    return [(r0, min(n, r0 + step)) for r0 in range(0, n, step)]
+
+
+def _center_minus_row(f, mu, assign, r0, r1):
+    """``mu_{a_i} - f_i`` for rows ``r0:r1``: one temporary."""
+    return mu.index_select(0, assign[r0:r1]).sub_(f[r0:r1])
 
 
 class ClusterVariance(torch.autograd.Function):
     """``sum_i ||f_i - mu_{a_i}||^2 / (N - 1)`` for ``f`` [N, d], ``mu`` [C, d] (same dtype), ``assign`` [N].
 
-    Row chunks of at most ``CHUNK_ENTRIES`` entries (one chunk, one dot product, for a training
-    batch), their sums added in float64; saves only its inputs. At N = 1,000,000, d = 128 on the
-    CPU one float32 dot over all N*d entries was off by 3.5e-3 of the float64 value, the chunks by
-    2e-5, and the peak memory growth fell from 980 to 149 MB (resident set, 2026-11-26).
+    One pass, or row chunks above ``ONE_PASS_MAX_ENTRIES`` with their sums added in float64;
+    saves only its inputs (the backward recomputes the differences). At N = 1,000,000, d = 128
+    on the CPU the chunks cut the peak memory growth from 980 to 132 MB (resident set) and the
+    error of the float32 sum from 3.5e-3 to 2e-5 of the float64 value (2026-11-26).
     """
 
     @staticmethod
     def forward(ctx, f, mu, assign):
         assign = assign.long()
         ctx.save_for_backward(f, mu, assign)
-        total = f.new_zeros((), dtype=torch.float64)  # chunk sums add up in float64
+        total = f.new_zeros((), dtype=torch.float64)
         for r0, r1 in _chunks(f.shape[0], f.shape[1]):
-            flat = (f[r0:r1] - mu[assign[r0:r1]]).reshape(-1)
+            flat = _center_minus_row(f, mu, assign, r0, r1).reshape(-1)
             total += torch.dot(flat, flat)
         return (total / (f.shape[0] - 1)).to(f.dtype)
 
     @staticmethod
     def backward(ctx, grad):
         f, mu, assign = ctx.saved_tensors
-        c = 2.0 * grad / (f.shape[0] - 1)
+        c = -2.0 * grad / (f.shape[0] - 1)
         need_f, need_mu = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_f = torch.empty_like(f) if need_f else None
+        chunks = _chunks(f.shape[0], f.shape[1])
+        grad_f = None
+        if need_f and len(chunks) > 1:
+            grad_f = torch.empty_like(f)
         grad_mu = mu.new_zeros(mu.shape) if need_mu else None
-        for r0, r1 in _chunks(f.shape[0], f.shape[1]):
-            scaled = (f[r0:r1] - mu[assign[r0:r1]]).mul_(c)
+        for r0, r1 in chunks:
+            scaled = _center_minus_row(f, mu, assign, r0, r1).mul_(c)  # 2 g (f_i - mu_{a_i}) / (N - 1)
             if need_f:
-                grad_f[r0:r1] = scaled
+                if len(chunks) == 1:
+                    grad_f = scaled
+                else:
+                    grad_f[r0:r1] = scaled
             if need_mu:
                 grad_mu.index_add_(0, assign[r0:r1], scaled)
         return grad_f, (grad_mu.neg_() if need_mu else None), None
