@@ -62,7 +62,8 @@ def main():
                 except Exception as exc:  # one failing provider must not hide the rest
                     print(f"\n### {case.id} [{prov}]: {type(exc).__name__}: {exc}")
         del inputs
-        torch.cuda.empty_cache() if device.type == "cuda" else None
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

@@ -161,6 +161,8 @@ _LLOYD_GROUPS = {
     "cpu": extension_kernel("kmeans_lloyd_groups"),
     "cuda": extension_kernel("kmeans_lloyd_groups"),
 }
+
+
 def _reference_fit_groups(x, offsets, k, first, draws, max_iter, tol, precision):
     idx = _reference_plusplus(x, offsets, k, first, draws)
     centers = x.detach().to(acc_dtype(x.dtype))[idx.reshape(-1)]
