@@ -265,7 +265,12 @@ def kmeans_update(x, labels, k, prev_centers=None, deterministic=False):
 @triton.jit
 def _pp_eval_kernel(X, CAND, CLOSEST, DC, PART, BSTART, BEND, BGROUP, N, D, T, sxn, sxd,
                     ACC: tl.constexpr, TP: tl.constexpr, SUB: tl.constexpr, BLOCK_D: tl.constexpr):
-    """dc[t, i] = ||x_i - x_{cand_t}||^2 over one block; PART[b, t] = sum_i min(closest_i, dc[t, i])."""
+    """dc[t, i] = ||x_i - x_{cand_t}||^2 over one block; PART[b, t] = sum_i min(closest_i, dc[t, i]).
+
+    The squared differences accumulate in a [SUB, TP, BLOCK_D] tile over the whole row and are
+    summed over d once per row tile: summing every d chunk cost 5 shuffles per product (SASS of
+    sm_90a), which capped the step at about 1 ms for 1M x 128 rows.
+    """
     b = tl.program_id(0)
     s = tl.load(BSTART + b)
     e = tl.load(BEND + b)
@@ -278,7 +283,7 @@ def _pp_eval_kernel(X, CAND, CLOSEST, DC, PART, BSTART, BEND, BGROUP, N, D, T, s
     for r0 in range(s, e, SUB):
         rows = r0 + tl.arange(0, SUB)
         mask_r = rows < e
-        dist = tl.zeros((SUB, TP), dtype=ACC)
+        acc3 = tl.zeros((SUB, TP, BLOCK_D), dtype=ACC)
         for d0 in range(0, D, BLOCK_D):
             dd = d0 + offs_d
             mask_d = dd < D
@@ -287,7 +292,8 @@ def _pp_eval_kernel(X, CAND, CLOSEST, DC, PART, BSTART, BEND, BGROUP, N, D, T, s
             ct = tl.load(X + cand[:, None] * sxn + dd[None, :] * sxd,
                          mask=mask_t[:, None] & mask_d[None, :], other=0.0).to(ACC)
             diff = xt[:, None, :] - ct[None, :, :]
-            dist += tl.sum(diff * diff, axis=2)
+            acc3 += diff * diff
+        dist = tl.sum(acc3, axis=2)
         tl.store(DC + offs_t[None, :] * N + rows[:, None], dist, mask=mask_r[:, None] & mask_t[None, :])
         cl = tl.load(CLOSEST + rows, mask=mask_r, other=0.0)
         pm = tl.where(mask_r[:, None], tl.minimum(dist, cl[:, None]), 0.0)
@@ -415,6 +421,19 @@ def _segment_blocks(offsets, bs, device):
     return as_t(start), as_t(end), as_t(group), as_t(gblk)
 
 
+PP_EVAL_ELEMS = 8192  # entries of the k-means++ eval's [SUB, TP, BLOCK_D] tile (float32; half for float64)
+PP_EVAL_BLOCK_D = 4  # d per chunk: each thread holds whole chunks, so the final sum over d needs few shuffles
+
+
+def pp_eval_tile(tp, acc, interp):
+    """(SUB, BLOCK_D) of ``_pp_eval_kernel`` for ``tp`` padded candidates."""
+    if interp:
+        return 16, 16
+    elems = PP_EVAL_ELEMS // (2 if acc == torch.float64 else 1)
+    bd = PP_EVAL_BLOCK_D
+    return max(16, min(128, elems // (tp * bd))), bd
+
+
 def kmeans_plusplus(x, offsets, k, first, draws):
     """Greedy k-means++ in every segment of x; first [G], draws [k-1, G, T] -> indices int64 [G, k]."""
     N, D = x.shape
@@ -439,9 +458,7 @@ def kmeans_plusplus(x, offsets, k, first, draws):
     cand = first.to(device=dev, dtype=torch.int64)[:, None].expand(G, T).contiguous()
     best = torch.empty(G, device=dev, dtype=torch.int64)
     draws = draws.to(device=dev, dtype=torch.float64).contiguous()
-    sub, bd = (16, 16) if interp else (32, 32)
-    if D > 128 and not interp:
-        sub = 16
+    sub, bd = pp_eval_tile(TP, acc, interp)
     sub_scan = 64 if interp else 512
     for s in range(k):
         if s > 0:
