@@ -147,9 +147,9 @@ def _update_atomic_kernel(X, LAB, SUMS, CNT, N, D, sxn, sxd,
     mask = mask_m[:, None] & (offs_d < D)[None, :]
     lab = tl.load(LAB + offs_m, mask=mask_m, other=0)
     xt = tl.load(X + offs_m[:, None] * sxn + offs_d[None, :] * sxd, mask=mask, other=0.0).to(ACC)
-    tl.atomic_add(SUMS + lab[:, None] * D + offs_d[None, :], xt, mask=mask)
+    tl.atomic_add(SUMS + lab[:, None] * D + offs_d[None, :], xt, mask=mask, sem="relaxed")
     if pid_d == 0:
-        tl.atomic_add(CNT + lab, tl.full((BLOCK_M,), 1, tl.int32), mask=mask_m)
+        tl.atomic_add(CNT + lab, tl.full((BLOCK_M,), 1, tl.int32), mask=mask_m, sem="relaxed")
 
 
 @triton.jit
@@ -182,9 +182,10 @@ def _update_smallk_kernel(X, LAB, SUMS, CNT, N, D, K, sxn, sxd, ROWS,
             sums += tl.sum(tl.where(onehot[:, :, None], xt[None, :, :], 0.0), axis=1)
         cnt += tl.sum(onehot.to(tl.int32), axis=1)
     mask_k = offs_k < K
-    tl.atomic_add(SUMS + offs_k[:, None] * D + offs_d[None, :], sums, mask=mask_k[:, None] & mask_d[None, :])
+    tl.atomic_add(SUMS + offs_k[:, None] * D + offs_d[None, :], sums, mask=mask_k[:, None] & mask_d[None, :],
+                  sem="relaxed")
     if pid_d == 0:
-        tl.atomic_add(CNT + offs_k, cnt, mask=mask_k)
+        tl.atomic_add(CNT + offs_k, cnt, mask=mask_k, sem="relaxed")
 
 
 @triton.jit

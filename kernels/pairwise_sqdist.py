@@ -106,7 +106,7 @@ def _sqdist_bwd_kernel(G, A, B, OUT, M, K, D, k_per_split,
     ptrs = OUT + offs_m[:, None] * D + offs_d[None, :]
     mask = mask_m[:, None] & mask_d[None, :]
     if ATOMIC:
-        tl.atomic_add(ptrs, out, mask=mask)
+        tl.atomic_add(ptrs, out, mask=mask, sem="relaxed")
     else:
         tl.store(ptrs, out.to(OUT.dtype.element_ty), mask=mask)
 

@@ -14,8 +14,8 @@ It writes ``out`` and the selected indices ``idx [N, D]``; no [N, C] buffer.
 
 Backward, one program per BLOCK_M rows: recompute the D distances, the coefficients
 ``a_j = -s (g_{c_j} exp(z_j - Z - out_{c_j}) - G exp(z_j - Z))`` (G = sum of the
-gradient over present classes), then ``grad_f = 2 sum_j a_j (f - mu_j)`` and, by
-atomic adds, ``grad_mu_j -= 2 a_j (f - mu_j)``.
+gradient over present classes; kept in an [N, D] scratch), then ``grad_f = 2 sum_j a_j
+(f - mu_j)`` and, by atomic adds, ``grad_mu_j -= 2 a_j (f - mu_j)``.
 """
 import torch
 import triton
@@ -57,14 +57,15 @@ def _exact_selected(X, MU, rows, mrow, ti, slot, TOP_D, D_FEAT, sxn, sxd, smc, s
     for s in range(0, TOP_D):
         js = _column(ti, slot, s).to(tl.int64)
         js = tl.where(mrow, js, 0)
-        ds = tl.zeros((BLOCK_M,), dtype=ACC)
+        acc2 = tl.zeros((BLOCK_M, BLOCK_D), dtype=ACC)  # summed over d once: no shuffles per chunk
         for d0 in range(0, D_FEAT, BLOCK_D):
             dd = d0 + offs_d
             m2 = mrow[:, None] & (dd < D_FEAT)[None, :]
             xt = tl.load(X + rows[:, None] * sxn + dd[None, :] * sxd, mask=m2, other=0.0).to(ACC)
             mt = tl.load(MU + js[:, None] * smc + dd[None, :] * smd, mask=m2, other=0.0).to(ACC)
             diff = xt - mt
-            ds += tl.sum(diff * diff, axis=1)
+            acc2 += diff * diff
+        ds = tl.sum(acc2, axis=1)
         dv = tl.where(slot[None, :] == s, ds[:, None], dv)
     return dv
 
@@ -164,7 +165,7 @@ def _soft_fwd_kernel(X, MU, CLS, OUT, IDX, N, C, D_FEAT, L, TOP_D, scale,
 
 
 @triton.jit
-def _soft_bwd_kernel(G, OUT, IDX, X, MU, CLS, GX, GMU, N, D_FEAT, L, TOP_D, scale,
+def _soft_bwd_kernel(G, OUT, IDX, X, MU, CLS, GX, GMU, ABUF, N, D_FEAT, L, TOP_D, scale,
                      sxn, sxd, smc, smd,
                      ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
                      BLOCK_L: tl.constexpr, DP: tl.constexpr):
@@ -195,6 +196,10 @@ def _soft_bwd_kernel(G, OUT, IDX, X, MU, CLS, GX, GMU, N, D_FEAT, L, TOP_D, scal
     zl = tl.where(ok, z - lse[:, None], 0.0)
     a = -2.0 * scale * (gc * tl.exp(zl - tl.where(ok, oc, 0.0)) - gsum[:, None] * tl.exp(zl))
     a = tl.where(ok, a, 0.0)  # 2 * dL/dd_j
+    # Columns of `a` and of the selection are read back from memory in the loop below: taking
+    # them out of the [BLOCK_M, DP] registers costs two cross-lane sums per (chunk, slot).
+    tl.store(ABUF + rows[:, None] * TOP_D + slot[None, :], a, mask=m2)
+    tl.debug_barrier()
     offs_d = tl.arange(0, BLOCK_D)
     for d0 in range(0, D_FEAT, BLOCK_D):
         dd = d0 + offs_d
@@ -202,12 +207,13 @@ def _soft_bwd_kernel(G, OUT, IDX, X, MU, CLS, GX, GMU, N, D_FEAT, L, TOP_D, scal
         xt = tl.load(X + rows[:, None] * sxn + dd[None, :] * sxd, mask=md, other=0.0).to(ACC)
         gx = tl.zeros((BLOCK_M, BLOCK_D), dtype=ACC)
         for s in range(0, TOP_D):
-            js = _column(ti, slot, s)
-            a_s = tl.sum(tl.where(slot[None, :] == s, a, 0.0), axis=1)
+            js = tl.load(IDX + rows * TOP_D + s, mask=mrow, other=0)
+            a_s = tl.load(ABUF + rows * TOP_D + s, mask=mrow, other=0.0)
             mt = tl.load(MU + js[:, None] * smc + dd[None, :] * smd, mask=md, other=0.0).to(ACC)
             t = a_s[:, None] * (xt - mt)
             gx += t
-            tl.atomic_add(GMU + js[:, None] * D_FEAT + dd[None, :], -t, mask=md & (a_s != 0.0)[:, None])
+            tl.atomic_add(GMU + js[:, None] * D_FEAT + dd[None, :], -t, mask=md & (a_s != 0.0)[:, None],
+                          sem="relaxed")
         tl.store(GX + rows[:, None] * D_FEAT + dd[None, :], gx, mask=md)
 
 
@@ -282,13 +288,14 @@ def soft_cluster_logits_backward(grad, out, idx, feats, centers, center_classes,
         return gx.zero_().to(feats.dtype), gmu.to(centers.dtype)
     dp = _pow2(top_d)
     bm = _block_m(dp, N, acc)
+    abuf = torch.empty((N, top_d), device=feats.device, dtype=acc)  # the coefficients a_ij
     if interpreted():
         meta, launch = dict(BLOCK_D=64, BLOCK_L=64), {}
     else:
-        meta, launch = dict(BLOCK_D=64, BLOCK_L=32), dict(num_warps=4)
+        meta, launch = dict(BLOCK_D=64, BLOCK_L=32), dict(num_warps=8)  # 4 warps spill 1.2 kB (sm_90a)
     _soft_bwd_kernel[(triton.cdiv(N, bm),)](
         grad.to(acc).contiguous(), out.contiguous(), idx.contiguous(), feats, centers,
-        center_classes.to(torch.int64).contiguous(), gx, gmu, N, D_FEAT, out.shape[1], top_d, 0.5 / variance,
+        center_classes.to(torch.int64).contiguous(), gx, gmu, abuf, N, D_FEAT, out.shape[1], top_d, 0.5 / variance,
         feats.stride(0), feats.stride(1), centers.stride(0), centers.stride(1),
         ACC=tl_dtype(acc), BLOCK_M=bm, DP=dp, **meta, **launch)
     return gx.to(feats.dtype), gmu.to(centers.dtype)
