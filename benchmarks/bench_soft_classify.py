@@ -4,7 +4,7 @@ import torch
 
 import clustr_fast
 from clustr_fast import reference
-from common import Case, compiled, randn
+from common import PROVIDERS, Case, compiled, randn
 from conftest import bench_params
 from shapes import SOFT_CPU, SOFT_GPU
 
@@ -77,7 +77,8 @@ def _cases():
             if n * c <= 60_000_000 or devs == ("cuda",):
                 cases.append(Case("soft_cluster_logits", "full", label, devs, _make(n, c, d, grad=True),
                                   _full(top_d, precision), flops=flops + 6.0 * n * top_d * d,
-                                  bytes=2 * bytes_ + 4.0 * (n * d + c * d)))
+                                  bytes=2 * bytes_ + 4.0 * (n * d + c * d),
+                                  providers=PROVIDERS + ("auto",)))  # auto: Triton forward, CUDA backward
         n, c, d, _ = shapes[0]
         cases.append(Case("certified_radius", "fwd", f"N={n},C={c},d={d}", devs, _make(n, c, d), _radius,
                           flops=3.0 * n * c * d * 2 + 3.0 * c * c * d, bytes=4.0 * (n * d + c * d + c * c + n),

@@ -7,6 +7,8 @@ its inputs once for a device and offers one callable per provider:
                           or the reference-code style it replaces)
 - ``compiled_reference``  ``torch.compile`` of the reference
 - ``cpu`` / ``cuda`` / ``triton``  the public op inside ``use_backend(name)``
+- ``auto``                the public op with the default choice, where it mixes backends
+                          (a case lists it in ``providers``; GPU only)
 
 Each callable runs the measured work once (forward, backward or both, as
 ``mode`` says) and synchronises nothing; the timers do that.
@@ -67,6 +69,8 @@ def provider_available(provider: str, device: torch.device) -> bool:
         return device.type == "cuda" and "cuda" in avail
     if provider == "triton":
         return device.type == "cuda" and "triton" in avail  # the interpreter is not timed
+    if provider == "auto":
+        return device.type == "cuda"
     return False
 
 

@@ -154,7 +154,7 @@ def main(argv=None):
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     device = bench_device()
-    providers = {"reference", "compiled_reference", "cpu", "cuda", "triton"}
+    providers = {"reference", "compiled_reference", "cpu", "cuda", "triton", "auto"}
     if args.no_compiled:
         providers.discard("compiled_reference")
     cases = load_cases(args.only)

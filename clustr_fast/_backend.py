@@ -41,8 +41,11 @@ AUTO_CUDA_ORDER: dict[str, tuple[str, ...]] = {
     # per-class refresh (k-means++ + Lloyd per group): CUDA 5.8 ms, Triton 15.7 ms -> default order.
     # k-means++ 1M x 1024 x 128: Triton 1006 ms, CUDA 1672-1896 ms.
     "kmeans_plusplus": ("triton", "cuda", "reference"),
-    # soft_cluster_logits 50k x 200 x 512, D=20: fwd Triton 0.9 / CUDA 2.3 ms, fwd+bwd Triton
-    # about 4.5 / CUDA 3.4 ms -> default order (CUDA), as attacks and training run both passes.
+    # soft_cluster_logits 50k x 200 x 512, D=20: fwd Triton 0.76-0.88 / CUDA 2.3 ms; backward
+    # kernel (run-7 profile) CUDA 1.07 / Triton 3.4 ms. The two passes pick separately: any
+    # backward takes any forward's (out, idx).
+    "soft_cluster_logits": ("triton", "cuda", "reference"),
+    "soft_cluster_logits_backward": ("cuda", "triton", "reference"),
     # certified_radius 50k x 200 x 512: CUDA 5.4 ms, Triton 8.2 ms -> default order.
     # magnet_loss (global form) 50k x 200 x 512: fwd Triton 0.71 / CUDA 1.40 ms, fwd+bwd
     # Triton 3.36 / CUDA 3.70 ms.

@@ -87,6 +87,51 @@ def test_backward_matches_float64(backend, n, c, d, k, top_d, dtype):
         assert_close_f64(got.cpu(), want, dtype=dtype, scale=want.abs().max().clamp_min(1.0))
 
 
+def _mixed_pairs():
+    """(forward backend, backward backend) pairs that run here, the two names different."""
+    here = clustr_fast.backends()
+    dev = "cuda" if "cuda" in here else "cpu"
+    names = [b for b in here if b != ("cpu" if dev == "cuda" else "cuda")]
+    return dev, [(a, b) for a in names for b in names if a != b]
+
+
+@pytest.mark.parametrize("pair", _mixed_pairs()[1], ids=lambda p: f"{p[0]}-then-{p[1]}")
+def test_backward_on_another_backend_matches_float64(pair):
+    """`auto` may run the forward on one backend and the backward on another (on a GPU:
+    Triton forward, CUDA backward): every backward takes every forward's (out, idx)."""
+    dev = _mixed_pairs()[0]
+    fwd, bwd = pair
+    f, mu, cls, nc, var = _inputs(127, 65, 130, 2, torch.float32, dev, seed=91)
+    f.requires_grad_(True)
+    mu.requires_grad_(True)
+    with clustr_fast.use_backend(fwd):
+        out = clustr_fast.soft_cluster_logits(f, mu, cls, nc, variance=var, top_d=5)
+    gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(4)).to(dev)
+    with clustr_fast.use_backend(bwd):
+        gf, gm = torch.autograd.grad(out, (f, mu), gout)
+    f64 = f.detach().cpu().double().requires_grad_(True)
+    m64 = mu.detach().cpu().double().requires_grad_(True)
+    ref = R.soft_cluster_logits(f64, m64, cls.cpu(), nc, variance=var, top_d=5)
+    wf, wm = torch.autograd.grad(ref, (f64, m64), gout.cpu().double())
+    _check_values(out.detach(), ref.detach(), torch.float32)
+    for got, want in ((gf, wf), (gm, wm)):
+        assert_close_f64(got.cpu(), want, dtype=torch.float32, scale=want.abs().max().clamp_min(1.0))
+
+
+def test_auto_picks_each_pass_on_its_own():
+    """The backward has its own entry in the auto order, so it can differ from the forward's."""
+    from clustr_fast import _backend
+    assert "soft_cluster_logits_backward" in _backend.AUTO_CUDA_ORDER
+    impls = ("reference", "cpu", "cuda", "triton")
+    cuda = torch.device("cuda")
+    if {"cuda", "triton"} <= set(clustr_fast.backends()):
+        assert _backend.pick("soft_cluster_logits", cuda, impls) == "triton"
+        assert _backend.pick("soft_cluster_logits_backward", cuda, impls,
+                             "soft_cluster_logits_backward") == "cuda"
+    assert _backend.pick("soft_cluster_logits_backward", torch.device("cpu"), impls,
+                         "soft_cluster_logits_backward") == ("cpu" if "cpu" in clustr_fast.backends() else "reference")
+
+
 def test_triton_recompute_under_highest_matches_float64(backend):
     """The exact recompute of the selected distances, which "highest" skips on Triton (it runs
     for "high"/"medium" and top_d = C), forced on a "highest" call."""
@@ -324,10 +369,10 @@ def test_torch_compile_fullgraph_cpu():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["cuda", "triton"])
+@pytest.mark.parametrize("name", ["cuda", "triton", "auto"])  # auto: Triton forward, CUDA backward
 @pytest.mark.parametrize("precision", ["highest", "high"])
 def test_gpu_large_c_matches_float64(name, precision):
-    if name not in clustr_fast.backends():
+    if name != "auto" and name not in clustr_fast.backends():
         pytest.skip(f"{name} backend not built")
     f, mu, cls, nc, var = _inputs(3000, 2000, 64, 2, torch.float32, "cuda", seed=81)
     f.requires_grad_(True)

@@ -15,7 +15,8 @@ which centers are selected, never the values. (Under "highest" the Triton forwar
 the selection's float32-exact 3xTF32 distances instead: docs/decisions.md.)
 
 Forward op returns ``(out, idx)``; ``idx [N,D]`` int64 holds the selected centers and
-is all the backward saves besides its inputs. Backward (also a custom op), with
+is all the backward saves besides its inputs. Any backend's backward accepts any backend's
+``(out, idx)``, so ``auto`` picks the two passes separately (``_backend.AUTO_CUDA_ORDER``). Backward (also a custom op), with
 ``p_j = exp(z_j - Z)``, ``w_j = exp(z_j - logit_{c_j})`` (within-class weight),
 ``G = sum of grad over present classes`` and ``a_j = -s (grad_{c_j} w_j - G p_j)``:
 
@@ -101,7 +102,7 @@ def _(feats, centers, center_classes, num_classes, variance, top_d, precision):
 @torch.library.custom_op("clustr_fast::soft_cluster_logits_backward", mutates_args=())
 def soft_cluster_logits_backward_op(grad: Tensor, out: Tensor, idx: Tensor, feats: Tensor, centers: Tensor,
                                     center_classes: Tensor, variance: float) -> tuple[Tensor, Tensor]:
-    gf, gc = run("soft_cluster_logits", feats.device, _BWD, grad, out, idx, feats, centers, center_classes,
+    gf, gc = run("soft_cluster_logits_backward", feats.device, _BWD, grad, out, idx, feats, centers, center_classes,
                  variance, kernel="soft_cluster_logits_backward")
     return gf.to(feats.dtype), gc.to(centers.dtype)
 
