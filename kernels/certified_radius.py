@@ -22,7 +22,9 @@ _NONE = 2147483647
 @triton.jit
 def _tile_sqdist(X, MU, rows, mrow, cols, mcol, D_FEAT, sxn, sxd, smc, smd,
                  ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    # squares summed over d once per tile (BLOCK_D small, chunks held per thread): a sum per
+    # chunk cost 512 shuffles per chunk (sm_90a SASS, benchmarks/sass_stats.py)
+    acc3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_D), dtype=ACC)
     offs_d = tl.arange(0, BLOCK_D)
     for d0 in range(0, D_FEAT, BLOCK_D):
         dd = d0 + offs_d
@@ -30,8 +32,8 @@ def _tile_sqdist(X, MU, rows, mrow, cols, mcol, D_FEAT, sxn, sxd, smc, smd,
         xt = tl.load(X + rows[:, None] * sxn + dd[None, :] * sxd, mask=mrow[:, None] & md[None, :], other=0.0)
         ct = tl.load(MU + cols[:, None] * smc + dd[None, :] * smd, mask=mcol[:, None] & md[None, :], other=0.0)
         diff = xt.to(ACC)[:, None, :] - ct.to(ACC)[None, :, :]
-        acc += tl.sum(diff * diff, axis=2)
-    return acc
+        acc3 += diff * diff
+    return tl.sum(acc3, axis=2)
 
 
 @triton.jit
@@ -86,6 +88,9 @@ def _radius_kernel(X, MU, CLS, GAP, OUT, N, C, D_FEAT, lip2, sxn, sxd, smc, smd,
     tl.store(OUT + rows, r, mask=mrow)
 
 
+GPU_TILE_FP32 = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_D=4)
+
+
 def certified_radius(feats, centers, center_classes, lipschitz: float, mode: int = 0):
     """feats [N,d], centers [C,d], center_classes [C] -> radius [N] (float32; float64 for float64)."""
     N, D_FEAT = feats.shape
@@ -98,9 +103,9 @@ def certified_radius(feats, centers, center_classes, lipschitz: float, mode: int
     if interpreted():
         meta, launch = dict(BLOCK_M=max(16, min(64, triton.next_power_of_2(N))), BLOCK_N=64, BLOCK_D=32), {}
     elif acc == torch.float64:
-        meta, launch = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=16), dict(num_warps=4)
+        meta, launch = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=4), dict(num_warps=4)
     else:
-        meta, launch = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_D=16), dict(num_warps=4)
+        meta, launch = dict(GPU_TILE_FP32), dict(num_warps=4)
     _radius_kernel[(triton.cdiv(N, meta["BLOCK_M"]),)](
         feats, centers, center_classes.to(torch.int64).contiguous(), gap, out, N, C, D_FEAT,
         2.0 * float(lipschitz), feats.stride(0), feats.stride(1), centers.stride(0), centers.stride(1),

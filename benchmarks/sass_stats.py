@@ -1,0 +1,159 @@
+"""Static SASS statistics of the Triton kernels for sm_90a (H100/H200), without a GPU.
+
+Each case compiles one kernel with the launch parameters its wrapper uses on a GPU
+(float32 inputs, unit strides specialised as Triton does for contiguous tensors) and
+prints the registers, spilled bytes and shared memory, then one line per loop (a
+backward branch) with the instructions of its body, innermost loops first:
+
+    SHFL   cross-lane shuffles (reductions across lanes)     BAR     barriers
+    LDG/STG global loads/stores   REDG/ATOMG atomics (REDG: no return value)
+    MEMBAR memory fences           LDL/STL spill traffic     FFMA/FADD/FMUL  float math
+    HGMMA  tensor-core (wgmma) ops
+
+Counts are per thread of one trip: multiply by the trip count (from the shapes) and by
+the number of warps to compare designs. It is a model, not a timing: it found the
+per-chunk shuffles of the k-means++ eval (452 -> 118 warp instructions per row) and
+the fence before every Triton atomic (``sem="acq_rel"``, the default).
+
+    python benchmarks/sass_stats.py [--only NAME ...]
+
+Needs Triton's CUDA backend tools (ptxas, cuobjdump: shipped with the triton wheel);
+no CUDA device.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from clustr_fast.kernels import certified_radius as _radius  # noqa: E402
+from clustr_fast.kernels import kmeans as _kmeans  # noqa: E402
+from clustr_fast.kernels import soft_cluster_logits as _soft  # noqa: E402
+
+TOOLS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+TARGET = GPUTarget("cuda", 90, 32)
+SHOWN = ("SHFL", "BAR", "LDG", "STG", "REDG", "ATOMG", "MEMBAR", "LDL", "STL", "FFMA", "FADD", "FMUL", "HGMMA")
+
+
+@dataclass
+class KernelCase:
+    name: str
+    kernel: object  # a triton.JITFunction
+    types: dict  # non-constexpr arguments that are not i32: pointers and float scalars
+    constexprs: dict
+    num_warps: int = 4
+    num_stages: int = 3
+    unit: tuple = ()  # integer arguments equal to 1 at launch (contiguous strides)
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def _signature(case: KernelCase) -> tuple[dict, dict]:
+    sig, const = {}, dict(case.constexprs)
+    for p in case.kernel.params:
+        if p.is_constexpr or p.name in case.unit:
+            sig[p.name] = "constexpr"
+            if p.name in case.unit:
+                const[p.name] = 1
+        else:
+            sig[p.name] = case.types.get(p.name, "i32")
+    return sig, const
+
+
+def compile_case(case: KernelCase):
+    sig, const = _signature(case)
+    return triton.compile(ASTSource(case.kernel, sig, const), target=TARGET,
+                          options={"num_warps": case.num_warps, "num_stages": case.num_stages})
+
+
+_LINE = re.compile(r"\s+/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)(.*)")
+
+
+def analyse(case: KernelCase) -> dict:
+    """Registers, spills, shared memory, whole-kernel and per-loop instruction counts."""
+    k = compile_case(case)
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin, ptx = os.path.join(tmp, "k.cubin"), os.path.join(tmp, "k.ptx")
+        with open(cubin, "wb") as fh:
+            fh.write(k.asm["cubin"])
+        with open(ptx, "w") as fh:
+            fh.write(k.asm["ptx"])
+        sass = subprocess.run([os.path.join(TOOLS, "cuobjdump"), "-sass", cubin],
+                              capture_output=True, text=True, check=True).stdout
+        info = subprocess.run([os.path.join(TOOLS, "ptxas"), "-v", "-arch=sm_90a", ptx, "-o", os.devnull],
+                              capture_output=True, text=True, check=True).stderr
+    ins = [(int(m.group(1), 16), m.group(2), m.group(3)) for m in map(_LINE.match, sass.splitlines()) if m]
+    loops = []
+    for addr, op, rest in ins:
+        target = re.search(r"0x([0-9a-f]+)", rest) if op == "BRA" else None
+        if target and int(target.group(1), 16) < addr:
+            lo = int(target.group(1), 16)
+            loops.append((lo, addr, collections.Counter(o for a, o, _ in ins if lo <= a <= addr)))
+    loops.sort(key=lambda t: t[1] - t[0])
+    return dict(regs=int(re.search(r"Used (\d+) registers", info).group(1)),
+                spill=int(re.search(r"(\d+) bytes spill stores", info).group(1)),
+                smem=k.metadata.shared, total=collections.Counter(op for _, op, _ in ins), loops=loops)
+
+
+def _counts(c: collections.Counter) -> str:
+    return " ".join(f"{k}={c[k]}" for k in SHOWN if c[k])
+
+
+def cases() -> list[KernelCase]:
+    f32 = tl.float32
+    pp_tile = _kmeans.pp_eval_tile(8, _kmeans.torch.float32, False)
+    soft_types = dict(X="*fp32", MU="*fp32", CLS="*i64", OUT="*fp32", IDX="*i64", scale="fp32")
+    soft_fwd = dict(ACC=f32, DOT_PREC="tf32x3", CAST_BF16=False, ALL=False, RECOMPUTE=False, BLOCK_M=64,
+                    BLOCK_N=64, BLOCK_D=32, BLOCK_L=32, DP=32, INIT=_soft._INIT, NONE=_soft._NONE)
+    return [
+        KernelCase("kmeans_plusplus.eval", _kmeans._pp_eval_kernel,
+                   dict(X="*fp32", CAND="*i64", CLOSEST="*fp32", DC="*fp32", PART="*fp64", BSTART="*i64",
+                        BEND="*i64", BGROUP="*i64"),
+                   dict(ACC=f32, TP=8, SUB=pp_tile[0], BLOCK_D=pp_tile[1]), unit=("sxd",),
+                   note="1M x 128, k=1024: T=8 candidates; one trip of the outer loop per SUB rows"),
+        KernelCase("kmeans.update_atomic", _kmeans._update_atomic_kernel,
+                   dict(X="*fp32", LAB="*i64", SUMS="*fp32", CNT="*i32"),
+                   dict(ACC=f32, BLOCK_M=64, BLOCK_D=64), unit=("sxd",)),
+        KernelCase("soft_cluster_logits.fwd", _soft._soft_fwd_kernel, soft_types, soft_fwd,
+                   unit=("sxd", "smd"), note='"highest", D=20 (DP=32), C tiles of 64'),
+        KernelCase("soft_cluster_logits.fwd_recompute", _soft._soft_fwd_kernel, soft_types,
+                   dict(soft_fwd, DOT_PREC="tf32", RECOMPUTE=True), unit=("sxd", "smd"), note='"high"'),
+        KernelCase("soft_cluster_logits.bwd", _soft._soft_bwd_kernel,
+                   dict(G="*fp32", OUT="*fp32", IDX="*i64", X="*fp32", MU="*fp32", CLS="*i64", GX="*fp32",
+                        GMU="*fp32", ABUF="*fp32", scale="fp32"),
+                   dict(ACC=f32, BLOCK_M=64, BLOCK_D=64, BLOCK_L=32, DP=32), num_warps=8, unit=("sxd", "smd")),
+        KernelCase("certified_radius", _radius._radius_kernel,
+                   dict(X="*fp32", MU="*fp32", CLS="*i64", GAP="*fp32", OUT="*fp32", lip2="fp32"),
+                   dict(MODE=0, ACC=f32, NONE=_radius._NONE, **_radius.GPU_TILE_FP32), unit=("sxd", "smd")),
+    ]
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", nargs="*", default=None, help="case names (prefixes)")
+    args = ap.parse_args(argv)
+    for case in cases():
+        if args.only and not any(case.name.startswith(p) for p in args.only):
+            continue
+        r = analyse(case)
+        print(f"{case.name}: {r['regs']} registers, {r['spill']} B spilled, {r['smem']} B shared, "
+              f"{case.num_warps} warps" + (f"  ({case.note})" if case.note else ""))
+        print(f"  whole kernel: {sum(r['total'].values())} instructions  {_counts(r['total'])}")
+        for lo, hi, body in r["loops"]:
+            print(f"  loop {lo:#07x}-{hi:#07x}: {sum(body.values())} instructions  {_counts(body)}")
+
+
+if __name__ == "__main__":
+    main()
