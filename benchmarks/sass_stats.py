@@ -1,7 +1,8 @@
 """Static SASS statistics of the Triton kernels for sm_90a (H100/H200), without a GPU.
 
 Each case compiles one kernel with the launch parameters its wrapper uses on a GPU
-(float32 inputs, unit strides specialised as Triton does for contiguous tensors) and
+(float32 inputs; unit strides specialised and pointers, widths and row strides marked
+divisible by 16, as Triton does at launch for contiguous tensors of such widths) and
 prints the registers, spilled bytes and shared memory, then one line per loop (a
 backward branch) with the instructions of its body, innermost loops first:
 
@@ -72,9 +73,15 @@ def _signature(case: KernelCase) -> tuple[dict, dict]:
     return sig, const
 
 
+DIV16 = ("D", "D_FEAT", "sxn", "smc", "scn", "sfn")  # multiples of 16 in the benchmark shapes
+
+
 def compile_case(case: KernelCase):
     sig, const = _signature(case)
-    return triton.compile(ASTSource(case.kernel, sig, const), target=TARGET,
+    # Triton marks pointers and integers divisible by 16 at launch; the hint enables vector loads
+    attrs = {(i,): [["tt.divisibility", 16]] for i, p in enumerate(case.kernel.params)
+             if sig[p.name].startswith("*") or (p.name in DIV16 and sig[p.name] == "i32")}
+    return triton.compile(ASTSource(case.kernel, sig, const, attrs), target=TARGET,
                           options={"num_warps": case.num_warps, "num_stages": case.num_stages})
 
 
@@ -123,6 +130,14 @@ def cases() -> list[KernelCase]:
                         BEND="*i64", BGROUP="*i64"),
                    dict(ACC=f32, TP=8, SUB=pp_tile[0], BLOCK_D=pp_tile[1]), unit=("sxd",),
                    note="1M x 128, k=1024: T=8 candidates; one trip of the outer loop per SUB rows"),
+        KernelCase("kmeans.assign", _kmeans._assign_dense_kernel,
+                   dict(X="*fp32", C="*fp32", CN="*fp32", LAB="*i64", SQ="*fp32"),
+                   dict(ACC=f32, DOT_PREC="tf32x3", CAST_BF16=False, USE_DOT=True, BLOCK_M=128, BLOCK_N=128,
+                        BLOCK_D=32), num_warps=8, unit=("sxd", "scd"), note='"highest"'),
+        KernelCase("kmeans.assign_grouped", _kmeans._assign_grouped_kernel,
+                   dict(X="*fp32", C="*fp32", GRP="*i64", LAB="*i64", SQ="*fp32"),
+                   dict(ACC=f32, BLOCK_M=64, BLOCK_D=32), unit=("sxd", "scd"),
+                   note="per-class refresh: one trip of the inner loop per (center, d chunk)"),
         KernelCase("kmeans.update_atomic", _kmeans._update_atomic_kernel,
                    dict(X="*fp32", LAB="*i64", SUMS="*fp32", CNT="*i32"),
                    dict(ACC=f32, BLOCK_M=64, BLOCK_D=64), unit=("sxd",)),

@@ -90,12 +90,13 @@ def _soft_fwd_kernel(X, MU, CLS, OUT, IDX, N, C, D_FEAT, L, TOP_D, scale,
         inf_md = tl.zeros((BLOCK_M, DP), dtype=ACC) + float("inf")
         tv = tl.where(real[None, :], inf_md, -inf_md)  # padding slots (-inf) are never evicted
         ti = zero_md + tl.where(real, INIT + slot, -1)[None, :]
-        xn = tl.zeros((BLOCK_M,), dtype=ACC)
+        xsq = tl.zeros((BLOCK_M, BLOCK_D), dtype=ACC)  # summed over d once: no shuffles per chunk
         for d0 in range(0, D_FEAT, BLOCK_D):
             dd = d0 + offs_d
             xt = tl.load(X + rows[:, None] * sxn + dd[None, :] * sxd,
                          mask=mrow[:, None] & (dd < D_FEAT)[None, :], other=0.0).to(ACC)
-            xn += tl.sum(xt * xt, axis=1)
+            xsq += xt * xt
+        xn = tl.sum(xsq, axis=1)
         for c0 in range(0, C, BLOCK_N):
             cols = c0 + tl.arange(0, BLOCK_N)
             mcol = cols < C
