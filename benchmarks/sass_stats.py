@@ -41,6 +41,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from clustr_fast.kernels import certified_radius as _radius  # noqa: E402
 from clustr_fast.kernels import kmeans as _kmeans  # noqa: E402
+from clustr_fast.kernels import magnet_loss as _magnet  # noqa: E402
 from clustr_fast.kernels import soft_cluster_logits as _soft  # noqa: E402
 
 TOOLS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
@@ -121,7 +122,7 @@ def _counts(c: collections.Counter) -> str:
 def cases() -> list[KernelCase]:
     f32 = tl.float32
     pp_tile = _kmeans.pp_eval_tile(8, _kmeans.torch.float32, False)
-    soft_types = dict(X="*fp32", MU="*fp32", CLS="*i64", OUT="*fp32", IDX="*i64", scale="fp32")
+    soft_types = dict(X="*fp32", MU="*fp32", CN="*fp32", CLS="*i64", OUT="*fp32", IDX="*i64", scale="fp32")
     soft_fwd = dict(ACC=f32, DOT_PREC="tf32x3", CAST_BF16=False, ALL=False, RECOMPUTE=False, BLOCK_M=64,
                     BLOCK_N=64, BLOCK_D=32, BLOCK_L=32, DP=32, INIT=_soft._INIT, NONE=_soft._NONE)
     return [
@@ -149,6 +150,11 @@ def cases() -> list[KernelCase]:
                    dict(G="*fp32", OUT="*fp32", IDX="*i64", X="*fp32", MU="*fp32", CLS="*i64", GX="*fp32",
                         GMU="*fp32", ABUF="*fp32", scale="fp32"),
                    dict(ACC=f32, BLOCK_M=64, BLOCK_D=64, BLOCK_L=32, DP=32), num_warps=8, unit=("sxd", "smd")),
+        KernelCase("magnet_loss.fwd", _magnet._magnet_fwd_kernel,
+                   dict(F="*fp32", MU="*fp32", CN="*fp32", ASSIGN="*i64", CLS="*i64", VALID="*i64", VAR="*fp32",
+                        LOSS="*fp32", STATS="*fp32", alpha="fp32", log_eps="fp32"),
+                   dict(HAS_VALID=False, USE_EPS=True, ACC=f32, DOT_PREC="tf32x3", BLOCK_M=64, BLOCK_C=64,
+                        BLOCK_D=32), unit=("sfd", "smd"), note="global form, C tiles of 64"),
         KernelCase("certified_radius", _radius._radius_kernel,
                    dict(X="*fp32", MU="*fp32", CLS="*i64", GAP="*fp32", OUT="*fp32", lip2="fp32"),
                    dict(MODE=0, ACC=f32, NONE=_radius._NONE, **_radius.GPU_TILE_FP32), unit=("sxd", "smd")),

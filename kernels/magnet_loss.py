@@ -25,12 +25,12 @@ P_BLOCK_ELEMS = 1 << 22  # rows per backward block: at most this many P entries 
 
 
 @triton.jit
-def _sq_tile(F, MU, rows, cols, mask_m, mask_c, D, sfn, sfd, smc, smd,
+def _sq_tile(F, MU, CN, rows, cols, mask_m, mask_c, D, sfn, sfd, smc, smd,
              ACC: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr,
              BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr):
-    """(f_i . mu_k [BLOCK_M, BLOCK_C], ||mu_k||^2 [BLOCK_C]) accumulated over d."""
+    """(f_i . mu_k [BLOCK_M, BLOCK_C] accumulated over d, ||mu_k||^2 [BLOCK_C] read from CN)."""
     acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=ACC)
-    cn = tl.zeros((BLOCK_C,), dtype=ACC)
+    cn = tl.load(CN + cols, mask=mask_c, other=0.0)
     offs_d = tl.arange(0, BLOCK_D)
     for d0 in range(0, D, BLOCK_D):
         dd = d0 + offs_d
@@ -40,7 +40,6 @@ def _sq_tile(F, MU, rows, cols, mask_m, mask_c, D, sfn, sfd, smc, smd,
         ct = tl.load(MU + cols[None, :] * smc + dd[:, None] * smd,
                      mask=mask_c[None, :] & mask_d[:, None], other=0.0)
         cf = ct.to(ACC)
-        cn += tl.sum(cf * cf, axis=0)
         if ft.dtype == tl.float16 or ft.dtype == tl.bfloat16:
             acc = tl.dot(ft, ct, acc)
         else:
@@ -52,8 +51,8 @@ def _sq_tile(F, MU, rows, cols, mask_m, mask_c, D, sfn, sfd, smc, smd,
 def _row_norms(F, MU, rows, a, mask_m, D, sfn, sfd, smc, smd,
                ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """(||f_i||^2, ||f_i - mu_{a_i}||^2) for a block of rows."""
-    fn = tl.zeros((BLOCK_M,), dtype=ACC)
-    own = tl.zeros((BLOCK_M,), dtype=ACC)
+    fsq = tl.zeros((BLOCK_M, BLOCK_D), dtype=ACC)  # both summed over d once: no shuffles per chunk
+    dsq = tl.zeros((BLOCK_M, BLOCK_D), dtype=ACC)
     offs_d = tl.arange(0, BLOCK_D)
     for d0 in range(0, D, BLOCK_D):
         dd = d0 + offs_d
@@ -61,9 +60,9 @@ def _row_norms(F, MU, rows, a, mask_m, D, sfn, sfd, smc, smd,
         ft = tl.load(F + rows[:, None] * sfn + dd[None, :] * sfd, mask=m2, other=0.0).to(ACC)
         mt = tl.load(MU + a[:, None] * smc + dd[None, :] * smd, mask=m2, other=0.0).to(ACC)
         diff = ft - mt
-        fn += tl.sum(ft * ft, axis=1)
-        own += tl.sum(diff * diff, axis=1)
-    return fn, own
+        fsq += ft * ft
+        dsq += diff * diff
+    return tl.sum(fsq, axis=1), tl.sum(dsq, axis=1)
 
 
 @triton.jit
@@ -77,7 +76,7 @@ def _impostors(CLS, VALID, cols, mask_c, cls_i, HAS_VALID: tl.constexpr):
 
 
 @triton.jit
-def _magnet_fwd_kernel(F, MU, ASSIGN, CLS, VALID, VAR, LOSS, STATS, N, C, D,
+def _magnet_fwd_kernel(F, MU, CN, ASSIGN, CLS, VALID, VAR, LOSS, STATS, N, C, D,
                        sfn, sfd, smc, smd, alpha, log_eps,
                        HAS_VALID: tl.constexpr, USE_EPS: tl.constexpr,
                        ACC: tl.constexpr, DOT_PREC: tl.constexpr,
@@ -96,7 +95,7 @@ def _magnet_fwd_kernel(F, MU, ASSIGN, CLS, VALID, VAR, LOSS, STATS, N, C, D,
     for c0 in range(0, C, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
         mask_c = cols < C
-        dot, cn = _sq_tile(F, MU, rows, cols, mask_m, mask_c, D, sfn, sfd, smc, smd,
+        dot, cn = _sq_tile(F, MU, CN, rows, cols, mask_m, mask_c, D, sfn, sfd, smc, smd,
                            ACC, DOT_PREC, BLOCK_M, BLOCK_C, BLOCK_D)
         dist = tl.maximum(fn[:, None] + cn[None, :] - 2.0 * dot, 0.0)
         imp = _impostors(CLS, VALID, cols, mask_c, cls_i, HAS_VALID)
@@ -127,7 +126,7 @@ def _magnet_fwd_kernel(F, MU, ASSIGN, CLS, VALID, VAR, LOSS, STATS, N, C, D,
 
 
 @triton.jit
-def _magnet_p_kernel(F, MU, ASSIGN, CLS, VALID, VAR, COEF_A, COEF_L, LSE, P, R, C, D,
+def _magnet_p_kernel(F, MU, CN, ASSIGN, CLS, VALID, VAR, COEF_A, COEF_L, LSE, P, R, C, D,
                      sfn, sfd, smc, smd,
                      HAS_VALID: tl.constexpr, ACC: tl.constexpr, DOT_PREC: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -152,7 +151,7 @@ def _magnet_p_kernel(F, MU, ASSIGN, CLS, VALID, VAR, COEF_A, COEF_L, LSE, P, R, 
         ft = tl.load(F + rows[:, None] * sfn + dd[None, :] * sfd,
                      mask=mask_m[:, None] & (dd < D)[None, :], other=0.0).to(ACC)
         fn += tl.sum(ft * ft, axis=1)
-    dot, cn = _sq_tile(F, MU, rows, cols, mask_m, mask_c, D, sfn, sfd, smc, smd,
+    dot, cn = _sq_tile(F, MU, CN, rows, cols, mask_m, mask_c, D, sfn, sfd, smc, smd,
                        ACC, DOT_PREC, BLOCK_M, BLOCK_C, BLOCK_D)
     dist = tl.maximum(fn[:, None] + cn[None, :] - 2.0 * dot, 0.0)
     imp = _impostors(CLS, VALID, cols, mask_c, cls_i, HAS_VALID)
@@ -186,8 +185,9 @@ def magnet_loss_fwd(feats, centers, assign, classes, valid, var, alpha, eps):
     valid_t, has_valid = _valid_arg(valid, classes)
     meta, launch = _config(acc)
     grid = (triton.cdiv(N, meta["BLOCK_M"]),)
+    cn = centers.to(acc).square().sum(1).contiguous()
     _magnet_fwd_kernel[grid](
-        feats, centers, assign, classes, valid_t, var, loss, stats, N, C, D,
+        feats, centers, cn, assign, classes, valid_t, var, loss, stats, N, C, D,
         feats.stride(0), feats.stride(1), centers.stride(0), centers.stride(1),
         float(alpha), math.log(eps) if eps > 0 else 0.0,
         HAS_VALID=has_valid, USE_EPS=eps > 0, ACC=tl_dtype(acc), DOT_PREC=dot_precision(acc, 0),
@@ -219,6 +219,7 @@ def magnet_loss_bwd(grad, feats, centers, assign, classes, valid, var, loss, sta
     meta, launch = _config(acc)
     rows_per_block = max(1, min(N, P_BLOCK_ELEMS // max(C, 1)))
     p_buf = torch.empty((rows_per_block, C), device=feats.device, dtype=acc)
+    cn = mu.square().sum(1).contiguous()
     col_sum = torch.zeros((C,), device=feats.device, dtype=acc)
     for r0 in range(0, N, rows_per_block):
         r1 = min(N, r0 + rows_per_block)
@@ -227,7 +228,7 @@ def magnet_loss_bwd(grad, feats, centers, assign, classes, valid, var, loss, sta
         fr = feats[r0:r1]
         grid = (triton.cdiv(R, meta["BLOCK_M"]), triton.cdiv(C, meta["BLOCK_C"]))
         _magnet_p_kernel[grid](
-            fr, centers, assign[r0:r1], classes, valid_t, var, coef_a[r0:r1], coef_l[r0:r1], lse[r0:r1],
+            fr, centers, cn, assign[r0:r1], classes, valid_t, var, coef_a[r0:r1], coef_l[r0:r1], lse[r0:r1],
             p, R, C, D, fr.stride(0), fr.stride(1), centers.stride(0), centers.stride(1),
             HAS_VALID=has_valid, ACC=tl_dtype(acc), DOT_PREC=dot_precision(acc, 0), **meta, **launch)
         f_r = f[r0:r1]

@@ -71,7 +71,7 @@ def _exact_selected(X, MU, rows, mrow, ti, slot, TOP_D, D_FEAT, sxn, sxd, smc, s
 
 
 @triton.jit
-def _soft_fwd_kernel(X, MU, CLS, OUT, IDX, N, C, D_FEAT, L, TOP_D, scale,
+def _soft_fwd_kernel(X, MU, CN, CLS, OUT, IDX, N, C, D_FEAT, L, TOP_D, scale,
                      sxn, sxd, smc, smd,
                      ACC: tl.constexpr, DOT_PREC: tl.constexpr, CAST_BF16: tl.constexpr, ALL: tl.constexpr,
                      RECOMPUTE: tl.constexpr,
@@ -101,7 +101,7 @@ def _soft_fwd_kernel(X, MU, CLS, OUT, IDX, N, C, D_FEAT, L, TOP_D, scale,
             cols = c0 + tl.arange(0, BLOCK_N)
             mcol = cols < C
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-            cn = tl.zeros((BLOCK_N,), dtype=ACC)
+            cn = tl.load(CN + cols, mask=mcol, other=0.0)  # ||mu||^2, once per call, not per row block
             for d0 in range(0, D_FEAT, BLOCK_D):
                 dd = d0 + offs_d
                 mask_d = dd < D_FEAT
@@ -110,7 +110,6 @@ def _soft_fwd_kernel(X, MU, CLS, OUT, IDX, N, C, D_FEAT, L, TOP_D, scale,
                 ct = tl.load(MU + cols[None, :].to(tl.int64) * smc + dd[:, None] * smd,
                              mask=mcol[None, :] & mask_d[:, None], other=0.0)
                 cf = ct.to(ACC)
-                cn += tl.sum(cf * cf, axis=0)
                 if CAST_BF16:
                     acc = tl.dot(xt.to(tl.bfloat16), ct.to(tl.bfloat16), acc)
                 elif xt.dtype == tl.float16 or xt.dtype == tl.bfloat16:
@@ -252,8 +251,9 @@ def soft_cluster_logits(feats, centers, center_classes, num_classes: int, varian
     else:
         meta, launch = dict(BLOCK_N=64, BLOCK_D=32, BLOCK_L=32), dict(num_warps=4, num_stages=3)
     grid = (triton.cdiv(N, bm),)
+    cn = centers.to(acc).square().sum(1).contiguous()
     _soft_fwd_kernel[grid](
-        feats, centers, cls, out, idx, N, C, D_FEAT, num_classes, top_d, 0.5 / variance,
+        feats, centers, cn, cls, out, idx, N, C, D_FEAT, num_classes, top_d, 0.5 / variance,
         feats.stride(0), feats.stride(1), centers.stride(0), centers.stride(1),
         ACC=tl_dtype(acc), DOT_PREC=dot_precision(acc, precision),
         CAST_BF16=(precision == 2 and feats.dtype == torch.float32 and not interpreted()),
