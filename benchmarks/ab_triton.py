@@ -8,7 +8,14 @@
    "high" as plain TF32 (``DOT_PRECISION[1] = "tf32"``, the default since 2026-11-26)
    against float64: the distance error relative to ||x||^2 + ||c||^2 (TF32 rounding gives
    about 1e-3), the share of labels (selections) equal to the float64 ones; then times.
+3. Launch configurations (module-level dicts of the Triton wrappers): the current one
+   against alternatives, for the soft-logits forward and backward, the k-means++ eval
+   tile and the certified-radius tile.
+4. k-means++ anatomy: time per step (the slope between two k) and, under torch.profiler,
+   the GPU time per step of each kernel; the rest of a step is launch and host time.
 Medians of synchronised wall-clock calls, as in ``report.py``. GPU only.
+
+    python benchmarks/ab_triton.py [--only soft_switches tf32_check config_sweep plusplus_anatomy]
 """
 from __future__ import annotations
 
@@ -21,12 +28,14 @@ sys.path.insert(0, HERE)
 import torch  # noqa: E402
 
 import clustr_fast  # noqa: E402
-from clustr_fast.kernels import _common, soft_cluster_logits as soft_k  # noqa: E402
-from common import randn  # noqa: E402
+from clustr_fast.kernels import _common, certified_radius as radius_k, kmeans as kmeans_k  # noqa: E402
+from clustr_fast.kernels import soft_cluster_logits as soft_k  # noqa: E402
+from common import randn, sync  # noqa: E402
 from report import time_call  # noqa: E402
 from shapes import KMEANS_ASSIGN_GPU, SOFT_GPU  # noqa: E402
 
-DEV = torch.device("cuda")
+DEV = torch.device(os.environ.get("CLUSTR_FAST_BENCH_DEVICE", "cuda"))  # cpu: a smoke run (interpreter)
+PP_ROWS = 1_000_000  # k-means++ rows (d = 128)
 
 
 def _ms(fn):
@@ -116,9 +125,92 @@ def tf32_check():
         _common.DOT_PRECISION.update(old)
 
 
+def _sweep(title, obj, attr, variants, run):
+    """Time ``run`` with ``obj.attr`` at its current value and at each of ``variants``."""
+    current = getattr(obj, attr)
+    for label, value in [("current", current)] + list(variants):
+        setattr(obj, attr, value)
+        try:
+            run()
+            cell = f"{_ms(run):.3f}"
+        except Exception as exc:  # a configuration that does not compile or fit is a result too
+            cell = f"error: {type(exc).__name__}"
+        finally:
+            setattr(obj, attr, current)
+        print(f"| {title} | {attr} {label}: {value} | {cell} |")
+
+
+def config_sweep():
+    print("| case | configuration | ms |\n|---|---|---:|")
+    n, c, d, top_d = SOFT_GPU[0]
+    f = randn(n, d, device=DEV, seed=0, requires_grad=True)
+    mu = randn(c, d, device=DEV, seed=1, requires_grad=True)
+    nc = c // 20
+    cls = torch.arange(c, device=DEV) % nc
+    g = randn(n, nc, device=DEV, seed=2)
+
+    def fwd():
+        with torch.no_grad():
+            return clustr_fast.soft_cluster_logits(f, mu, cls, nc, variance=200.0, top_d=top_d)
+
+    def full():
+        return torch.autograd.grad(clustr_fast.soft_cluster_logits(f, mu, cls, nc, variance=200.0, top_d=top_d),
+                                   (f, mu), g)
+
+    base = dict(soft_k.FWD_GPU_FP32)
+    with clustr_fast.use_backend("triton"):
+        _sweep(f"soft fwd N={n},C={c},d={d},D={top_d}", soft_k, "FWD_GPU_FP32",
+               [("8 warps", dict(base, num_warps=8)), ("2 stages", dict(base, num_stages=2)),
+                ("C tiles of 32", dict(base, BLOCK_N=32))], fwd)
+        bwd = dict(soft_k.BWD_GPU)
+        _sweep(f"soft fwd+bwd N={n},C={c},d={d},D={top_d}", soft_k, "BWD_GPU",
+               [("4 warps", dict(bwd, num_warps=4)), ("d chunks of 32", dict(bwd, BLOCK_D=32))], full)
+        x = randn(PP_ROWS, 128, device=DEV, seed=3)
+
+        def seed64():
+            return clustr_fast.kmeans_plusplus(x, 64, generator=torch.Generator(DEV).manual_seed(0))
+
+        _sweep(f"k-means++ {PP_ROWS} x 128, k=64", kmeans_k, "PP_EVAL_BLOCK_D", [("8", 8), ("16", 16)], seed64)
+        _sweep(f"k-means++ {PP_ROWS} x 128, k=64", kmeans_k, "PP_EVAL_ELEMS", [("4096", 4096), ("16384", 16384)],
+               seed64)
+        tile = dict(radius_k.GPU_TILE_FP32)
+        _sweep(f"certified_radius N={n},C={c},d={d}", radius_k, "GPU_TILE_FP32",
+               [("d chunks of 8", dict(tile, BLOCK_D=8)), ("64 rows", dict(tile, BLOCK_M=64))],
+               lambda: clustr_fast.certified_radius(f.detach(), mu.detach(), cls, 1.0))
+
+
+def plusplus_anatomy():
+    from torch.profiler import ProfilerActivity, profile
+    x = randn(PP_ROWS, 128, device=DEV, seed=3)
+    with clustr_fast.use_backend("triton"):
+        run = {k: (lambda k=k: clustr_fast.kmeans_plusplus(x, k, generator=torch.Generator(DEV).manual_seed(0)))
+               for k in (32, 288)}
+        ms = {}
+        for k, fn in run.items():
+            fn()
+            ms[k] = _ms(fn)
+        per_step = (ms[288] - ms[32]) / 256
+        print(f"k-means++ {PP_ROWS} x 128 (Triton): k=32 {ms[32]:.2f} ms, k=288 {ms[288]:.2f} ms -> {per_step:.4f} ms per step")
+        with profile(activities=[ProfilerActivity.CUDA if DEV.type == "cuda" else ProfilerActivity.CPU]) as prof:
+            run[32]()
+            sync(DEV)
+        for e in sorted(prof.key_averages(), key=lambda e: -e.device_time_total):
+            if e.device_time_total > 0:
+                print(f"  {e.device_time_total / 32 / 1e3:8.4f} ms per step  x{e.count:<4d} {e.key[:90]}")
+
+
+STEPS = (soft_switches, tf32_check, config_sweep, plusplus_anatomy)
+
 if __name__ == "__main__":
-    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
-    for step in (soft_switches, tf32_check):
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", nargs="*", default=None, help="steps: " + " ".join(s.__name__ for s in STEPS))
+    args = ap.parse_args()
+    name = torch.cuda.get_device_name() if DEV.type == "cuda" else "cpu (smoke run)"
+    print(f"device: {name}, torch {torch.__version__}")
+    for step in STEPS:
+        if args.only and step.__name__ not in args.only:
+            continue
         try:
             step()
         except Exception as exc:  # one failing part must not hide the other

@@ -123,8 +123,10 @@ def cases() -> list[KernelCase]:
     f32 = tl.float32
     pp_tile = _kmeans.pp_eval_tile(8, _kmeans.torch.float32, False)
     soft_types = dict(X="*fp32", MU="*fp32", CN="*fp32", CLS="*i64", OUT="*fp32", IDX="*i64", scale="fp32")
-    soft_fwd = dict(ACC=f32, DOT_PREC="tf32x3", CAST_BF16=False, ALL=False, RECOMPUTE=False, BLOCK_M=64,
-                    BLOCK_N=64, BLOCK_D=32, BLOCK_L=32, DP=32, INIT=_soft._INIT, NONE=_soft._NONE)
+    fwd_meta, fwd_launch = _soft._split_launch(_soft.FWD_GPU_FP32)
+    bwd_meta, bwd_launch = _soft._split_launch(_soft.BWD_GPU)
+    soft_fwd = dict(ACC=f32, DOT_PREC="tf32x3", CAST_BF16=False, ALL=False, RECOMPUTE=False, BLOCK_M=64, DP=32,
+                    INIT=_soft._INIT, NONE=_soft._NONE, **fwd_meta)
     return [
         KernelCase("kmeans_plusplus.eval", _kmeans._pp_eval_kernel,
                    dict(X="*fp32", CAND="*i64", CLOSEST="*fp32", DC="*fp32", PART="*fp64", BSTART="*i64",
@@ -142,14 +144,15 @@ def cases() -> list[KernelCase]:
         KernelCase("kmeans.update_atomic", _kmeans._update_atomic_kernel,
                    dict(X="*fp32", LAB="*i64", SUMS="*fp32", CNT="*i32"),
                    dict(ACC=f32, BLOCK_M=64, BLOCK_D=64), unit=("sxd",)),
-        KernelCase("soft_cluster_logits.fwd", _soft._soft_fwd_kernel, soft_types, soft_fwd,
-                   unit=("sxd", "smd"), note='"highest", D=20 (DP=32), C tiles of 64'),
+        KernelCase("soft_cluster_logits.fwd", _soft._soft_fwd_kernel, soft_types, soft_fwd, **fwd_launch,
+                   unit=("sxd", "smd"), note='"highest", D=20 (DP=32)'),
         KernelCase("soft_cluster_logits.fwd_recompute", _soft._soft_fwd_kernel, soft_types,
-                   dict(soft_fwd, DOT_PREC="tf32", RECOMPUTE=True), unit=("sxd", "smd"), note='"high"'),
+                   dict(soft_fwd, DOT_PREC="tf32", RECOMPUTE=True), **fwd_launch, unit=("sxd", "smd"),
+                   note='"high"'),
         KernelCase("soft_cluster_logits.bwd", _soft._soft_bwd_kernel,
                    dict(G="*fp32", OUT="*fp32", IDX="*i64", X="*fp32", MU="*fp32", CLS="*i64", GX="*fp32",
                         GMU="*fp32", ABUF="*fp32", scale="fp32"),
-                   dict(ACC=f32, BLOCK_M=64, BLOCK_D=64, BLOCK_L=32, DP=32), num_warps=8, unit=("sxd", "smd")),
+                   dict(ACC=f32, BLOCK_M=64, DP=32, **bwd_meta), **bwd_launch, unit=("sxd", "smd")),
         KernelCase("magnet_loss.fwd", _magnet._magnet_fwd_kernel,
                    dict(F="*fp32", MU="*fp32", CN="*fp32", ASSIGN="*i64", CLS="*i64", VALID="*i64", VAR="*fp32",
                         LOSS="*fp32", STATS="*fp32", alpha="fp32", log_eps="fp32"),
@@ -157,7 +160,8 @@ def cases() -> list[KernelCase]:
                         BLOCK_D=32), unit=("sfd", "smd"), note="global form, C tiles of 64"),
         KernelCase("certified_radius", _radius._radius_kernel,
                    dict(X="*fp32", MU="*fp32", CLS="*i64", GAP="*fp32", OUT="*fp32", lip2="fp32"),
-                   dict(MODE=0, ACC=f32, NONE=_radius._NONE, **_radius.GPU_TILE_FP32), unit=("sxd", "smd")),
+                   dict(MODE=0, ACC=f32, NONE=_radius._NONE, **_radius.GPU_TILE_FP32), num_warps=_radius.GPU_WARPS,
+                   unit=("sxd", "smd")),
     ]
 
 

@@ -88,7 +88,8 @@ def _radius_kernel(X, MU, CLS, GAP, OUT, N, C, D_FEAT, lip2, sxn, sxd, smc, smd,
     tl.store(OUT + rows, r, mask=mrow)
 
 
-GPU_TILE_FP32 = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_D=4)
+GPU_TILE_FP32 = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_D=4)  # module-level: benchmarks/ab_triton.py varies it
+GPU_WARPS = 4
 
 
 def certified_radius(feats, centers, center_classes, lipschitz: float, mode: int = 0):
@@ -105,7 +106,7 @@ def certified_radius(feats, centers, center_classes, lipschitz: float, mode: int
     elif acc == torch.float64:
         meta, launch = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=4), dict(num_warps=4)
     else:
-        meta, launch = dict(GPU_TILE_FP32), dict(num_warps=4)
+        meta, launch = dict(GPU_TILE_FP32), dict(num_warps=GPU_WARPS)
     _radius_kernel[(triton.cdiv(N, meta["BLOCK_M"]),)](
         feats, centers, center_classes.to(torch.int64).contiguous(), gap, out, N, C, D_FEAT,
         2.0 * float(lipschitz), feats.stride(0), feats.stride(1), centers.stride(0), centers.stride(1),

@@ -217,6 +217,19 @@ def _soft_bwd_kernel(G, OUT, IDX, X, MU, CLS, GX, GMU, ABUF, N, D_FEAT, L, TOP_D
         tl.store(GX + rows[:, None] * D_FEAT + dd[None, :], gx, mask=md)
 
 
+# GPU launch configurations (float32/16 inputs), module-level so that benchmarks/ab_triton.py
+# can time alternatives. The backward with 4 warps spills 1.2 kB (benchmarks/sass_stats.py).
+FWD_GPU_FP32 = dict(BLOCK_N=64, BLOCK_D=32, BLOCK_L=32, num_warps=4, num_stages=3)
+BWD_GPU = dict(BLOCK_D=64, BLOCK_L=32, num_warps=8)
+
+
+def _split_launch(config: dict):
+    """(kernel meta-parameters, launch options) of a configuration dict."""
+    launch_keys = ("num_warps", "num_stages")
+    return ({k: v for k, v in config.items() if k not in launch_keys},
+            {k: v for k, v in config.items() if k in launch_keys})
+
+
 def _pow2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
 
@@ -249,7 +262,7 @@ def soft_cluster_logits(feats, centers, center_classes, num_classes: int, varian
     elif acc == torch.float64:
         meta, launch = dict(BLOCK_N=64, BLOCK_D=16, BLOCK_L=32), dict(num_warps=4, num_stages=2)
     else:
-        meta, launch = dict(BLOCK_N=64, BLOCK_D=32, BLOCK_L=32), dict(num_warps=4, num_stages=3)
+        meta, launch = _split_launch(FWD_GPU_FP32)
     grid = (triton.cdiv(N, bm),)
     cn = centers.to(acc).square().sum(1).contiguous()
     _soft_fwd_kernel[grid](
@@ -293,7 +306,7 @@ def soft_cluster_logits_backward(grad, out, idx, feats, centers, center_classes,
     if interpreted():
         meta, launch = dict(BLOCK_D=64, BLOCK_L=64), {}
     else:
-        meta, launch = dict(BLOCK_D=64, BLOCK_L=32), dict(num_warps=8)  # 4 warps spill 1.2 kB (sm_90a)
+        meta, launch = _split_launch(BWD_GPU)
     _soft_bwd_kernel[(triton.cdiv(N, bm),)](
         grad.to(acc).contiguous(), out.contiguous(), idx.contiguous(), feats, centers,
         center_classes.to(torch.int64).contiguous(), gx, gmu, abuf, N, D_FEAT, out.shape[1], top_d, 0.5 / variance,
