@@ -122,7 +122,8 @@ def _counts(c: collections.Counter) -> str:
 def cases() -> list[KernelCase]:
     f32 = tl.float32
     pp_tile = _kmeans.pp_eval_tile(8, _kmeans.torch.float32, False)
-    soft_types = dict(X="*fp32", MU="*fp32", CN="*fp32", CLS="*i64", OUT="*fp32", IDX="*i64", scale="fp32")
+    soft_types = dict(X="*fp32", MU="*fp32", CN="*fp32", CLS="*i64", OUT="*fp32", IDX="*i64", ZBUF="*fp32",
+                      scale="fp32")
     fwd_meta, fwd_launch = _soft._split_launch(_soft.FWD_GPU_FP32)
     bwd_meta, bwd_launch = _soft._split_launch(_soft.BWD_GPU)
     soft_fwd = dict(ACC=f32, DOT_PREC="tf32x3", CAST_BF16=False, ALL=False, RECOMPUTE=False, BLOCK_M=64, DP=32,

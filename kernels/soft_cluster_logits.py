@@ -8,9 +8,11 @@ Forward, one program per BLOCK_M rows:
 2. for "high"/"medium" (and top_d = C) the D selected distances recomputed exactly by
    direct differences (float32, or float64 for float64 inputs); "highest" keeps the
    selection's float32-exact (3xTF32) distances;
-3. per-class online logsumexp of ``z = -d / (2 sigma^2)`` over the selection, minus the
-   logsumexp over the whole selection: ``out [N, L]``, -inf for absent classes.
-It writes ``out`` and the selected indices ``idx [N, D]``; no [N, C] buffer.
+3. ``z = -d / (2 sigma^2)`` and ``lse`` = logsumexp of z over the selection; ``out [N, L]``
+   starts at -inf (absent classes) and each selected center adds ``z - lse`` to its class
+   by a logaddexp, in slot order.
+It writes ``out`` and the selected indices ``idx [N, D]`` (and ``z - lse`` in an [N, D]
+scratch); no [N, C] buffer.
 
 Backward, one program per BLOCK_M rows: recompute the D distances, the coefficients
 ``a_j = -s (g_{c_j} exp(z_j - Z - out_{c_j}) - G exp(z_j - Z))`` (G = sum of the
@@ -71,8 +73,8 @@ def _exact_selected(X, MU, rows, mrow, ti, slot, TOP_D, D_FEAT, sxn, sxd, smc, s
 
 
 @triton.jit
-def _soft_fwd_kernel(X, MU, CN, CLS, OUT, IDX, N, C, D_FEAT, L, TOP_D, scale,
-                     sxn, sxd, smc, smd,
+def _soft_fwd_kernel(X, MU, CN, CLS, OUT, IDX, ZBUF, N, C, D_FEAT, L, TOP_D, scale,
+                     sxn, sxd, smc, smd, szn,
                      ACC: tl.constexpr, DOT_PREC: tl.constexpr, CAST_BF16: tl.constexpr, ALL: tl.constexpr,
                      RECOMPUTE: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -146,22 +148,26 @@ def _soft_fwd_kernel(X, MU, CN, CLS, OUT, IDX, N, C, D_FEAT, L, TOP_D, scale,
     zmax = tl.max(z, axis=1)
     zsafe = tl.where(zmax > float("-inf"), zmax, 0.0)
     lse = zsafe + tl.log(tl.sum(tl.exp(z - zsafe[:, None]), axis=1))  # -inf when every z is -inf
-    sc = tl.load(CLS + ti, mask=mrow[:, None] & real[None, :], other=0).to(tl.int32)
+    # out[i, c] = log sum_{s: class_s = c} exp(z_s - lse): the row is set to -inf, then each
+    # selected slot, in slot order, adds itself to its class by a logaddexp in memory. O(D) per
+    # row; a sweep of [BLOCK_M, BLOCK_L] accumulators per slot was O(D * L) exps.
     for l0 in range(0, L, BLOCK_L):
         lc = l0 + tl.arange(0, BLOCK_L)
-        cm = tl.zeros((BLOCK_M, BLOCK_L), dtype=ACC) + float("-inf")
-        cs = tl.zeros((BLOCK_M, BLOCK_L), dtype=ACC)
-        for s in range(0, TOP_D):
-            zs = tl.sum(tl.where(slot[None, :] == s, z, 0.0), axis=1)
-            ks = _column(sc, slot, s)
-            hit = (ks[:, None] == lc[None, :]) & (zs[:, None] > float("-inf"))
-            m_new = tl.where(hit, tl.maximum(cm, zs[:, None]), cm)
-            upd = cs * tl.exp(cm - m_new) + tl.exp(zs[:, None] - m_new)
-            cs = tl.where(hit, upd, cs)
-            cm = m_new
-        present = cm > float("-inf")
-        res = tl.where(present, cm + tl.log(tl.where(present, cs, 1.0)) - lse[:, None], float("-inf"))
-        tl.store(OUT + rows[:, None] * L + lc[None, :], res, mask=mrow[:, None] & (lc < L)[None, :])
+        tl.store(OUT + rows[:, None] * L + lc[None, :], tl.zeros((BLOCK_M, BLOCK_L), dtype=ACC) + float("-inf"),
+                 mask=mrow[:, None] & (lc < L)[None, :])
+    # ZBUF has its own row stride szn (= TOP_D): an offset tensor shared with the IDX store would
+    # stay live through the recompute (+36 registers under "high", sm_90a)
+    tl.store(ZBUF + rows[:, None] * szn + slot[None, :], z - lse[:, None], mask=mrow[:, None] & real[None, :])
+    tl.debug_barrier()  # IDX, ZBUF and the -inf rows are visible to every thread of the program
+    for s in range(0, TOP_D):
+        js = tl.load(IDX + rows * TOP_D + s, mask=mrow, other=0)
+        ks = tl.load(CLS + js, mask=mrow, other=0)
+        zs = tl.load(ZBUF + rows * szn + s, mask=mrow, other=float("-inf"))
+        ok = mrow & (zs > float("-inf"))  # also drops NaN (a row whose every z is -inf)
+        ptr = OUT + rows * L + ks
+        cur = tl.load(ptr, mask=ok, other=float("-inf"))
+        tl.store(ptr, tl.maximum(cur, zs) + tl.log(1.0 + tl.exp(-tl.abs(cur - zs))), mask=ok)
+        tl.debug_barrier()  # the next slot of a row may name the same class
 
 
 @triton.jit
@@ -265,9 +271,10 @@ def soft_cluster_logits(feats, centers, center_classes, num_classes: int, varian
         meta, launch = _split_launch(FWD_GPU_FP32)
     grid = (triton.cdiv(N, bm),)
     cn = centers.to(acc).square().sum(1).contiguous()
+    zbuf = torch.empty((N, top_d), device=feats.device, dtype=acc)  # z - lse of the selection
     _soft_fwd_kernel[grid](
-        feats, centers, cn, cls, out, idx, N, C, D_FEAT, num_classes, top_d, 0.5 / variance,
-        feats.stride(0), feats.stride(1), centers.stride(0), centers.stride(1),
+        feats, centers, cn, cls, out, idx, zbuf, N, C, D_FEAT, num_classes, top_d, 0.5 / variance,
+        feats.stride(0), feats.stride(1), centers.stride(0), centers.stride(1), zbuf.stride(0),
         ACC=tl_dtype(acc), DOT_PREC=dot_precision(acc, precision),
         CAST_BF16=(precision == 2 and feats.dtype == torch.float32 and not interpreted()),
         ALL=(top_d == C), RECOMPUTE=recompute_selected(top_d == C, precision, acc),
