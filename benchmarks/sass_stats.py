@@ -16,7 +16,9 @@ the number of warps to compare designs. It is a model, not a timing: it found th
 per-chunk shuffles of the k-means++ eval (452 -> 118 warp instructions per row) and
 the fence before every Triton atomic (``sem="acq_rel"``, the default).
 
-    python benchmarks/sass_stats.py [--only NAME ...]
+    python benchmarks/sass_stats.py [--only NAME ...] [--json]
+
+Run it without TRITON_INTERPRET=1 (interpreted kernels cannot be compiled).
 
 Needs Triton's CUDA backend tools (ptxas, cuobjdump: shipped with the triton wheel);
 no CUDA device.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import re
 import subprocess
@@ -169,16 +172,24 @@ def cases() -> list[KernelCase]:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", default=None, help="case names (prefixes)")
+    ap.add_argument("--json", action="store_true", help="one JSON object: name -> counts (for tests)")
     args = ap.parse_args(argv)
+    found = {}
     for case in cases():
         if args.only and not any(case.name.startswith(p) for p in args.only):
             continue
         r = analyse(case)
+        if args.json:
+            found[case.name] = dict(regs=r["regs"], spill=r["spill"], smem=r["smem"], total=dict(r["total"]),
+                                    loops=[dict(body) for _, _, body in r["loops"]])
+            continue
         print(f"{case.name}: {r['regs']} registers, {r['spill']} B spilled, {r['smem']} B shared, "
               f"{case.num_warps} warps" + (f"  ({case.note})" if case.note else ""))
         print(f"  whole kernel: {sum(r['total'].values())} instructions  {_counts(r['total'])}")
         for lo, hi, body in r["loops"]:
             print(f"  loop {lo:#07x}-{hi:#07x}: {sum(body.values())} instructions  {_counts(body)}")
+    if args.json:
+        print(json.dumps(found))
 
 
 if __name__ == "__main__":
