@@ -10,7 +10,7 @@
    about 1e-3), the share of labels (selections) equal to the float64 ones; then times.
 3. Launch configurations (module-level dicts of the Triton wrappers): the current one
    against alternatives, for the soft-logits forward and backward, the k-means++ eval
-   tile and the certified-radius tile.
+   tile, the dense k-means assignment and the certified-radius tile.
 4. k-means++ anatomy: time per step (the slope between two k) and, under torch.profiler,
    the GPU time per step of each kernel; the rest of a step is launch and host time.
 Medians of synchronised wall-clock calls, as in ``report.py``. GPU only.
@@ -168,6 +168,16 @@ def config_sweep():
                seed64)
         _sweep(f"k-means++ {PP_ROWS} x 128, k=64", kmeans_k, "PP_EVAL_ELEMS", [("4096", 4096), ("16384", 16384)],
                seed64)
+        n_a, k_a, d_a = KMEANS_ASSIGN_GPU[0]
+        xa = randn(n_a, d_a, device=DEV, seed=0)
+        ca = randn(k_a, d_a, device=DEV, seed=1)
+        assign = dict(kmeans_k.ASSIGN_GPU_FP32)
+        for prec in ("high", "highest"):  # sass_stats: 256x64/8 warps and 64x128/4 warps issue 11% less
+            _sweep(f"kmeans_assign {n_a}x{k_a}x{d_a} {prec}", kmeans_k, "ASSIGN_GPU_FP32",
+                   [("256x64, 8 warps", dict(assign, BLOCK_M=256, BLOCK_N=64)),
+                    ("64x128, 4 warps", dict(assign, BLOCK_M=64, num_warps=4))],
+                   lambda prec=prec: clustr_fast.kmeans_assign(xa, ca, precision=prec))
+        del xa, ca
         _sweep(f"soft fwd N={n},C={c},d={d},D={top_d}", soft_k, "FWD_GPU_FP32",
                [("8 warps", dict(base, num_warps=8)), ("2 stages", dict(base, num_stages=2)),
                 ("C tiles of 32", dict(base, BLOCK_N=32))], fwd)

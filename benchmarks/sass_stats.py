@@ -128,6 +128,7 @@ def cases() -> list[KernelCase]:
     soft_types = dict(X="*fp32", MU="*fp32", CN="*fp32", CLS="*i64", OUT="*fp32", IDX="*i64", ZBUF="*fp32",
                       scale="fp32")
     fwd_meta, fwd_launch = _soft._split_launch(_soft.FWD_GPU_FP32)
+    assign_meta, assign_launch = _soft._split_launch(_kmeans.ASSIGN_GPU_FP32)
     bwd_meta, bwd_launch = _soft._split_launch(_soft.BWD_GPU)
     soft_fwd = dict(ACC=f32, DOT_PREC="tf32x3", CAST_BF16=False, ALL=False, RECOMPUTE=False, BLOCK_M=64, DP=32,
                     INIT=_soft._INIT, NONE=_soft._NONE, **fwd_meta)
@@ -139,8 +140,8 @@ def cases() -> list[KernelCase]:
                    note="1M x 128, k=1024: T=8 candidates; one trip of the outer loop per SUB rows"),
         KernelCase("kmeans.assign", _kmeans._assign_dense_kernel,
                    dict(X="*fp32", C="*fp32", CN="*fp32", LAB="*i64", SQ="*fp32"),
-                   dict(ACC=f32, DOT_PREC="tf32x3", CAST_BF16=False, USE_DOT=True, BLOCK_M=128, BLOCK_N=128,
-                        BLOCK_D=32), num_warps=8, unit=("sxd", "scd"), note='"highest"'),
+                   dict(ACC=f32, DOT_PREC="tf32x3", CAST_BF16=False, USE_DOT=True, **assign_meta), **assign_launch,
+                   unit=("sxd", "scd"), note='"highest"'),
         KernelCase("kmeans.assign_grouped", _kmeans._assign_grouped_kernel,
                    dict(X="*fp32", C="*fp32", GRP="*i64", LAB="*i64", SQ="*fp32"),
                    dict(ACC=f32, BLOCK_M=64, BLOCK_D=32), unit=("sxd", "scd"),

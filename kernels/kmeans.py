@@ -101,6 +101,11 @@ def _assign_grouped_kernel(X, C, GRP, LAB, SQ, N, D, GK, sxn, sxd, scn, scd,
     tl.store(SQ + offs_m, best, mask=mask_m)
 
 
+# GPU launch configuration of the dense assignment (float32/16 inputs); module-level so that
+# benchmarks/ab_triton.py can time alternatives.
+ASSIGN_GPU_FP32 = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_D=32, num_warps=8, num_stages=3)
+
+
 def kmeans_assign(x, centers, precision=0, groups=None, group_k=0):
     """x [N,d], centers [K,d] -> (labels int64 [N], sqdist [N] in the accumulation dtype)."""
     N, D = x.shape
@@ -125,7 +130,8 @@ def kmeans_assign(x, centers, precision=0, groups=None, group_k=0):
     elif acc == torch.float64:
         meta, launch = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_D=8), dict(num_warps=4, num_stages=2)
     else:
-        meta, launch = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_D=32), dict(num_warps=8, num_stages=3)
+        meta = {k: v for k, v in ASSIGN_GPU_FP32.items() if k not in ("num_warps", "num_stages")}
+        launch = {k: v for k, v in ASSIGN_GPU_FP32.items() if k in ("num_warps", "num_stages")}
     _assign_dense_kernel[(triton.cdiv(N, meta["BLOCK_M"]),)](
         x, centers, cn, labels, sq, N, centers.shape[0], D,
         x.stride(0), x.stride(1), centers.stride(0), centers.stride(1),
