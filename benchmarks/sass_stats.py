@@ -43,6 +43,7 @@ from triton.compiler import ASTSource
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from clustr_fast.kernels import certified_radius as _radius  # noqa: E402
+from clustr_fast.kernels._common import split_launch  # noqa: E402
 from clustr_fast.kernels import kmeans as _kmeans  # noqa: E402
 from clustr_fast.kernels import magnet_loss as _magnet  # noqa: E402
 from clustr_fast.kernels import soft_cluster_logits as _soft  # noqa: E402
@@ -127,9 +128,9 @@ def cases() -> list[KernelCase]:
     pp_tile = _kmeans.pp_eval_tile(8, _kmeans.torch.float32, False)
     soft_types = dict(X="*fp32", MU="*fp32", CN="*fp32", CLS="*i64", OUT="*fp32", IDX="*i64", ZBUF="*fp32",
                       scale="fp32")
-    fwd_meta, fwd_launch = _soft._split_launch(_soft.FWD_GPU_FP32)
-    assign_meta, assign_launch = _soft._split_launch(_kmeans.ASSIGN_GPU_FP32)
-    bwd_meta, bwd_launch = _soft._split_launch(_soft.BWD_GPU)
+    fwd_meta, fwd_launch = split_launch(_soft.FWD_GPU_FP32)
+    assign_meta, assign_launch = split_launch(_kmeans.ASSIGN_GPU_FP32)
+    bwd_meta, bwd_launch = split_launch(_soft.BWD_GPU)
     soft_fwd = dict(ACC=f32, DOT_PREC="tf32x3", CAST_BF16=False, ALL=False, RECOMPUTE=False, BLOCK_M=64, DP=32,
                     INIT=_soft._INIT, NONE=_soft._NONE, **fwd_meta)
     return [

@@ -27,6 +27,15 @@ def tl_dtype(dtype: torch.dtype):
     return {torch.float64: tl.float64, torch.float32: tl.float32}[dtype]
 
 
+def split_launch(config: dict) -> tuple[dict, dict]:
+    """(kernel meta-parameters, launch options) of a GPU configuration dict such as
+    ``dict(BLOCK_M=64, num_warps=4)``; the dicts are module-level so that
+    benchmarks/ab_triton.py can time alternatives."""
+    launch_keys = ("num_warps", "num_stages")
+    return ({k: v for k, v in config.items() if k not in launch_keys},
+            {k: v for k, v in config.items() if k in launch_keys})
+
+
 def dot_precision(dtype: torch.dtype, precision: int) -> str:
     """input_precision for tl.dot on operands of ``dtype`` (after any upcast)."""
     if dtype == torch.float64 or interpreted():

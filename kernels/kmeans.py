@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, dot_precision, interpreted, tl_dtype
+from ._common import acc_dtype, dot_precision, interpreted, split_launch, tl_dtype
 
 
 # --------------------------------------------------------------------------- assign
@@ -101,8 +101,7 @@ def _assign_grouped_kernel(X, C, GRP, LAB, SQ, N, D, GK, sxn, sxd, scn, scd,
     tl.store(SQ + offs_m, best, mask=mask_m)
 
 
-# GPU launch configuration of the dense assignment (float32/16 inputs); module-level so that
-# benchmarks/ab_triton.py can time alternatives.
+# GPU launch configuration of the dense assignment (float32/16 inputs; see split_launch).
 ASSIGN_GPU_FP32 = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_D=32, num_warps=8, num_stages=3)
 
 
@@ -130,8 +129,7 @@ def kmeans_assign(x, centers, precision=0, groups=None, group_k=0):
     elif acc == torch.float64:
         meta, launch = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_D=8), dict(num_warps=4, num_stages=2)
     else:
-        meta = {k: v for k, v in ASSIGN_GPU_FP32.items() if k not in ("num_warps", "num_stages")}
-        launch = {k: v for k, v in ASSIGN_GPU_FP32.items() if k in ("num_warps", "num_stages")}
+        meta, launch = split_launch(ASSIGN_GPU_FP32)
     _assign_dense_kernel[(triton.cdiv(N, meta["BLOCK_M"]),)](
         x, centers, cn, labels, sq, N, centers.shape[0], D,
         x.stride(0), x.stride(1), centers.stride(0), centers.stride(1),
@@ -277,8 +275,8 @@ def _pp_eval_kernel(X, CAND, CLOSEST, DC, PART, BSTART, BEND, BGROUP, N, D, T, s
     """dc[t, i] = ||x_i - x_{cand_t}||^2 over one block; PART[b, t] = sum_i min(closest_i, dc[t, i]).
 
     The squared differences accumulate in a [SUB, TP, BLOCK_D] tile over the whole row and are
-    summed over d once per row tile: summing every d chunk cost 5 shuffles per product (SASS of
-    sm_90a), which capped the step at about 1 ms for 1M x 128 rows.
+    summed over d once per row tile. Summing every d chunk cost 5 shuffles per product (sm_90a
+    SASS); by that count, most of the 1 ms per step that run 8 measured at 1M x 128.
     """
     b = tl.program_id(0)
     s = tl.load(BSTART + b)

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, dot_precision, interpreted, tl_dtype
+from ._common import acc_dtype, dot_precision, interpreted, logaddexp, split_launch, tl_dtype
 
 _INIT = 1 << 30  # index of the empty list slots (plus the slot number): above every center
 _NONE = 2147483647  # index of masked-out tile columns: never enters the list
@@ -166,7 +166,7 @@ def _soft_fwd_kernel(X, MU, CN, CLS, OUT, IDX, ZBUF, N, C, D_FEAT, L, TOP_D, sca
         ok = mrow & (zs > float("-inf"))  # also drops NaN (a row whose every z is -inf)
         ptr = OUT + rows * L + ks
         cur = tl.load(ptr, mask=ok, other=float("-inf"))
-        tl.store(ptr, tl.maximum(cur, zs) + tl.log(1.0 + tl.exp(-tl.abs(cur - zs))), mask=ok)
+        tl.store(ptr, logaddexp(cur, zs), mask=ok)
         tl.debug_barrier()  # the next slot of a row may name the same class
 
 
@@ -223,17 +223,10 @@ def _soft_bwd_kernel(G, OUT, IDX, X, MU, CLS, GX, GMU, ABUF, N, D_FEAT, L, TOP_D
         tl.store(GX + rows[:, None] * D_FEAT + dd[None, :], gx, mask=md)
 
 
-# GPU launch configurations (float32/16 inputs), module-level so that benchmarks/ab_triton.py
-# can time alternatives. The backward with 4 warps spills 1.2 kB (benchmarks/sass_stats.py).
+# GPU launch configurations (float32/16 inputs; see split_launch). The backward with 4 warps
+# spills 1.2 kB (benchmarks/sass_stats.py).
 FWD_GPU_FP32 = dict(BLOCK_N=64, BLOCK_D=32, BLOCK_L=32, num_warps=4, num_stages=3)
 BWD_GPU = dict(BLOCK_D=64, BLOCK_L=32, num_warps=8)
-
-
-def _split_launch(config: dict):
-    """(kernel meta-parameters, launch options) of a configuration dict."""
-    launch_keys = ("num_warps", "num_stages")
-    return ({k: v for k, v in config.items() if k not in launch_keys},
-            {k: v for k, v in config.items() if k in launch_keys})
 
 
 def _pow2(n: int) -> int:
@@ -268,7 +261,7 @@ def soft_cluster_logits(feats, centers, center_classes, num_classes: int, varian
     elif acc == torch.float64:
         meta, launch = dict(BLOCK_N=64, BLOCK_D=16, BLOCK_L=32), dict(num_warps=4, num_stages=2)
     else:
-        meta, launch = _split_launch(FWD_GPU_FP32)
+        meta, launch = split_launch(FWD_GPU_FP32)
     grid = (triton.cdiv(N, bm),)
     cn = centers.to(acc).square().sum(1).contiguous()
     zbuf = torch.empty((N, top_d), device=feats.device, dtype=acc)  # z - lse of the selection
@@ -313,7 +306,7 @@ def soft_cluster_logits_backward(grad, out, idx, feats, centers, center_classes,
     if interpreted():
         meta, launch = dict(BLOCK_D=64, BLOCK_L=64), {}
     else:
-        meta, launch = _split_launch(BWD_GPU)
+        meta, launch = split_launch(BWD_GPU)
     _soft_bwd_kernel[(triton.cdiv(N, bm),)](
         grad.to(acc).contiguous(), out.contiguous(), idx.contiguous(), feats, centers,
         center_classes.to(torch.int64).contiguous(), gx, gmu, abuf, N, D_FEAT, out.shape[1], top_d, 0.5 / variance,
