@@ -130,6 +130,7 @@ def cases() -> list[KernelCase]:
                       scale="fp32")
     fwd_meta, fwd_launch = split_launch(_soft.FWD_GPU_FP32)
     assign_meta, assign_launch = split_launch(_kmeans.ASSIGN_GPU_FP32)
+    radius_meta, radius_launch = split_launch(_radius.GPU_TILE_FP32)
     bwd_meta, bwd_launch = split_launch(_soft.BWD_GPU)
     soft_fwd = dict(ACC=f32, DOT_PREC="tf32x3", CAST_BF16=False, ALL=False, RECOMPUTE=False, BLOCK_M=64, DP=32,
                     INIT=_soft._INIT, NONE=_soft._NONE, **fwd_meta)
@@ -166,7 +167,7 @@ def cases() -> list[KernelCase]:
                         BLOCK_D=32), unit=("sfd", "smd"), note="global form, C tiles of 64"),
         KernelCase("certified_radius", _radius._radius_kernel,
                    dict(X="*fp32", MU="*fp32", CLS="*i64", GAP="*fp32", OUT="*fp32", lip2="fp32"),
-                   dict(MODE=0, ACC=f32, NONE=_radius._NONE, **_radius.GPU_TILE_FP32), num_warps=_radius.GPU_WARPS,
+                   dict(MODE=0, ACC=f32, NONE=_radius._NONE, **radius_meta), **radius_launch,
                    unit=("sxd", "smd")),
     ]
 

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, interpreted, tl_dtype
+from ._common import acc_dtype, interpreted, split_launch, tl_dtype
 
 _NONE = 2147483647
 
@@ -88,8 +88,7 @@ def _radius_kernel(X, MU, CLS, GAP, OUT, N, C, D_FEAT, lip2, sxn, sxd, smc, smd,
     tl.store(OUT + rows, r, mask=mrow)
 
 
-GPU_TILE_FP32 = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_D=4)  # module-level: benchmarks/ab_triton.py varies it
-GPU_WARPS = 4
+GPU_TILE_FP32 = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_D=4, num_warps=4)  # float32/16 inputs; see split_launch
 
 
 def certified_radius(feats, centers, center_classes, lipschitz: float, mode: int = 0):
@@ -106,7 +105,7 @@ def certified_radius(feats, centers, center_classes, lipschitz: float, mode: int
     elif acc == torch.float64:
         meta, launch = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=4), dict(num_warps=4)
     else:
-        meta, launch = dict(GPU_TILE_FP32), dict(num_warps=GPU_WARPS)
+        meta, launch = split_launch(GPU_TILE_FP32)
     _radius_kernel[(triton.cdiv(N, meta["BLOCK_M"]),)](
         feats, centers, center_classes.to(torch.int64).contiguous(), gap, out, N, C, D_FEAT,
         2.0 * float(lipschitz), feats.stride(0), feats.stride(1), centers.stride(0), centers.stride(1),

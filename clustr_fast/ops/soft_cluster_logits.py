@@ -16,7 +16,8 @@ the selection's float32-exact 3xTF32 distances instead: docs/decisions.md.)
 
 Forward op returns ``(out, idx)``; ``idx [N,D]`` int64 holds the selected centers and
 is all the backward saves besides its inputs. Any backend's backward accepts any backend's
-``(out, idx)``, so ``auto`` picks the two passes separately (``_backend.AUTO_CUDA_ORDER``). Backward (also a custom op), with
+``(out, idx)``, so ``auto`` picks the two passes separately (``_backend.AUTO_CUDA_ORDER``).
+Backward (also a custom op), with
 ``p_j = exp(z_j - Z)``, ``w_j = exp(z_j - logit_{c_j})`` (within-class weight),
 ``G = sum of grad over present classes`` and ``a_j = -s (grad_{c_j} w_j - G p_j)``:
 
