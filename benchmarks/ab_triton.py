@@ -32,10 +32,15 @@ from clustr_fast.kernels import _common, certified_radius as radius_k, kmeans as
 from clustr_fast.kernels import soft_cluster_logits as soft_k  # noqa: E402
 from common import randn, sync  # noqa: E402
 from report import time_call  # noqa: E402
-from shapes import KMEANS_ASSIGN_GPU, SOFT_GPU  # noqa: E402
+from shapes import KMEANS_ASSIGN_GPU, KMEANS_LLOYD_GPU, SOFT_GPU  # noqa: E402
 
 DEV = torch.device(os.environ.get("CLUSTR_FAST_BENCH_DEVICE", "cuda"))  # cpu: a smoke run (interpreter)
 PP_ROWS = 1_000_000  # k-means++ rows (d = 128)
+if DEV.type == "cpu":  # smoke run of the script itself under the interpreter: tiny shapes
+    PP_ROWS = 3000
+    SOFT_GPU = [(300, 40, 64, 8), (300, 60, 64, 8)]
+    KMEANS_ASSIGN_GPU = [(500, 64, 32)]
+    KMEANS_LLOYD_GPU = [(500, 128, 32)]
 
 
 def _ms(fn):
@@ -125,23 +130,47 @@ def tf32_check():
         _common.DOT_PRECISION.update(old)
 
 
+def _same(a, b) -> str:
+    """Whether two outputs (tensors or tuples of them) agree: equal, close (max difference) or not."""
+    a = a if isinstance(a, (tuple, list)) else (a,)
+    b = b if isinstance(b, (tuple, list)) else (b,)
+    worst = 0.0
+    for u, v in zip(a, b):
+        if u.shape != v.shape:
+            return "DIFFERENT shape"
+        if u.dtype in (torch.int64, torch.int32):
+            if not torch.equal(u, v):
+                return f"DIFFERENT ({(u != v).float().mean().item():.4f} of entries)"
+            continue
+        fin = torch.isfinite(u) & torch.isfinite(v)
+        if not torch.equal(torch.isfinite(u), torch.isfinite(v)):
+            return "DIFFERENT infinities"
+        if fin.any():
+            worst = max(worst, ((u - v).abs()[fin] / v.abs()[fin].clamp_min(1.0)).max().item())
+    return "equal" if worst == 0.0 else f"close ({worst:.1e})"
+
+
 def _sweep(title, obj, attr, variants, run):
-    """Time ``run`` with ``obj.attr`` at its current value and at each of ``variants``."""
+    """Time ``run`` with ``obj.attr`` at its current value and at each of ``variants``; each variant's
+    output is compared with the current one's."""
     current = getattr(obj, attr)
+    want = None
     for label, value in [("current", current)] + list(variants):
         setattr(obj, attr, value)
         try:
-            run()
-            cell = f"{_ms(run):.3f}"
+            out = run()
+            check = "" if want is None else _same(out, want)
+            want = out if want is None else want
+            cell = f"{_ms(run):.3f} | {check}"
         except Exception as exc:  # a configuration that does not compile or fit is a result too
-            cell = f"error: {type(exc).__name__}"
+            cell = f"error: {type(exc).__name__} |"
         finally:
             setattr(obj, attr, current)
         print(f"| {title} | {attr} {label}: {value} | {cell} |")
 
 
 def config_sweep():
-    print("| case | configuration | ms |\n|---|---|---:|")
+    print("| case | configuration | ms | output against current |\n|---|---|---:|---|")
     n, c, d, top_d = SOFT_GPU[0]
     f = randn(n, d, device=DEV, seed=0, requires_grad=True)
     mu = randn(c, d, device=DEV, seed=1, requires_grad=True)
@@ -164,29 +193,51 @@ def config_sweep():
         def seed64():
             return clustr_fast.kmeans_plusplus(x, 64, generator=torch.Generator(DEV).manual_seed(0))
 
-        _sweep(f"k-means++ {PP_ROWS} x 128, k=64", kmeans_k, "PP_EVAL_BLOCK_D", [("8", 8), ("16", 16), ("32", 32)],
-               seed64)
-        _sweep(f"k-means++ {PP_ROWS} x 128, k=64", kmeans_k, "PP_EVAL_ELEMS", [("4096", 4096), ("16384", 16384)],
-               seed64)
+        _sweep(f"k-means++ {PP_ROWS} x 128, k=64", kmeans_k, "PP_EVAL_LOOP",
+               [(f"unroll {u}, stages {st}", dict(UNROLL=u, STAGES=st))
+                for u, st in ((2, None), (4, None), (8, None), (1, 2), (1, 3), (1, 4), (2, 3), (4, 3))], seed64)
+        loop = dict(kmeans_k.PP_EVAL_LOOP)
+        for loop_label, loop_value in (("loop as is", loop), ("stages 3", dict(loop, STAGES=3)),
+                                       ("unroll 4", dict(loop, UNROLL=4))):
+            kmeans_k.PP_EVAL_LOOP = loop_value
+            try:
+                _sweep(f"k-means++ {PP_ROWS} x 128, k=64, {loop_label}", kmeans_k, "PP_EVAL_BLOCK_D",
+                       [("8", 8), ("16", 16)], seed64)
+            finally:
+                kmeans_k.PP_EVAL_LOOP = loop
         n_a, k_a, d_a = KMEANS_ASSIGN_GPU[0]
         xa = randn(n_a, d_a, device=DEV, seed=0)
         ca = randn(k_a, d_a, device=DEV, seed=1)
         assign = dict(kmeans_k.ASSIGN_GPU_FP32)
-        for prec in ("high", "highest"):  # sass_stats: 256x64/8 warps and 64x128/4 warps issue 11% less
-            _sweep(f"kmeans_assign {n_a}x{k_a}x{d_a} {prec}", kmeans_k, "ASSIGN_GPU_FP32",
-                   [("256x64, 8 warps", dict(assign, BLOCK_M=256, BLOCK_N=64)),
-                    ("64x128, 4 warps", dict(assign, BLOCK_M=64, num_warps=4))],
-                   lambda prec=prec: clustr_fast.kmeans_assign(xa, ca, precision=prec))
+        assign_variants = [("64x128, 4 warps", dict(assign, BLOCK_M=64, num_warps=4)),
+                           ("d chunks of 64", dict(assign, BLOCK_D=64)),
+                           ("64x128, 4 warps, d chunks of 64", dict(assign, BLOCK_M=64, BLOCK_D=64, num_warps=4)),
+                           ("128x256, 8 warps", dict(assign, BLOCK_N=256)),
+                           ("4 stages", dict(assign, num_stages=4)),
+                           ("64x256, 8 warps", dict(assign, BLOCK_M=64, BLOCK_N=256))]
+        for prec in ("high", "highest"):
+            _sweep(f"kmeans_assign {n_a}x{k_a}x{d_a} {prec}", kmeans_k, "ASSIGN_GPU_FP32", assign_variants,
+                   lambda prec=prec: clustr_fast.kmeans_assign(xa, ca, precision=prec)[0])
         del xa, ca
+        n_l, k_l, d_l = KMEANS_LLOYD_GPU[0]  # the Lloyd case's assignment
+        xl = randn(n_l, d_l, device=DEV, seed=0)
+        cl = randn(k_l, d_l, device=DEV, seed=1)
+        _sweep(f"kmeans_assign {n_l}x{k_l}x{d_l} high", kmeans_k, "ASSIGN_GPU_FP32", assign_variants,
+               lambda: clustr_fast.kmeans_assign(xl, cl, precision="high")[0])
+        del xl, cl
         _sweep(f"soft fwd N={n},C={c},d={d},D={top_d}", soft_k, "FWD_GPU_FP32",
                [("8 warps", dict(base, num_warps=8)), ("2 stages", dict(base, num_stages=2)),
-                ("C tiles of 32", dict(base, BLOCK_N=32))], fwd)
+                ("C tiles of 32", dict(base, BLOCK_N=32)),
+                ("C tiles of 32, 2 stages", dict(base, BLOCK_N=32, num_stages=2)),
+                ("C tiles of 32, 2 stages, d chunks of 64", dict(base, BLOCK_N=32, num_stages=2, BLOCK_D=64))], fwd)
         bwd = dict(soft_k.BWD_GPU)
         _sweep(f"soft fwd+bwd N={n},C={c},d={d},D={top_d}", soft_k, "BWD_GPU",
                [("4 warps", dict(bwd, num_warps=4)), ("d chunks of 32", dict(bwd, BLOCK_D=32))], full)
         tile = dict(radius_k.GPU_TILE_FP32)
         _sweep(f"certified_radius N={n},C={c},d={d}", radius_k, "GPU_TILE_FP32",
-               [("d chunks of 8", dict(tile, BLOCK_D=8)), ("64 rows", dict(tile, BLOCK_M=64))],
+               [("d chunks of 8", dict(tile, BLOCK_D=8)), ("64 rows", dict(tile, BLOCK_M=64)),
+                ("64 rows, d chunks of 8", dict(tile, BLOCK_M=64, BLOCK_D=8)),
+                ("64 rows, 8 warps", dict(tile, BLOCK_M=64, num_warps=8))],
                lambda: clustr_fast.certified_radius(f.detach(), mu.detach(), cls, 1.0))
 
 

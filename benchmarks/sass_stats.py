@@ -138,7 +138,7 @@ def cases() -> list[KernelCase]:
         KernelCase("kmeans_plusplus.eval", _kmeans._pp_eval_kernel,
                    dict(X="*fp32", CAND="*i64", CLOSEST="*fp32", DC="*fp32", PART="*fp64", BSTART="*i64",
                         BEND="*i64", BGROUP="*i64"),
-                   dict(ACC=f32, TP=8, SUB=pp_tile[0], BLOCK_D=pp_tile[1]), unit=("sxd",),
+                   dict(ACC=f32, TP=8, SUB=pp_tile[0], BLOCK_D=pp_tile[1], **_kmeans.PP_EVAL_LOOP), unit=("sxd",),
                    note="1M x 128, k=1024: T=8 candidates; one trip of the outer loop per SUB rows"),
         KernelCase("kmeans.assign", _kmeans._assign_dense_kernel,
                    dict(X="*fp32", C="*fp32", CN="*fp32", LAB="*i64", SQ="*fp32"),

@@ -271,7 +271,8 @@ def kmeans_update(x, labels, k, prev_centers=None, deterministic=False):
 
 @triton.jit
 def _pp_eval_kernel(X, CAND, CLOSEST, DC, PART, BSTART, BEND, BGROUP, N, D, T, sxn, sxd,
-                    ACC: tl.constexpr, TP: tl.constexpr, SUB: tl.constexpr, BLOCK_D: tl.constexpr):
+                    ACC: tl.constexpr, TP: tl.constexpr, SUB: tl.constexpr, BLOCK_D: tl.constexpr,
+                    UNROLL: tl.constexpr, STAGES: tl.constexpr):
     """dc[t, i] = ||x_i - x_{cand_t}||^2 over one block; PART[b, t] = sum_i min(closest_i, dc[t, i]).
 
     The squared differences accumulate in a [SUB, TP, BLOCK_D] tile over the whole row and are
@@ -291,7 +292,7 @@ def _pp_eval_kernel(X, CAND, CLOSEST, DC, PART, BSTART, BEND, BGROUP, N, D, T, s
         rows = r0 + tl.arange(0, SUB)
         mask_r = rows < e
         acc3 = tl.zeros((SUB, TP, BLOCK_D), dtype=ACC)
-        for d0 in range(0, D, BLOCK_D):
+        for d0 in tl.range(0, D, BLOCK_D, num_stages=STAGES, loop_unroll_factor=UNROLL):
             dd = d0 + offs_d
             mask_d = dd < D
             xt = tl.load(X + rows[:, None] * sxn + dd[None, :] * sxd,
@@ -430,6 +431,9 @@ def _segment_blocks(offsets, bs, device):
 
 PP_EVAL_ELEMS = 8192  # entries of the k-means++ eval's [SUB, TP, BLOCK_D] tile (float32; half for float64)
 PP_EVAL_BLOCK_D = 4  # d per chunk: each thread holds whole chunks, so the final sum over d needs few shuffles
+# d loop of the k-means++ eval: unroll factor and software-pipelining stages (None: Triton's choice).
+# Each chunk loads only SUB x BLOCK_D entries, so more loads in flight may hide the memory latency.
+PP_EVAL_LOOP = dict(UNROLL=1, STAGES=None)
 
 
 def pp_eval_tile(tp, acc, interp):
@@ -472,7 +476,7 @@ def kmeans_plusplus(x, offsets, k, first, draws):
             _pp_sample_kernel[(G, T)](draws[s - 1], wsum, wfree, closest, chosen, bstart, bend, gblk, cand, T,
                                       BLOCK_B=64 if interp else 1024, SUB=sub_scan)
         _pp_eval_kernel[(NB,)](x, cand, closest, dc, part, bstart, bend, bgroup, N, D, T, x.stride(0), x.stride(1),
-                               ACC=tl_dtype(acc), TP=TP, SUB=sub, BLOCK_D=bd, num_warps=4)
+                               ACC=tl_dtype(acc), TP=TP, SUB=sub, BLOCK_D=bd, **PP_EVAL_LOOP, num_warps=4)
         _pp_select_kernel[(G,)](part, cand, gblk, best, idx, chosen, s, k, T, TP=TP,
                                 BLOCK_B=64 if interp else 256)
         if s + 1 < k:

@@ -19,13 +19,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, dot_precision, interpreted, tl_dtype
+from ._common import acc_dtype, dot_precision, interpreted, split_launch, tl_dtype
 
 
 @triton.jit
 def _sqdist_fwd_kernel(X, C, OUT, N, K, D,
                        sxn, sxd, scn, scd,
                        ACC: tl.constexpr, DOT_PREC: tl.constexpr, CAST_BF16: tl.constexpr,
+                       C_AS_DN: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                        GROUP_M: tl.constexpr):
     pid = tl.program_id(0)
@@ -51,18 +52,24 @@ def _sqdist_fwd_kernel(X, C, OUT, N, K, D,
         mask_d = dd < D
         xt = tl.load(X + offs_m[:, None] * sxn + dd[None, :] * sxd,
                      mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-        ct = tl.load(C + offs_n[:, None] * scn + dd[None, :] * scd,
-                     mask=mask_n[:, None] & mask_d[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
         xf = xt.to(ACC)
-        cf = ct.to(ACC)
         xn += tl.sum(xf * xf, axis=1)
-        cn += tl.sum(cf * cf, axis=1)
+        if C_AS_DN:  # c tile loaded as [BLOCK_D, BLOCK_N]: the dot's B operand as it is
+            ct = tl.load(C + offs_n[None, :] * scn + dd[:, None] * scd,
+                         mask=mask_n[None, :] & mask_d[:, None], other=0.0)
+            cf = ct.to(ACC)
+            cn += tl.sum(cf * cf, axis=0)
+        else:  # [BLOCK_N, BLOCK_D], transposed for the dot
+            ct = tl.trans(tl.load(C + offs_n[:, None] * scn + dd[None, :] * scd,
+                                  mask=mask_n[:, None] & mask_d[None, :], other=0.0))
+            cf = ct.to(ACC)
+            cn += tl.sum(cf * cf, axis=0)
         if CAST_BF16:
-            acc = tl.dot(xt.to(tl.bfloat16), tl.trans(ct.to(tl.bfloat16)), acc)
+            acc = tl.dot(xt.to(tl.bfloat16), ct.to(tl.bfloat16), acc)
         elif xt.dtype == tl.float16 or xt.dtype == tl.bfloat16:
-            acc = tl.dot(xt, tl.trans(ct), acc)
+            acc = tl.dot(xt, ct, acc)
         else:
-            acc = tl.dot(xf, tl.trans(cf), acc, input_precision=DOT_PREC, out_dtype=ACC)
+            acc = tl.dot(xf, cf, acc, input_precision=DOT_PREC, out_dtype=ACC)
     out = xn[:, None] + cn[None, :] - 2.0 * acc
     out = tl.maximum(out, 0.0)
     tl.store(OUT + offs_m[:, None] * K + offs_n[None, :], out,
@@ -111,12 +118,19 @@ def _sqdist_bwd_kernel(G, A, B, OUT, M, K, D, k_per_split,
         tl.store(ptrs, out.to(OUT.dtype.element_ty), mask=mask)
 
 
+# GPU launch configurations (module-level so that benchmarks can time alternatives).
+FWD_GPU_FP32 = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_D=32, GROUP_M=8, num_warps=8, num_stages=3)
+FWD_GPU_FP64 = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=16, GROUP_M=8, num_warps=4, num_stages=2)
+BWD_GPU_FP32 = dict(BLOCK_M=128, BLOCK_K=32, BLOCK_D=64, num_warps=8, num_stages=3)
+BWD_GPU_FP64 = dict(BLOCK_M=64, BLOCK_K=16, BLOCK_D=64, num_warps=4, num_stages=2)
+# Load the c tile as [BLOCK_D, BLOCK_N] (True) rather than [BLOCK_N, BLOCK_D] + tl.trans.
+C_AS_DN = True
+
+
 def _fwd_config(dtype: torch.dtype):
     if interpreted():
         return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_D=32, GROUP_M=4), {}
-    if dtype == torch.float64:
-        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=16, GROUP_M=8), dict(num_warps=4, num_stages=2)
-    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_D=32, GROUP_M=8), dict(num_warps=8, num_stages=3)
+    return split_launch(FWD_GPU_FP64 if dtype == torch.float64 else FWD_GPU_FP32)
 
 
 def pairwise_sqdist(x: torch.Tensor, c: torch.Tensor, precision: int = 0) -> torch.Tensor:
@@ -135,7 +149,7 @@ def pairwise_sqdist(x: torch.Tensor, c: torch.Tensor, precision: int = 0) -> tor
         x, c, out, N, K, D, x.stride(0), x.stride(1), c.stride(0), c.stride(1),
         ACC=tl_dtype(acc), DOT_PREC=dot_precision(acc, precision),
         CAST_BF16=(precision == 2 and x.dtype == torch.float32 and not interpreted()),
-        **meta, **launch)
+        C_AS_DN=C_AS_DN, **meta, **launch)
     return out
 
 
@@ -148,10 +162,8 @@ def _bwd_one(g: torch.Tensor, a: torch.Tensor, b: torch.Tensor, precision: int) 
         return torch.zeros((M, D), device=a.device, dtype=a.dtype)
     if interpreted():
         meta, launch = dict(BLOCK_M=32, BLOCK_K=32, BLOCK_D=32), {}
-    elif acc == torch.float64:
-        meta, launch = dict(BLOCK_M=64, BLOCK_K=16, BLOCK_D=64), dict(num_warps=4, num_stages=2)
     else:
-        meta, launch = dict(BLOCK_M=128, BLOCK_K=32, BLOCK_D=64), dict(num_warps=8, num_stages=3)
+        meta, launch = split_launch(BWD_GPU_FP64 if acc == torch.float64 else BWD_GPU_FP32)
     tiles = triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(D, meta["BLOCK_D"])
     splits = 1
     if a.is_cuda and not torch.are_deterministic_algorithms_enabled():

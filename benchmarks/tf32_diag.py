@@ -1,0 +1,186 @@
+"""TF32 ("high") correctness of the Triton matrix-product kernels on this GPU, shape by shape.
+
+    python benchmarks/tf32_diag.py
+
+Run 10 (H200, Triton 3.6) found ``pairwise_sqdist`` "high" off by 0.17 of
+||x||^2 + ||c||^2 on a 65 x 33 x 64 forward and 0.17 of the largest gradient on a
+20011 x 65 x 130 backward, while TF32 rounding gives about 1e-3. This script
+prints, for each launch variant of the pairwise forward and backward and for
+``kmeans_assign`` and ``soft_cluster_logits`` "high", the largest error against
+float64 on the shapes of the tests, so that the variant the kernels use can be
+chosen from measurements. Errors above 2e-2 are marked BAD. GPU only.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import torch  # noqa: E402
+
+import clustr_fast  # noqa: E402
+from clustr_fast import reference  # noqa: E402
+from clustr_fast.kernels import pairwise_sqdist as pw  # noqa: E402
+from common import sync  # noqa: E402
+from report import time_call  # noqa: E402
+
+DEV = torch.device(os.environ.get("CLUSTR_FAST_BENCH_DEVICE", "cuda"))
+SHAPES = [(7, 3, 3), (33, 65, 1), (65, 33, 64), (127, 65, 130), (128, 128, 64), (1000, 3, 7), (300, 200, 96),
+          (257, 129, 512), (20011, 65, 130), (4096, 1024, 128)]
+if DEV.type == "cpu":  # a smoke run of the script itself (interpreter): small shapes, no times
+    SHAPES = SHAPES[:4]
+BAD = 2e-2
+
+
+def _inputs(n, k, d, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    c = torch.randn(k, d, generator=g) + 0.5
+    w = torch.randn(n, k, generator=g)
+    return x, c, w
+
+
+def _mark(err):
+    return f"{err:.1e}" + (" BAD" if err > BAD else "")
+
+
+def _fwd_err(x, c, out):
+    x64, c64 = x.double(), c.double()
+    ref = (x64[:, None, :] - c64[None, :, :]).square().sum(-1)
+    scale = x64.square().sum(1)[:, None] + c64.square().sum(1)[None, :] + 1.0
+    return ((out.double().cpu() - ref).abs() / scale).max().item()
+
+
+def _bwd_err(x, c, w, gx, gc):
+    x64, c64, w64 = x.double(), c.double(), w.double()
+    want_x = 2.0 * (w64.sum(1, keepdim=True) * x64 - w64 @ c64)
+    want_c = 2.0 * (w64.sum(0)[:, None] * c64 - w64.t() @ x64)
+    ex = ((gx.double().cpu() - want_x).abs().max() / want_x.abs().max()).item()
+    ec = ((gc.double().cpu() - want_c).abs().max() / want_c.abs().max()).item()
+    return ex, ec
+
+
+def _with(obj, **attrs):
+    """Context manager that sets module attributes and restores them."""
+    class _Ctx:
+        def __enter__(self):
+            self.old = {k: getattr(obj, k) for k in attrs}
+            for k, v in attrs.items():
+                setattr(obj, k, v)
+
+        def __exit__(self, *exc):
+            for k, v in self.old.items():
+                setattr(obj, k, v)
+    return _Ctx()
+
+
+def _k_major(t):
+    """The same [rows, cols] values, stored column-contiguous (strides (1, rows))."""
+    return t.t().contiguous().t()
+
+
+def pairwise_forward():
+    f32 = dict(pw.FWD_GPU_FP32)
+    variants = [
+        ("C_AS_DN=True (c tile [D, N])", dict(C_AS_DN=True), 1),
+        ("C_AS_DN=False (tl.trans, run 10 form)", dict(C_AS_DN=False), 1),
+        ("tl.trans, 1 stage", dict(C_AS_DN=False, FWD_GPU_FP32=dict(f32, num_stages=1)), 1),
+        ("C_AS_DN, 2 stages", dict(C_AS_DN=True, FWD_GPU_FP32=dict(f32, num_stages=2)), 1),
+        ("C_AS_DN, 64x64, 4 warps", dict(C_AS_DN=True, FWD_GPU_FP32=dict(f32, BLOCK_M=64, BLOCK_N=64, num_warps=4)), 1),
+        ("C_AS_DN, highest (3xTF32)", dict(C_AS_DN=True), 0),
+        ("tl.trans, highest (3xTF32)", dict(C_AS_DN=False), 0),
+    ]
+    print("\n## pairwise_sqdist forward: max |err| / (||x||^2 + ||c||^2 + 1)\n")
+    print("| variant | " + " | ".join(f"{n}x{k}x{d}" for n, k, d in SHAPES) + " |")
+    print("|---|" + "---:|" * len(SHAPES))
+    for label, attrs, prec in variants:
+        cells = []
+        with _with(pw, **attrs):
+            for n, k, d in SHAPES:
+                x, c, _ = _inputs(n, k, d)
+                out = pw.pairwise_sqdist(x.to(DEV), c.to(DEV), prec)
+                cells.append(_mark(_fwd_err(x, c, out)))
+        print(f"| {label} | " + " | ".join(cells) + " |")
+
+
+def pairwise_backward():
+    b32 = dict(pw.BWD_GPU_FP32)
+
+    def as_is(w, x, c, prec):
+        return pw.pairwise_sqdist_backward(w, x, c, prec)
+
+    def k_major(w, x, c, prec):  # every dot operand stored with its reduction axis contiguous
+        return pw._bwd_one(w, x, _k_major(c), prec), pw._bwd_one(w.t().contiguous(), c, _k_major(x), prec)
+
+    variants = [
+        ("as is (high)", {}, as_is, 1),
+        ("1 stage", dict(BWD_GPU_FP32=dict(b32, num_stages=1)), as_is, 1),
+        ("BLOCK_K 16", dict(BWD_GPU_FP32=dict(b32, BLOCK_K=16)), as_is, 1),
+        ("operands with the reduction axis contiguous", {}, k_major, 1),
+        ("highest (3xTF32)", {}, as_is, 0),
+    ]
+    print("\n## pairwise_sqdist backward: max |err| / max |grad| (grad_x ; grad_c)\n")
+    print("| variant | " + " | ".join(f"{n}x{k}x{d}" for n, k, d in SHAPES) + " |")
+    print("|---|" + "---:|" * len(SHAPES))
+    for label, attrs, fn, prec in variants:
+        cells = []
+        with _with(pw, **attrs):
+            for n, k, d in SHAPES:
+                x, c, w = _inputs(n, k, d, seed=1)
+                gx, gc = fn(w.to(DEV), x.to(DEV), c.to(DEV), prec)
+                ex, ec = _bwd_err(x, c, w, gx, gc)
+                cells.append(f"{_mark(ex)} ; {_mark(ec)}")
+        print(f"| {label} | " + " | ".join(cells) + " |")
+
+
+def other_kernels():
+    print("\n## kmeans_assign and soft_cluster_logits, \"high\"\n")
+    print("| shape | assign: max gap of the chosen center / scale | soft: rows with the float64 selection, "
+          "max rel err on them |\n|---|---:|---:|")
+    with clustr_fast.use_backend("triton"):
+        for n, k, d in SHAPES:
+            x, c, _ = _inputs(n, k, d, seed=2)
+            lab, _ = clustr_fast.kmeans_assign(x.to(DEV), c.to(DEV), precision="high")
+            x64, c64 = x.double(), c.double()
+            dist = (x64[:, None, :] - c64[None, :, :]).square().sum(-1)
+            scale = x64.square().sum(1) + c64.square().sum(1).max() + 1.0
+            gap = ((dist.gather(1, lab.cpu()[:, None])[:, 0] - dist.min(1).values) / scale).max().item()
+            ncls = max(1, k // 3)
+            cls = torch.arange(k) % ncls
+            top = min(k, 8)
+            want = reference.soft_cluster_logits(x64, c64, cls, ncls, variance=float(d) + 1.0, top_d=top)
+            got = clustr_fast.soft_cluster_logits(x.to(DEV), c.to(DEV), cls.to(DEV), ncls, variance=float(d) + 1.0,
+                                                  top_d=top, precision="high").double().cpu()
+            same = (torch.isinf(got) == torch.isinf(want)).all(1)
+            fin = torch.isfinite(want) & same[:, None]
+            err = ((got - want).abs()[fin] / want.abs()[fin].clamp_min(1.0)).max().item() if fin.any() else 0.0
+            print(f"| {n}x{k}x{d} | {_mark(gap)} | {same.float().mean():.4f}, {_mark(err)} |")
+
+
+def pairwise_times():
+    if DEV.type == "cpu":
+        return
+    n, k, d = 1_000_000, 1024, 128
+    x = torch.randn(n, d, device=DEV)
+    c = torch.randn(k, d, device=DEV)
+    w = torch.randn(n, k, device=DEV)
+    print(f"\n## pairwise_sqdist {n}x{k}x{d} times (ms)\n\n| variant | fwd highest | fwd high | bwd highest | bwd high |"
+          "\n|---|---:|---:|---:|---:|")
+    for label, dn in (("C_AS_DN=True", True), ("C_AS_DN=False", False)):
+        with _with(pw, C_AS_DN=dn):
+            cells = [1e3 * time_call(lambda p=p: pw.pairwise_sqdist(x, c, p), DEV) for p in (0, 1)]
+            cells += [1e3 * time_call(lambda p=p: pw.pairwise_sqdist_backward(w, x, c, p), DEV) for p in (0, 1)]
+        print(f"| {label} | " + " | ".join(f"{v:.3f}" for v in cells) + " |")
+    sync(DEV)
+
+
+if __name__ == "__main__":
+    print(f"device: {torch.cuda.get_device_name() if DEV.type == 'cuda' else 'cpu (smoke run)'}, "
+          f"torch {torch.__version__}")
+    for step in (pairwise_forward, pairwise_backward, other_kernels, pairwise_times):
+        try:
+            step()
+        except Exception as exc:  # one failing part must not hide the others
+            print(f"{step.__name__}: {type(exc).__name__}: {exc}")
