@@ -5,7 +5,8 @@
 1. ``soft_cluster_logits`` (Triton): forward with and without the exact recompute of the
    selected distances under "highest" (``FORCE_RECOMPUTE``); forward+backward.
 2. TF32: ``pairwise_sqdist``, ``kmeans_assign`` and ``soft_cluster_logits`` (Triton) with
-   "high" as plain TF32 (``DOT_PRECISION[1] = "tf32"``, the default since 2026-11-26)
+   "high" as plain TF32 (``DOT_PRECISION[1] = "tf32"``; not the default: plain TF32 gave wrong
+   products on Triton 3.6, see tf32_diag.py)
    against float64: the distance error relative to ||x||^2 + ||c||^2 (TF32 rounding gives
    about 1e-3), the share of labels (selections) equal to the float64 ones; then times.
 3. Launch configurations (module-level dicts of the Triton wrappers): the current one

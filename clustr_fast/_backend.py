@@ -36,6 +36,9 @@ AUTO_CUDA_ORDER: dict[str, tuple[str, ...]] = {
     # H200, torch 2.11, Triton 3.6, 2026-11-26 (benchmarks/RESULTS.md, runs 1-8):
     # pairwise_sqdist fwd 1M x 1024 x 128: Triton 6.0 ms (tensor cores, 3xTF32), CUDA 13.7 ms (SIMT).
     "pairwise_sqdist": ("triton", "cuda", "reference"),
+    # pairwise_sqdist backward 50k x 200 x 512 (run 11, fwd+bwd minus fwd): CUDA about 0.9 ms,
+    # Triton about 3.7 ms. Any backward takes any forward's inputs.
+    "pairwise_sqdist_backward": ("cuda", "triton", "reference"),
     # kmeans_assign 1M x 1024 x 128 "highest": Triton 5.1 ms, CUDA 14.1 ms.
     "kmeans_assign": ("triton", "cuda", "reference"),
     # per-class refresh (k-means++ + Lloyd per group): CUDA 5.8 ms, Triton 15.7 ms -> default order.

@@ -6,13 +6,16 @@ import triton
 import triton.language as tl
 
 # precision code (0 highest, 1 high, 2 medium) -> tl.dot input_precision for fp32 operands.
-# "highest" is 3xTF32 (float32-exact); "high" is TF32. "medium" also runs TF32 in kernels
-# without a bf16 cast (pairwise_sqdist and kmeans cast to bf16 for "medium").
-# TF32 on an H200 (Triton 3.6), benchmarks/ab_triton.py, 2026-11-26: pairwise_sqdist error
-# 3.2e-4 of ||x||^2 + ||c||^2 (TF32 rounding), kmeans_assign labels 99.95% equal to the float64
-# argmin, soft_cluster_logits "high" 97.6% of rows with the float64 selection and values within
-# 2.7e-7. (An earlier pairwise_sqdist kernel gave errors of 0.11 with TF32: a bug since fixed.)
-DOT_PRECISION = {0: "tf32x3", 1: "tf32", 2: "tf32"}
+# Every code is 3xTF32 (float32-exact products); "medium" casts to bf16 where a kernel supports it
+# (pairwise_sqdist, kmeans). Plain TF32 ("tf32") is faster but gave wrong products on an H200 with
+# Triton 3.6 (benchmarks/RESULTS.md, runs 10-11, 2026-11-26): pairwise_sqdist "high" erred by up to
+# 0.15 of ||x||^2 + ||c||^2 on some shapes with software-pipelined launches (num_stages >= 2) and
+# was right with num_stages=1 or 3xTF32. "High" therefore means 3xTF32 in the Triton kernels until
+# benchmarks/tf32_diag.py shows plain TF32 right on every shape; it sets DOT_PRECISION[1] = "tf32".
+# "tf32r" (not a default; benchmarks/tf32_diag.py times and checks it) rounds both operands to
+# TF32 in registers and then runs plain TF32 products, so the products do not read the
+# pipelined shared-memory tiles directly, the path run 11 found wrong.
+DOT_PRECISION = {0: "tf32x3", 1: "tf32x3", 2: "tf32x3"}
 
 
 def interpreted() -> bool:
@@ -49,3 +52,19 @@ def logaddexp(x, y):
     hi = tl.maximum(x, y)
     lo = tl.minimum(x, y)
     return hi + tl.log(1.0 + tl.exp(lo - hi))
+
+
+@triton.jit
+def _round_tf32(x):
+    """x rounded to TF32 (10 mantissa bits, nearest, ties away), in registers."""
+    return tl.inline_asm_elementwise("cvt.rna.tf32.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
+                                     is_pure=True, pack=1)
+
+
+@triton.jit
+def mma(a, b, acc, PREC: tl.constexpr):
+    """acc + a @ b with ``input_precision`` PREC (``dot_precision``); "tf32r": see DOT_PRECISION."""
+    if PREC == "tf32r":
+        return tl.dot(_round_tf32(a), _round_tf32(b), acc, input_precision="tf32", out_dtype=acc.dtype)
+    else:
+        return tl.dot(a, b, acc, input_precision=PREC, out_dtype=acc.dtype)

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import logaddexp as _logaddexp, acc_dtype, dot_precision, interpreted, tl_dtype
+from ._common import logaddexp as _logaddexp, acc_dtype, dot_precision, interpreted, mma, tl_dtype
 
 P_BLOCK_ELEMS = 1 << 22  # rows per backward block: at most this many P entries (16 MB in fp32)
 
@@ -43,7 +43,7 @@ def _sq_tile(F, MU, CN, rows, cols, mask_m, mask_c, D, sfn, sfd, smc, smd,
         if ft.dtype == tl.float16 or ft.dtype == tl.bfloat16:
             acc = tl.dot(ft, ct, acc)
         else:
-            acc = tl.dot(ft.to(ACC), cf, acc, input_precision=DOT_PREC, out_dtype=ACC)
+            acc = mma(ft.to(ACC), cf, acc, DOT_PREC)
     return acc, cn
 
 

@@ -5,8 +5,8 @@ Forward: one program computes a BLOCK_M x BLOCK_N tile of
 accumulating the dot products and both squared norms in the same loop over d,
 so x and c are read once per tile and nothing but ``out`` is written.
 Products: fp16/bf16 operands go straight to the tensor cores (exact products,
-fp32 accumulation); fp32 operands use 3xTF32 ("highest", float32-exact), TF32
-("high") or bf16 ("medium"); float64 uses IEEE fp64.
+fp32 accumulation); fp32 operands use 3xTF32 ("highest" and "high",
+float32-exact; see _common.DOT_PRECISION) or bf16 ("medium"); float64 uses IEEE fp64.
 
 Backward: grad_a = 2 (rowsum(G) * a - G b), one kernel used twice
 (G, x, c for grad_x and G^T, c, x for grad_c through strides). When the output
@@ -19,14 +19,13 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, dot_precision, interpreted, split_launch, tl_dtype
+from ._common import acc_dtype, dot_precision, interpreted, mma, split_launch, tl_dtype
 
 
 @triton.jit
 def _sqdist_fwd_kernel(X, C, OUT, N, K, D,
                        sxn, sxd, scn, scd,
                        ACC: tl.constexpr, DOT_PREC: tl.constexpr, CAST_BF16: tl.constexpr,
-                       C_AS_DN: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                        GROUP_M: tl.constexpr):
     pid = tl.program_id(0)
@@ -54,22 +53,16 @@ def _sqdist_fwd_kernel(X, C, OUT, N, K, D,
                      mask=mask_m[:, None] & mask_d[None, :], other=0.0)
         xf = xt.to(ACC)
         xn += tl.sum(xf * xf, axis=1)
-        if C_AS_DN:  # c tile loaded as [BLOCK_D, BLOCK_N]: the dot's B operand as it is
-            ct = tl.load(C + offs_n[None, :] * scn + dd[:, None] * scd,
-                         mask=mask_n[None, :] & mask_d[:, None], other=0.0)
-            cf = ct.to(ACC)
-            cn += tl.sum(cf * cf, axis=0)
-        else:  # [BLOCK_N, BLOCK_D], transposed for the dot
-            ct = tl.trans(tl.load(C + offs_n[:, None] * scn + dd[None, :] * scd,
-                                  mask=mask_n[:, None] & mask_d[None, :], other=0.0))
-            cf = ct.to(ACC)
-            cn += tl.sum(cf * cf, axis=0)
+        ct = tl.load(C + offs_n[None, :] * scn + dd[:, None] * scd,  # [BLOCK_D, BLOCK_N]: the dot's B
+                     mask=mask_n[None, :] & mask_d[:, None], other=0.0)
+        cf = ct.to(ACC)
+        cn += tl.sum(cf * cf, axis=0)
         if CAST_BF16:
             acc = tl.dot(xt.to(tl.bfloat16), ct.to(tl.bfloat16), acc)
         elif xt.dtype == tl.float16 or xt.dtype == tl.bfloat16:
             acc = tl.dot(xt, ct, acc)
         else:
-            acc = tl.dot(xf, cf, acc, input_precision=DOT_PREC, out_dtype=ACC)
+            acc = mma(xf, cf, acc, DOT_PREC)
     out = xn[:, None] + cn[None, :] - 2.0 * acc
     out = tl.maximum(out, 0.0)
     tl.store(OUT + offs_m[:, None] * K + offs_n[None, :], out,
@@ -106,7 +99,7 @@ def _sqdist_bwd_kernel(G, A, B, OUT, M, K, D, k_per_split,
         b = tl.load(B + kk[:, None] * sbk + offs_d[None, :] * sbd,
                     mask=mask_k[:, None] & mask_d[None, :], other=0.0).to(ACC)
         rs += tl.sum(g, axis=1)
-        acc = tl.dot(g, b, acc, input_precision=DOT_PREC, out_dtype=ACC)
+        acc = mma(g, b, acc, DOT_PREC)
     a = tl.load(A + offs_m[:, None] * sam + offs_d[None, :] * sad,
                 mask=mask_m[:, None] & mask_d[None, :], other=0.0).to(ACC)
     out = 2.0 * (rs[:, None] * a - acc)
@@ -118,13 +111,13 @@ def _sqdist_bwd_kernel(G, A, B, OUT, M, K, D, k_per_split,
         tl.store(ptrs, out.to(OUT.dtype.element_ty), mask=mask)
 
 
-# GPU launch configurations (module-level so that benchmarks can time alternatives).
+# GPU launch configurations (module-level so that benchmarks can time alternatives). With plain
+# TF32 products these software-pipelined launches gave wrong results on an H200 (Triton 3.6; see
+# _common.DOT_PRECISION); with 3xTF32 they are right.
 FWD_GPU_FP32 = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_D=32, GROUP_M=8, num_warps=8, num_stages=3)
 FWD_GPU_FP64 = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=16, GROUP_M=8, num_warps=4, num_stages=2)
 BWD_GPU_FP32 = dict(BLOCK_M=128, BLOCK_K=32, BLOCK_D=64, num_warps=8, num_stages=3)
 BWD_GPU_FP64 = dict(BLOCK_M=64, BLOCK_K=16, BLOCK_D=64, num_warps=4, num_stages=2)
-# Load the c tile as [BLOCK_D, BLOCK_N] (True) rather than [BLOCK_N, BLOCK_D] + tl.trans.
-C_AS_DN = True
 
 
 def _fwd_config(dtype: torch.dtype):
@@ -149,7 +142,7 @@ def pairwise_sqdist(x: torch.Tensor, c: torch.Tensor, precision: int = 0) -> tor
         x, c, out, N, K, D, x.stride(0), x.stride(1), c.stride(0), c.stride(1),
         ACC=tl_dtype(acc), DOT_PREC=dot_precision(acc, precision),
         CAST_BF16=(precision == 2 and x.dtype == torch.float32 and not interpreted()),
-        C_AS_DN=C_AS_DN, **meta, **launch)
+        **meta, **launch)
     return out
 
 

@@ -1,11 +1,11 @@
 """Triton kernels for ``soft_cluster_logits`` (ClusTR Eq. 4 over the top-D nearest centers).
 
 Forward, one program per BLOCK_M rows:
-1. distance tiles ``[BLOCK_M, BLOCK_N]`` from ``tl.dot`` (3xTF32 for "highest", TF32 for
-   "high", bf16 for "medium"), merged into a running top-D list held in registers:
+1. distance tiles ``[BLOCK_M, BLOCK_N]`` from ``tl.dot`` (3xTF32 for "highest" and, at
+   present, "high": _common.DOT_PRECISION; bf16 for "medium"), merged into a running top-D list held in registers:
    while a tile holds a pair (value, index) lexicographically below the list's worst,
    the tile's best replaces it (so ties go to the lower index, as a stable sort);
-2. for "high"/"medium" (and top_d = C) the D selected distances recomputed exactly by
+2. for reduced-precision products (and top_d = C) the D selected distances recomputed exactly by
    direct differences (float32, or float64 for float64 inputs); "highest" keeps the
    selection's float32-exact (3xTF32) distances;
 3. ``z = -d / (2 sigma^2)`` and ``lse`` = logsumexp of z over the selection; ``out [N, L]``
@@ -23,7 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, dot_precision, interpreted, logaddexp, split_launch, tl_dtype
+from . import _common
+from ._common import acc_dtype, dot_precision, interpreted, logaddexp, mma, split_launch, tl_dtype
 
 _INIT = 1 << 30  # index of the empty list slots (plus the slot number): above every center
 _NONE = 2147483647  # index of masked-out tile columns: never enters the list
@@ -117,7 +118,7 @@ def _soft_fwd_kernel(X, MU, CN, CLS, OUT, IDX, ZBUF, N, C, D_FEAT, L, TOP_D, sca
                 elif xt.dtype == tl.float16 or xt.dtype == tl.bfloat16:
                     acc = tl.dot(xt, ct, acc)
                 else:
-                    acc = tl.dot(xt.to(ACC), cf, acc, input_precision=DOT_PREC, out_dtype=ACC)
+                    acc = mma(xt.to(ACC), cf, acc, DOT_PREC)
             dist = tl.maximum(xn[:, None] + cn[None, :] - 2.0 * acc, 0.0)
             dist = tl.where(mcol[None, :], dist, float("inf"))
             cid = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32) + tl.where(mcol, cols, NONE)[None, :]
@@ -224,8 +225,9 @@ def _soft_bwd_kernel(G, OUT, IDX, X, MU, CLS, GX, GMU, ABUF, N, D_FEAT, L, TOP_D
 
 
 # GPU launch configurations (float32/16 inputs; see split_launch). The backward with 4 warps
-# spills 1.2 kB (benchmarks/sass_stats.py).
-FWD_GPU_FP32 = dict(BLOCK_N=64, BLOCK_D=32, BLOCK_L=32, num_warps=4, num_stages=3)
+# spills 1.2 kB (benchmarks/sass_stats.py). Forward with 2 stages: 0.94 / 0.98 ms against 1.05 / 1.11
+# ms with 3 (H200, runs 10-11, 50k x 200 x 512, D=20).
+FWD_GPU_FP32 = dict(BLOCK_N=64, BLOCK_D=32, BLOCK_L=32, num_warps=4, num_stages=2)
 BWD_GPU = dict(BLOCK_D=64, BLOCK_L=32, num_warps=8)
 
 
@@ -283,8 +285,14 @@ def recompute_selected(all_centers: bool, precision: int, acc: torch.dtype) -> b
     is skipped; on an H200 this took the forward at N=50,000, C=200, d=512, D=20 from 1.67 to
     0.88 ms (benchmarks/RESULTS.md, run 8). "high"/"medium" select with reduced-precision
     products and so recompute, as does top_d = C, whose selection computes no distances.
+    "high" selects with 3xTF32 at present (_common.DOT_PRECISION), so it needs no recompute.
     """
-    return FORCE_RECOMPUTE or all_centers or (precision != 0 and acc != torch.float64)
+    if FORCE_RECOMPUTE or all_centers:
+        return True
+    if acc == torch.float64:
+        return False
+    exact = precision == 0 or (precision == 1 and _common.DOT_PRECISION[1] == "tf32x3")
+    return not exact
 
 
 FORCE_RECOMPUTE = False  # always recompute (tests and benchmarks/ab_triton.py)

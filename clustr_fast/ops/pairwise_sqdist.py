@@ -61,7 +61,8 @@ def _(x, c, precision):
 
 @torch.library.custom_op("clustr_fast::pairwise_sqdist_backward", mutates_args=())
 def pairwise_sqdist_backward_op(grad: Tensor, x: Tensor, c: Tensor, precision: int) -> tuple[Tensor, Tensor]:
-    gx, gc = run("pairwise_sqdist", x.device, _BWD, grad, x, c, precision, kernel="pairwise_sqdist_backward")
+    gx, gc = run("pairwise_sqdist_backward", x.device, _BWD, grad, x, c, precision,
+                 kernel="pairwise_sqdist_backward")
     return gx.to(x.dtype), gc.to(c.dtype)
 
 
