@@ -206,6 +206,16 @@ def config_sweep():
                        [("8", 8), ("16", 16)], seed64)
             finally:
                 kmeans_k.PP_EVAL_LOOP = loop
+        _sweep(f"k-means++ {PP_ROWS} x 128, k=64", kmeans_k, "PP_BLOCK_ROWS", [(str(b), b) for b in (256, 1024, 2048)],
+               seed64)
+        elems = kmeans_k.PP_EVAL_ELEMS
+        for warps, tile in ((8, 2 * elems), (2, elems // 2)):  # the same tile entries per thread
+            kmeans_k.PP_EVAL_ELEMS = tile
+            try:
+                _sweep(f"k-means++ {PP_ROWS} x 128, k=64, PP_EVAL_ELEMS {tile}", kmeans_k, "PP_EVAL_WARPS",
+                       [(str(warps), warps)], seed64)
+            finally:
+                kmeans_k.PP_EVAL_ELEMS = elems
         n_a, k_a, d_a = KMEANS_ASSIGN_GPU[0]
         xa = randn(n_a, d_a, device=DEV, seed=0)
         ca = randn(k_a, d_a, device=DEV, seed=1)

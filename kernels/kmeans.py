@@ -438,6 +438,8 @@ PP_EVAL_BLOCK_D = 8  # d per chunk: each thread holds whole chunks, so the final
 # 1M x 128, k=64: 3 stages with d chunks of 8 took 23.5 ms, the loop as it was (chunks of 4) 30.0 ms;
 # unrolling did not help (27-30 ms).
 PP_EVAL_LOOP = dict(UNROLL=1, STAGES=3)
+PP_EVAL_WARPS = 4
+PP_BLOCK_ROWS = 512  # rows per program of the eval and update kernels (one partial potential each)
 
 
 def pp_eval_tile(tp, acc, interp):
@@ -461,7 +463,7 @@ def kmeans_plusplus(x, offsets, k, first, draws):
     if G == 0 or k == 0:
         return idx
     interp = interpreted()
-    bs = 64 if interp else 512
+    bs = 64 if interp else PP_BLOCK_ROWS
     bstart, bend, bgroup, gblk = _segment_blocks(offsets, bs, dev)
     NB = bstart.numel()
     closest = torch.full((N,), float("inf"), device=dev, dtype=acc)
@@ -480,7 +482,8 @@ def kmeans_plusplus(x, offsets, k, first, draws):
             _pp_sample_kernel[(G, T)](draws[s - 1], wsum, wfree, closest, chosen, bstart, bend, gblk, cand, T,
                                       BLOCK_B=64 if interp else 1024, SUB=sub_scan)
         _pp_eval_kernel[(NB,)](x, cand, closest, dc, part, bstart, bend, bgroup, N, D, T, x.stride(0), x.stride(1),
-                               ACC=tl_dtype(acc), TP=TP, SUB=sub, BLOCK_D=bd, **PP_EVAL_LOOP, num_warps=4)
+                               ACC=tl_dtype(acc), TP=TP, SUB=sub, BLOCK_D=bd, **PP_EVAL_LOOP,
+                               num_warps=PP_EVAL_WARPS)
         _pp_select_kernel[(G,)](part, cand, gblk, best, idx, chosen, s, k, T, TP=TP,
                                 BLOCK_B=64 if interp else 256)
         if s + 1 < k:
