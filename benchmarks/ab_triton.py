@@ -206,6 +206,15 @@ def config_sweep():
                        [("8", 8), ("16", 16)], seed64)
             finally:
                 kmeans_k.PP_EVAL_LOOP = loop
+        _sweep(f"k-means++ {PP_ROWS} x 128, k=64", kmeans_k, "PP_EVAL_DOT", [("tensor-core eval", True)], seed64)
+        dot_tile = dict(kmeans_k.PP_EVAL_DOT_TILE)
+        kmeans_k.PP_EVAL_DOT = True
+        try:
+            _sweep(f"k-means++ {PP_ROWS} x 128, k=64, tensor-core eval", kmeans_k, "PP_EVAL_DOT_TILE",
+                   [("64 rows", dict(dot_tile, SUB=64)), ("256 rows, 8 warps", dict(dot_tile, SUB=256, num_warps=8)),
+                    ("d chunks of 64", dict(dot_tile, BLOCK_D=64)), ("2 stages", dict(dot_tile, STAGES=2))], seed64)
+        finally:
+            kmeans_k.PP_EVAL_DOT = False
         _sweep(f"k-means++ {PP_ROWS} x 128, k=64", kmeans_k, "PP_BLOCK_ROWS", [(str(b), b) for b in (256, 1024, 2048)],
                seed64)
         elems = kmeans_k.PP_EVAL_ELEMS

@@ -130,6 +130,7 @@ def cases() -> list[KernelCase]:
                       scale="fp32")
     fwd_meta, fwd_launch = split_launch(_soft.FWD_GPU_FP32)
     assign_meta, assign_launch = split_launch(_kmeans.ASSIGN_GPU_FP32)
+    pp_dot_meta, pp_dot_launch = split_launch(_kmeans.PP_EVAL_DOT_TILE)
     radius_meta, radius_launch = split_launch(_radius.GPU_TILE_FP32)
     bwd_meta, bwd_launch = split_launch(_soft.BWD_GPU)
     soft_fwd = dict(ACC=f32, DOT_PREC="tf32x3", CAST_BF16=False, ALL=False, RECOMPUTE=False, BLOCK_M=64, DP=32,
@@ -140,6 +141,11 @@ def cases() -> list[KernelCase]:
                         BEND="*i64", BGROUP="*i64"),
                    dict(ACC=f32, TP=8, SUB=pp_tile[0], BLOCK_D=pp_tile[1], **_kmeans.PP_EVAL_LOOP), unit=("sxd",),
                    note="1M x 128, k=1024: T=8 candidates; one trip of the outer loop per SUB rows"),
+        KernelCase("kmeans_plusplus.eval_dot", _kmeans._pp_eval_dot_kernel,
+                   dict(X="*fp32", XN="*fp32", CAND="*i64", CLOSEST="*fp32", DC="*fp32", PART="*fp64",
+                        BSTART="*i64", BEND="*i64", BGROUP="*i64"),
+                   dict(ACC=f32, DOT_PREC="tf32x3", TP=16, **pp_dot_meta), **pp_dot_launch, unit=("sxd",),
+                   note="the tensor-core eval (PP_EVAL_DOT, not the default); 8 candidates padded to 16"),
         KernelCase("kmeans.assign", _kmeans._assign_dense_kernel,
                    dict(X="*fp32", C="*fp32", CN="*fp32", LAB="*i64", SQ="*fp32"),
                    dict(ACC=f32, DOT_PREC="tf32x3", CAST_BF16=False, USE_DOT=True, **assign_meta), **assign_launch,

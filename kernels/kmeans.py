@@ -312,6 +312,54 @@ def _pp_eval_kernel(X, CAND, CLOSEST, DC, PART, BSTART, BEND, BGROUP, N, D, T, s
 
 
 @triton.jit
+def _pp_eval_dot_kernel(X, XN, CAND, CLOSEST, DC, PART, BSTART, BEND, BGROUP, N, D, T, sxn, sxd,
+                        ACC: tl.constexpr, DOT_PREC: tl.constexpr, TP: tl.constexpr, SUB: tl.constexpr,
+                        BLOCK_D: tl.constexpr, STAGES: tl.constexpr):
+    """``_pp_eval_kernel`` by the expansion: dc[t, i] = max(||x_i||^2 + ||c_t||^2 - 2 x_i.c_t, 0).
+
+    The products run on the tensor cores (``tl.dot``, 3xTF32 for float32: float32-exact
+    products), so a step costs about one read of x; TP >= 16 (padded candidates give
+    distances that are never stored or selected). The expansion cancels: errors are about
+    1e-7 of ||x||^2 + ||c||^2, where the direct differences are exact to 1e-7 of the distance.
+    """
+    b = tl.program_id(0)
+    s = tl.load(BSTART + b)
+    e = tl.load(BEND + b)
+    g = tl.load(BGROUP + b)
+    offs_t = tl.arange(0, TP)
+    mask_t = offs_t < T
+    cand = tl.load(CAND + g * T + offs_t, mask=mask_t, other=0)
+    offs_d = tl.arange(0, BLOCK_D)
+    csq = tl.zeros((BLOCK_D, TP), dtype=ACC)
+    for d0 in range(0, D, BLOCK_D):
+        dd = d0 + offs_d
+        ct = tl.load(X + cand[None, :] * sxn + dd[:, None] * sxd,
+                     mask=mask_t[None, :] & (dd < D)[:, None], other=0.0).to(ACC)
+        csq += ct * ct
+    cn = tl.sum(csq, axis=0)
+    part = tl.zeros((TP,), dtype=tl.float64)
+    for r0 in range(s, e, SUB):
+        rows = r0 + tl.arange(0, SUB)
+        mask_r = rows < e
+        acc = tl.zeros((SUB, TP), dtype=ACC)
+        for d0 in tl.range(0, D, BLOCK_D, num_stages=STAGES):
+            dd = d0 + offs_d
+            mask_d = dd < D
+            xt = tl.load(X + rows[:, None] * sxn + dd[None, :] * sxd,
+                         mask=mask_r[:, None] & mask_d[None, :], other=0.0)
+            ct = tl.load(X + cand[None, :] * sxn + dd[:, None] * sxd,
+                         mask=mask_t[None, :] & mask_d[:, None], other=0.0)
+            acc = mma(xt.to(ACC), ct.to(ACC), acc, DOT_PREC)
+        xn = tl.load(XN + rows, mask=mask_r, other=0.0)
+        dist = tl.maximum(xn[:, None] + cn[None, :] - 2.0 * acc, 0.0)
+        tl.store(DC + offs_t[None, :] * N + rows[:, None], dist, mask=mask_r[:, None] & mask_t[None, :])
+        cl = tl.load(CLOSEST + rows, mask=mask_r, other=0.0)
+        pm = tl.where(mask_r[:, None], tl.minimum(dist, cl[:, None]), 0.0)
+        part += tl.sum(pm.to(tl.float64), axis=0)
+    tl.store(PART + b * TP + offs_t, part)
+
+
+@triton.jit
 def _pp_select_kernel(PART, CAND, GBLK, BEST, IDX, CHOSEN, step, k, T,
                       TP: tl.constexpr, BLOCK_B: tl.constexpr):
     """Per group: potentials of the T candidates, the least one (first on ties) becomes center ``step``."""
@@ -439,6 +487,11 @@ PP_EVAL_BLOCK_D = 8  # d per chunk: each thread holds whole chunks, so the final
 # unrolling did not help (27-30 ms).
 PP_EVAL_LOOP = dict(UNROLL=1, STAGES=3)
 PP_EVAL_WARPS = 4
+# The eval by the expansion on the tensor cores (_pp_eval_dot_kernel): not the default, since its
+# distances are exact only to 1e-7 of ||x||^2 + ||c||^2 and it has not run on a GPU yet
+# (benchmarks/ab_triton.py times it). (SUB, BLOCK_D, num_warps, stages) of that kernel:
+PP_EVAL_DOT = False
+PP_EVAL_DOT_TILE = dict(SUB=128, BLOCK_D=32, num_warps=4, STAGES=3)
 PP_BLOCK_ROWS = 512  # rows per program of the eval and update kernels (one partial potential each)
 
 
@@ -458,7 +511,7 @@ def kmeans_plusplus(x, offsets, k, first, draws):
     acc = acc_dtype(x.dtype)
     G = offsets.numel() - 1
     T = draws.shape[2]
-    TP = max(2, triton.next_power_of_2(T))
+    TP = max(16 if PP_EVAL_DOT else 2, triton.next_power_of_2(T))
     idx = torch.empty((G, k), device=dev, dtype=torch.int64)
     if G == 0 or k == 0:
         return idx
@@ -476,14 +529,24 @@ def kmeans_plusplus(x, offsets, k, first, draws):
     best = torch.empty(G, device=dev, dtype=torch.int64)
     draws = draws.to(device=dev, dtype=torch.float64).contiguous()
     sub, bd = pp_eval_tile(TP, acc, interp)
+    if PP_EVAL_DOT:
+        xn = x.to(acc).square().sum(1)
+        dot_meta, dot_launch = split_launch(PP_EVAL_DOT_TILE)
+        if interp:
+            dot_meta, dot_launch = dict(dot_meta, SUB=16, BLOCK_D=16), {}
     sub_scan = 64 if interp else 512
     for s in range(k):
         if s > 0:
             _pp_sample_kernel[(G, T)](draws[s - 1], wsum, wfree, closest, chosen, bstart, bend, gblk, cand, T,
                                       BLOCK_B=64 if interp else 1024, SUB=sub_scan)
-        _pp_eval_kernel[(NB,)](x, cand, closest, dc, part, bstart, bend, bgroup, N, D, T, x.stride(0), x.stride(1),
-                               ACC=tl_dtype(acc), TP=TP, SUB=sub, BLOCK_D=bd, **PP_EVAL_LOOP,
-                               num_warps=PP_EVAL_WARPS)
+        if PP_EVAL_DOT:
+            _pp_eval_dot_kernel[(NB,)](x, xn, cand, closest, dc, part, bstart, bend, bgroup, N, D, T,
+                                       x.stride(0), x.stride(1), ACC=tl_dtype(acc),
+                                       DOT_PREC=dot_precision(acc, 0), TP=TP, **dot_meta, **dot_launch)
+        else:
+            _pp_eval_kernel[(NB,)](x, cand, closest, dc, part, bstart, bend, bgroup, N, D, T, x.stride(0),
+                                   x.stride(1), ACC=tl_dtype(acc), TP=TP, SUB=sub, BLOCK_D=bd, **PP_EVAL_LOOP,
+                                   num_warps=PP_EVAL_WARPS)
         _pp_select_kernel[(G,)](part, cand, gblk, best, idx, chosen, s, k, T, TP=TP,
                                 BLOCK_B=64 if interp else 256)
         if s + 1 < k:
