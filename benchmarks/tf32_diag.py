@@ -89,6 +89,18 @@ def _k_major(t):
     return t.t().contiguous().t()
 
 
+def _table(title, variants, cell):
+    """One row per (label, pairwise attributes, form of "high", argument): cell(n, k, d, argument)
+    for each shape."""
+    print(f"\n## {title}\n")
+    print("| variant | " + " | ".join(f"{n}x{k}x{d}" for n, k, d in SHAPES) + " |")
+    print("|---|" + "---:|" * len(SHAPES))
+    for label, attrs, form, arg in variants:
+        with _with(pw, **attrs), _high_as(form):
+            cells = [cell(n, k, d, arg) for n, k, d in SHAPES]
+        print(f"| {label} | " + " | ".join(cells) + " |")
+
+
 def pairwise_forward():
     f32 = dict(pw.FWD_GPU_FP32)
     variants = [  # (label, pairwise module attributes, form of "high", precision code)
@@ -99,17 +111,11 @@ def pairwise_forward():
         ("TF32 rounded in registers (tf32r), as launched", {}, "tf32r", 1),
         ("high as shipped (3xTF32)", {}, None, 1),
     ]
-    print("\n## pairwise_sqdist forward: max |err| / (||x||^2 + ||c||^2 + 1)\n")
-    print("| variant | " + " | ".join(f"{n}x{k}x{d}" for n, k, d in SHAPES) + " |")
-    print("|---|" + "---:|" * len(SHAPES))
-    for label, attrs, form, prec in variants:
-        cells = []
-        with _with(pw, **attrs), _high_as(form):
-            for n, k, d in SHAPES:
-                x, c, _ = _inputs(n, k, d)
-                out = pw.pairwise_sqdist(x.to(DEV), c.to(DEV), prec)
-                cells.append(_mark(_fwd_err(x, c, out)))
-        print(f"| {label} | " + " | ".join(cells) + " |")
+    def cell(n, k, d, prec):
+        x, c, _ = _inputs(n, k, d)
+        return _mark(_fwd_err(x, c, pw.pairwise_sqdist(x.to(DEV), c.to(DEV), prec)))
+
+    _table("pairwise_sqdist forward: max |err| / (||x||^2 + ||c||^2 + 1)", variants, cell)
 
 
 def pairwise_backward():
@@ -122,25 +128,19 @@ def pairwise_backward():
         return pw._bwd_one(w, x, _k_major(c), prec), pw._bwd_one(w.t().contiguous(), c, _k_major(x), prec)
 
     variants = [
-        ("plain TF32, as launched", {}, as_is, "tf32"),
-        ("plain TF32, 1 stage", dict(BWD_GPU_FP32=dict(b32, num_stages=1)), as_is, "tf32"),
-        ("plain TF32, BLOCK_K 16", dict(BWD_GPU_FP32=dict(b32, BLOCK_K=16)), as_is, "tf32"),
-        ("plain TF32, operands with the reduction axis contiguous", {}, k_major, "tf32"),
-        ("TF32 rounded in registers (tf32r), as launched", {}, as_is, "tf32r"),
-        ("high as shipped (3xTF32)", {}, as_is, None),
+        ("plain TF32, as launched", {}, "tf32", as_is),
+        ("plain TF32, 1 stage", dict(BWD_GPU_FP32=dict(b32, num_stages=1)), "tf32", as_is),
+        ("plain TF32, BLOCK_K 16", dict(BWD_GPU_FP32=dict(b32, BLOCK_K=16)), "tf32", as_is),
+        ("plain TF32, operands with the reduction axis contiguous", {}, "tf32", k_major),
+        ("TF32 rounded in registers (tf32r), as launched", {}, "tf32r", as_is),
+        ("high as shipped (3xTF32)", {}, None, as_is),
     ]
-    print("\n## pairwise_sqdist backward: max |err| / max |grad| (grad_x ; grad_c)\n")
-    print("| variant | " + " | ".join(f"{n}x{k}x{d}" for n, k, d in SHAPES) + " |")
-    print("|---|" + "---:|" * len(SHAPES))
-    for label, attrs, fn, form in variants:
-        cells = []
-        with _with(pw, **attrs), _high_as(form):
-            for n, k, d in SHAPES:
-                x, c, w = _inputs(n, k, d, seed=1)
-                gx, gc = fn(w.to(DEV), x.to(DEV), c.to(DEV), 1)
-                ex, ec = _bwd_err(x, c, w, gx, gc)
-                cells.append(f"{_mark(ex)} ; {_mark(ec)}")
-        print(f"| {label} | " + " | ".join(cells) + " |")
+    def cell(n, k, d, fn):
+        x, c, w = _inputs(n, k, d, seed=1)
+        ex, ec = _bwd_err(x, c, w, *fn(w.to(DEV), x.to(DEV), c.to(DEV), 1))
+        return f"{_mark(ex)} ; {_mark(ec)}"
+
+    _table("pairwise_sqdist backward: max |err| / max |grad| (grad_x ; grad_c)", variants, cell)
 
 
 def other_kernels():

@@ -272,6 +272,28 @@ def kmeans_update(x, labels, k, prev_centers=None, deterministic=False):
 
 
 @triton.jit
+def _pp_block(BSTART, BEND, BGROUP, CAND, T, TP: tl.constexpr):
+    """(first row, end row, candidate slots, their mask, candidate rows) of this program's block."""
+    b = tl.program_id(0)
+    s = tl.load(BSTART + b)
+    e = tl.load(BEND + b)
+    g = tl.load(BGROUP + b)
+    offs_t = tl.arange(0, TP)
+    mask_t = offs_t < T
+    cand = tl.load(CAND + g * T + offs_t, mask=mask_t, other=0)
+    return s, e, offs_t, mask_t, cand
+
+
+@triton.jit
+def _pp_tile_out(dist, rows, mask_r, offs_t, mask_t, DC, CLOSEST, N):
+    """Store the [SUB, TP] distances in dc[t, i]; return sum_i min(closest_i, dc[t, i]) (float64)."""
+    tl.store(DC + offs_t[None, :] * N + rows[:, None], dist, mask=mask_r[:, None] & mask_t[None, :])
+    cl = tl.load(CLOSEST + rows, mask=mask_r, other=0.0)
+    pm = tl.where(mask_r[:, None], tl.minimum(dist, cl[:, None]), 0.0)
+    return tl.sum(pm.to(tl.float64), axis=0)
+
+
+@triton.jit
 def _pp_eval_kernel(X, CAND, CLOSEST, DC, PART, BSTART, BEND, BGROUP, N, D, T, sxn, sxd,
                     ACC: tl.constexpr, TP: tl.constexpr, SUB: tl.constexpr, BLOCK_D: tl.constexpr,
                     UNROLL: tl.constexpr, STAGES: tl.constexpr):
@@ -281,13 +303,7 @@ def _pp_eval_kernel(X, CAND, CLOSEST, DC, PART, BSTART, BEND, BGROUP, N, D, T, s
     summed over d once per row tile. Summing every d chunk cost 5 shuffles per product (sm_90a
     SASS); by that count, most of the 1 ms per step that run 8 measured at 1M x 128.
     """
-    b = tl.program_id(0)
-    s = tl.load(BSTART + b)
-    e = tl.load(BEND + b)
-    g = tl.load(BGROUP + b)
-    offs_t = tl.arange(0, TP)
-    mask_t = offs_t < T
-    cand = tl.load(CAND + g * T + offs_t, mask=mask_t, other=0)
+    s, e, offs_t, mask_t, cand = _pp_block(BSTART, BEND, BGROUP, CAND, T, TP)
     offs_d = tl.arange(0, BLOCK_D)
     part = tl.zeros((TP,), dtype=tl.float64)
     for r0 in range(s, e, SUB):
@@ -303,12 +319,8 @@ def _pp_eval_kernel(X, CAND, CLOSEST, DC, PART, BSTART, BEND, BGROUP, N, D, T, s
                          mask=mask_t[:, None] & mask_d[None, :], other=0.0).to(ACC)
             diff = xt[:, None, :] - ct[None, :, :]
             acc3 += diff * diff
-        dist = tl.sum(acc3, axis=2)
-        tl.store(DC + offs_t[None, :] * N + rows[:, None], dist, mask=mask_r[:, None] & mask_t[None, :])
-        cl = tl.load(CLOSEST + rows, mask=mask_r, other=0.0)
-        pm = tl.where(mask_r[:, None], tl.minimum(dist, cl[:, None]), 0.0)
-        part += tl.sum(pm.to(tl.float64), axis=0)
-    tl.store(PART + b * TP + offs_t, part)
+        part += _pp_tile_out(tl.sum(acc3, axis=2), rows, mask_r, offs_t, mask_t, DC, CLOSEST, N)
+    tl.store(PART + tl.program_id(0) * TP + offs_t, part)
 
 
 @triton.jit
@@ -322,13 +334,7 @@ def _pp_eval_dot_kernel(X, XN, CAND, CLOSEST, DC, PART, BSTART, BEND, BGROUP, N,
     distances that are never stored or selected). The expansion cancels: errors are about
     1e-7 of ||x||^2 + ||c||^2, where the direct differences are exact to 1e-7 of the distance.
     """
-    b = tl.program_id(0)
-    s = tl.load(BSTART + b)
-    e = tl.load(BEND + b)
-    g = tl.load(BGROUP + b)
-    offs_t = tl.arange(0, TP)
-    mask_t = offs_t < T
-    cand = tl.load(CAND + g * T + offs_t, mask=mask_t, other=0)
+    s, e, offs_t, mask_t, cand = _pp_block(BSTART, BEND, BGROUP, CAND, T, TP)
     offs_d = tl.arange(0, BLOCK_D)
     csq = tl.zeros((BLOCK_D, TP), dtype=ACC)
     for d0 in range(0, D, BLOCK_D):
@@ -352,11 +358,8 @@ def _pp_eval_dot_kernel(X, XN, CAND, CLOSEST, DC, PART, BSTART, BEND, BGROUP, N,
             acc = mma(xt.to(ACC), ct.to(ACC), acc, DOT_PREC)
         xn = tl.load(XN + rows, mask=mask_r, other=0.0)
         dist = tl.maximum(xn[:, None] + cn[None, :] - 2.0 * acc, 0.0)
-        tl.store(DC + offs_t[None, :] * N + rows[:, None], dist, mask=mask_r[:, None] & mask_t[None, :])
-        cl = tl.load(CLOSEST + rows, mask=mask_r, other=0.0)
-        pm = tl.where(mask_r[:, None], tl.minimum(dist, cl[:, None]), 0.0)
-        part += tl.sum(pm.to(tl.float64), axis=0)
-    tl.store(PART + b * TP + offs_t, part)
+        part += _pp_tile_out(dist, rows, mask_r, offs_t, mask_t, DC, CLOSEST, N)
+    tl.store(PART + tl.program_id(0) * TP + offs_t, part)
 
 
 @triton.jit
