@@ -520,6 +520,8 @@ def test_gpu_backends_large(name):
         _, idx32 = clustr_fast.kmeans_plusplus(x[:3000], 50, generator=torch.Generator("cuda").manual_seed(0))
     assert_labels_nearest(labels, x, c)
     assert (labels_hi.cpu() == labels.cpu()).float().mean() > 0.95
+    # "high" may round products to TF32 (about 5e-4 of ||x||^2 + ||c||^2 per distance), never more
+    assert_labels_nearest(labels_hi, x, c, rtol=2e-3)
     assert_close_f64(sq.cpu(), f64_sqdist(x, c).min(1).values, dtype=torch.float32, scale=_scale(x, c))
     want, wcounts = _loop_means(x, labels, 1_100, None)
     assert torch.equal(counts.cpu(), wcounts)
