@@ -246,10 +246,18 @@ def config_sweep():
                lambda: clustr_fast.kmeans_assign(xl, cl, precision="high")[0])
         del xl, cl
         _sweep(f"soft fwd N={n},C={c},d={d},D={top_d}", soft_k, "FWD_GPU_FP32",
-               [("8 warps", dict(base, num_warps=8)), ("2 stages", dict(base, num_stages=2)),
+               [("8 warps", dict(base, num_warps=8)), ("3 stages", dict(base, num_stages=3)),
                 ("C tiles of 32", dict(base, BLOCK_N=32)),
-                ("C tiles of 32, 2 stages", dict(base, BLOCK_N=32, num_stages=2)),
-                ("C tiles of 32, 2 stages, d chunks of 64", dict(base, BLOCK_N=32, num_stages=2, BLOCK_D=64))], fwd)
+                ("C tiles of 32, d chunks of 64", dict(base, BLOCK_N=32, BLOCK_D=64))], fwd)
+        _sweep(f"soft fwd N={n},C={c},d={d},D={top_d}", soft_k, "FWD_LIST_ELEMS", [("32 rows", 1024)], fwd)
+        soft_k.FWD_ROWS_MAX = 128
+        soft_k.FWD_GPU_FP32 = dict(base, num_warps=8)  # 128 rows with 4 warps spill 748 B (sass_stats)
+        try:
+            _sweep(f"soft fwd N={n},C={c},d={d},D={top_d}, FWD_ROWS_MAX 128, 8 warps", soft_k, "FWD_LIST_ELEMS",
+                   [("128 rows", 4096)], fwd)
+        finally:
+            soft_k.FWD_ROWS_MAX = 64
+            soft_k.FWD_GPU_FP32 = base
         bwd = dict(soft_k.BWD_GPU)
         _sweep(f"soft fwd+bwd N={n},C={c},d={d},D={top_d}", soft_k, "BWD_GPU",
                [("4 warps", dict(bwd, num_warps=4)), ("d chunks of 32", dict(bwd, BLOCK_D=32))], full)

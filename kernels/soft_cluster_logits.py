@@ -240,7 +240,14 @@ def _block_m(dp: int, n: int, acc: torch.dtype) -> int:
         return max(16, min(128, _pow2(n)))
     if acc == torch.float64:  # the float64 tl.dot wants 64x64 tiles (as in pairwise_sqdist)
         return 64
-    return max(16, min(64, 2048 // dp))
+    return max(16, min(FWD_ROWS_MAX, FWD_LIST_ELEMS // dp))
+
+
+# Rows per forward program on the GPU: FWD_LIST_ELEMS // DP (the top-D list's [BLOCK_M, DP]
+# entries), at most FWD_ROWS_MAX. Fewer rows make the merge loop run fewer times per tile (it
+# runs until the row that needs most insertions has them) but give the tensor cores thinner tiles.
+FWD_LIST_ELEMS = 2048
+FWD_ROWS_MAX = 64
 
 
 def soft_cluster_logits(feats, centers, center_classes, num_classes: int, variance: float, top_d: int,
