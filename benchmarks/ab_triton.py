@@ -261,6 +261,19 @@ def config_sweep():
         bwd = dict(soft_k.BWD_GPU)
         _sweep(f"soft fwd+bwd N={n},C={c},d={d},D={top_d}", soft_k, "BWD_GPU",
                [("4 warps", dict(bwd, num_warps=4)), ("d chunks of 32", dict(bwd, BLOCK_D=32))], full)
+        _sweep(f"soft fwd+bwd N={n},C={c},d={d},D={top_d}", soft_k, "BWD_DENSE_MAX_RATIO",
+               [("grad_mu by atomics", 0)], full)
+        if len(SOFT_GPU) > 1:  # C / D = 62 there: atomics by default; dense products would take 2 N C d flops
+            n2, c2, d2, top_d2 = SOFT_GPU[1]
+            f2 = randn(n2, d2, device=DEV, seed=0, requires_grad=True)
+            mu2 = randn(c2, d2, device=DEV, seed=1, requires_grad=True)
+            cls2 = torch.arange(c2, device=DEV) % (c2 // 20)
+            g2 = randn(n2, c2 // 20, device=DEV, seed=2)
+            _sweep(f"soft fwd+bwd N={n2},C={c2},d={d2},D={top_d2}", soft_k, "BWD_DENSE_MAX_RATIO",
+                   [("grad_mu by dense products", 100)],
+                   lambda: torch.autograd.grad(clustr_fast.soft_cluster_logits(f2, mu2, cls2, c2 // 20, variance=200.0,
+                                                                               top_d=top_d2), (f2, mu2), g2))
+            del f2, mu2, g2
         tile = dict(radius_k.GPU_TILE_FP32)
         _sweep(f"certified_radius N={n},C={c},d={d}", radius_k, "GPU_TILE_FP32",
                [("d chunks of 8", dict(tile, BLOCK_D=8)), ("64 rows", dict(tile, BLOCK_M=64)),

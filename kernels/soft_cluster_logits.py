@@ -17,7 +17,9 @@ scratch); no [N, C] buffer.
 Backward, one program per BLOCK_M rows: recompute the D distances, the coefficients
 ``a_j = -s (g_{c_j} exp(z_j - Z - out_{c_j}) - G exp(z_j - Z))`` (G = sum of the
 gradient over present classes; kept in an [N, D] scratch), then ``grad_f = 2 sum_j a_j
-(f - mu_j)`` and, by atomic adds, ``grad_mu_j -= 2 a_j (f - mu_j)``.
+(f - mu_j)``. The center gradient ``grad_mu_j = -2 sum_i a_ij (f_i - mu_j)`` comes either from
+atomic adds in the kernel or, when C <= BWD_DENSE_MAX_RATIO * D, after it from dense products
+``colsum(A) mu - A^T F`` over row chunks of the coefficients scattered into ``A [rows, C]``.
 """
 import torch
 import triton
@@ -174,7 +176,7 @@ def _soft_fwd_kernel(X, MU, CN, CLS, OUT, IDX, ZBUF, N, C, D_FEAT, L, TOP_D, sca
 @triton.jit
 def _soft_bwd_kernel(G, OUT, IDX, X, MU, CLS, GX, GMU, ABUF, N, D_FEAT, L, TOP_D, scale,
                      sxn, sxd, smc, smd,
-                     ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+                     ACC: tl.constexpr, ATOMIC_GMU: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
                      BLOCK_L: tl.constexpr, DP: tl.constexpr):
     pid = tl.program_id(0)
     rows = (pid * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
@@ -219,8 +221,9 @@ def _soft_bwd_kernel(G, OUT, IDX, X, MU, CLS, GX, GMU, ABUF, N, D_FEAT, L, TOP_D
             mt = tl.load(MU + js[:, None] * smc + dd[None, :] * smd, mask=md, other=0.0).to(ACC)
             t = a_s[:, None] * (xt - mt)
             gx += t
-            tl.atomic_add(GMU + js[:, None] * D_FEAT + dd[None, :], -t, mask=md & (a_s != 0.0)[:, None],
-                          sem="relaxed")
+            if ATOMIC_GMU:  # else the launcher forms grad_mu from ABUF by dense products
+                tl.atomic_add(GMU + js[:, None] * D_FEAT + dd[None, :], -t, mask=md & (a_s != 0.0)[:, None],
+                              sem="relaxed")
         tl.store(GX + rows[:, None] * D_FEAT + dd[None, :], gx, mask=md)
 
 
@@ -322,9 +325,47 @@ def soft_cluster_logits_backward(grad, out, idx, feats, centers, center_classes,
         meta, launch = dict(BLOCK_D=64, BLOCK_L=64), {}
     else:
         meta, launch = split_launch(BWD_GPU)
+    idx = idx.contiguous()
+    dense = dense_center_grad(C, top_d, feats.device)
     _soft_bwd_kernel[(triton.cdiv(N, bm),)](
-        grad.to(acc).contiguous(), out.contiguous(), idx.contiguous(), feats, centers,
+        grad.to(acc).contiguous(), out.contiguous(), idx, feats, centers,
         center_classes.to(torch.int64).contiguous(), gx, gmu, abuf, N, D_FEAT, out.shape[1], top_d, 0.5 / variance,
         feats.stride(0), feats.stride(1), centers.stride(0), centers.stride(1),
-        ACC=tl_dtype(acc), BLOCK_M=bm, DP=dp, **meta, **launch)
+        ACC=tl_dtype(acc), ATOMIC_GMU=not dense, BLOCK_M=bm, DP=dp, **meta, **launch)
+    if dense:
+        _center_grad_by_products(gmu, abuf, idx, feats, centers)
     return gx.to(feats.dtype), gmu.to(centers.dtype)
+
+
+# The center gradient grad_mu_j = -sum_i a_ij (f_i - mu_j) = colsum(A)_j mu_j - (A^T F)_j, with
+# A [N, C] the coefficients scattered by idx, is formed by dense products over row chunks of
+# A (at most BWD_DENSE_CHUNK entries each) when C <= BWD_DENSE_MAX_RATIO * D: then the
+# product's 2 N C d flops cost less than N D d atomic adds into grad_mu (run 7 profile: the
+# atomic backward kernel took 3.4 ms at 50k x 200 x 512, D=20, before relaxed atomics; 1.5 ms
+# after, runs 10-11). Deterministic, unlike the atomics. 0 turns it off (benchmarks/ab_triton.py).
+BWD_DENSE_MAX_RATIO = 16
+BWD_DENSE_CHUNK = 1 << 25  # entries of one row chunk of A (128 MiB in float32)
+
+
+def dense_center_grad(num_centers: int, top_d: int, device: torch.device) -> bool:
+    """Whether the backward forms grad_mu by dense products (else atomic adds in the kernel).
+
+    On CUDA only while float32 products are full precision (``torch.get_float32_matmul_precision()
+    == "highest"``, PyTorch's default): cuBLAS would otherwise round them to TF32.
+    """
+    if num_centers > BWD_DENSE_MAX_RATIO * top_d:
+        return False
+    return device.type != "cuda" or torch.get_float32_matmul_precision() == "highest"
+
+
+def _center_grad_by_products(gmu, abuf, idx, feats, centers):
+    """gmu [C, d] (zeros, accumulation dtype) <- colsum(A) mu - A^T F; abuf, idx [N, D]."""
+    N, C = feats.shape[0], centers.shape[0]
+    colsum = torch.zeros((C,), device=gmu.device, dtype=gmu.dtype)
+    rows = max(1, BWD_DENSE_CHUNK // C)
+    for r0 in range(0, N, rows):
+        r1 = min(N, r0 + rows)
+        a = torch.zeros((r1 - r0, C), device=gmu.device, dtype=gmu.dtype).scatter_(1, idx[r0:r1], abuf[r0:r1])
+        gmu.addmm_(a.t(), feats[r0:r1].to(gmu.dtype), alpha=-1.0)
+        colsum += a.sum(0)
+    gmu.addcmul_(colsum[:, None], centers.to(gmu.dtype))

@@ -159,6 +159,37 @@ def test_triton_recompute_under_highest_matches_float64(backend):
         assert_close_f64(got.cpu(), want, dtype=torch.float32, scale=want.abs().max().clamp_min(1.0))
 
 
+@pytest.mark.parametrize("path", ["atomic", "dense", "dense-chunked"])
+def test_triton_center_gradient_paths_match_float64(backend, path):
+    """The Triton backward's two ways to grad_mu: atomic adds in the kernel, or dense products
+    over row chunks of the scattered coefficients (BWD_DENSE_MAX_RATIO, BWD_DENSE_CHUNK)."""
+    name, dev = backend
+    if name != "triton":
+        pytest.skip("Triton launcher switch")
+    from clustr_fast.kernels import soft_cluster_logits as K
+    f, mu, cls, nc, var = _inputs(203, 37, 19, 2, torch.float32, dev, seed=45)
+    f.requires_grad_(True)
+    mu.requires_grad_(True)
+    saved = K.BWD_DENSE_MAX_RATIO, K.BWD_DENSE_CHUNK
+    K.BWD_DENSE_MAX_RATIO = 0 if path == "atomic" else 1000
+    if path == "dense-chunked":
+        K.BWD_DENSE_CHUNK = 37 * 50  # 50 rows per chunk: 5 chunks, the last one short
+    try:
+        assert K.dense_center_grad(37, 4, f.device) == (path != "atomic")
+        out = clustr_fast.soft_cluster_logits(f, mu, cls, nc, variance=var, top_d=4)
+        gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(5)).to(dev)
+        gf, gm = torch.autograd.grad(out, (f, mu), gout)
+    finally:
+        K.BWD_DENSE_MAX_RATIO, K.BWD_DENSE_CHUNK = saved
+    f64 = f.detach().cpu().double().requires_grad_(True)
+    m64 = mu.detach().cpu().double().requires_grad_(True)
+    ref = R.soft_cluster_logits(f64, m64, cls.cpu(), nc, variance=var, top_d=4)
+    wf, wm = torch.autograd.grad(ref, (f64, m64), gout.cpu().double())
+    assert gm.abs().max() > 0  # centers selected somewhere carry gradient
+    for got, want in ((gf, wf), (gm, wm)):
+        assert_close_f64(got.cpu(), want, dtype=torch.float32, scale=want.abs().max().clamp_min(1.0))
+
+
 def _plain_half(f, mu, cls, nc, var, top_d):
     """The same classifier computed in the inputs' own (half) dtype with plain PyTorch."""
     d = (f[:, None, :] - mu[None, :, :]).square().sum(-1)
