@@ -151,16 +151,25 @@ def _soft_fwd_kernel(X, MU, CN, CLS, OUT, IDX, ZBUF, N, C, D_FEAT, L, TOP_D, sca
     zmax = tl.max(z, axis=1)
     zsafe = tl.where(zmax > float("-inf"), zmax, 0.0)
     lse = zsafe + tl.log(tl.sum(tl.exp(z - zsafe[:, None]), axis=1))  # -inf when every z is -inf
-    # out[i, c] = log sum_{s: class_s = c} exp(z_s - lse): the row is set to -inf, then each
-    # selected slot, in slot order, adds itself to its class by a logaddexp in memory. O(D) per
-    # row; a sweep of [BLOCK_M, BLOCK_L] accumulators per slot was O(D * L) exps.
+    # ZBUF has its own row stride szn (= TOP_D): an offset tensor shared with the IDX store would
+    # stay live through the recompute (+36 registers under "high", sm_90a)
+    tl.store(ZBUF + rows[:, None] * szn + slot[None, :], z - lse[:, None], mask=mrow[:, None] & real[None, :])
+    _class_logits(OUT, IDX, CLS, ZBUF, rows, mrow, L, TOP_D, szn, ACC, BLOCK_M, BLOCK_L)
+
+
+@triton.jit
+def _class_logits(OUT, IDX, CLS, ZBUF, rows, mrow, L, TOP_D, szn,
+                  ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_L: tl.constexpr):
+    """out[i, c] = log sum_{s: class_s = c} exp(zbuf[i, s]) from the rows' IDX and ZBUF (z - lse).
+
+    The row is set to -inf, then each selected slot, in slot order, adds itself to its class by
+    a logaddexp in memory. O(D) per row; a sweep of [BLOCK_M, BLOCK_L] accumulators per slot
+    was O(D * L) exps.
+    """
     for l0 in range(0, L, BLOCK_L):
         lc = l0 + tl.arange(0, BLOCK_L)
         tl.store(OUT + rows[:, None] * L + lc[None, :], tl.zeros((BLOCK_M, BLOCK_L), dtype=ACC) + float("-inf"),
                  mask=mrow[:, None] & (lc < L)[None, :])
-    # ZBUF has its own row stride szn (= TOP_D): an offset tensor shared with the IDX store would
-    # stay live through the recompute (+36 registers under "high", sm_90a)
-    tl.store(ZBUF + rows[:, None] * szn + slot[None, :], z - lse[:, None], mask=mrow[:, None] & real[None, :])
     tl.debug_barrier()  # IDX, ZBUF and the -inf rows are visible to every thread of the program
     for s in range(0, TOP_D):
         js = tl.load(IDX + rows * TOP_D + s, mask=mrow, other=0)
@@ -274,9 +283,9 @@ def soft_cluster_logits(feats, centers, center_classes, num_classes: int, varian
         meta, launch = dict(BLOCK_N=64, BLOCK_D=16, BLOCK_L=32), dict(num_warps=4, num_stages=2)
     else:
         meta, launch = split_launch(FWD_GPU_FP32)
-    grid = (triton.cdiv(N, bm),)
     cn = centers.to(acc).square().sum(1).contiguous()
     zbuf = torch.empty((N, top_d), device=feats.device, dtype=acc)  # z - lse of the selection
+    grid = (triton.cdiv(N, bm),)
     _soft_fwd_kernel[grid](
         feats, centers, cn, cls, out, idx, zbuf, N, C, D_FEAT, num_classes, top_d, 0.5 / variance,
         feats.stride(0), feats.stride(1), centers.stride(0), centers.stride(1), zbuf.stride(0),
