@@ -46,6 +46,7 @@ from clustr_fast.kernels import certified_radius as _radius  # noqa: E402
 from clustr_fast.kernels._common import split_launch  # noqa: E402
 from clustr_fast.kernels import kmeans as _kmeans  # noqa: E402
 from clustr_fast.kernels import magnet_loss as _magnet  # noqa: E402
+from clustr_fast.kernels import magnet_loss_batch as _batch  # noqa: E402
 from clustr_fast.kernels import soft_cluster_logits as _soft  # noqa: E402
 
 TOOLS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
@@ -133,6 +134,7 @@ def cases() -> list[KernelCase]:
     pp_dot_meta, pp_dot_launch = split_launch(_kmeans.PP_EVAL_DOT_TILE)
     radius_meta, radius_launch = split_launch(_radius.GPU_TILE_FP32)
     bwd_meta, bwd_launch = split_launch(_soft.BWD_GPU)
+    batch_meta, batch_launch = _batch._config(12)
     soft_fwd = dict(ACC=f32, DOT_PREC="tf32x3", CAST_BF16=False, ALL=False, RECOMPUTE=False, BLOCK_M=64, DP=32,
                     INIT=_soft._INIT, NONE=_soft._NONE, **fwd_meta)
     return [
@@ -177,6 +179,18 @@ def cases() -> list[KernelCase]:
                         LOSS="*fp32", STATS="*fp32", alpha="fp32", log_eps="fp32"),
                    dict(HAS_VALID=False, USE_EPS=True, ACC=f32, DOT_PREC="tf32x3", BLOCK_M=64, BLOCK_C=64,
                         BLOCK_D=32), unit=("sfd", "smd"), note="global form, C tiles of 64"),
+        KernelCase("magnet_loss_batch.means", _batch._batch_means_kernel,
+                   dict(F="*fp32", IDS="*i64", MU="*fp32", DPART="*fp32"), dict(ACC=f32, **batch_meta),
+                   **batch_launch, unit=("sfd",), note="12 x 20 x 512 batch: a program per d chunk"),
+        KernelCase("magnet_loss_batch.loss", _batch._batch_loss_kernel,
+                   dict(IDS="*i64", CLS="*i64", VAR="*fp32", W="*fp32", LOSS="*fp32", TOTAL="*fp32",
+                        DPART="*fp32", PS="*fp32", RS="*fp32", COLS="*fp32", var_value="fp32", weight="fp32",
+                        alpha="fp32", log_eps="fp32"),
+                   dict(VAR_MODE=0, HAS_W=False, USE_EPS=True, WITH_GRAD=True, ACC=f32, BM=batch_meta["BM"],
+                        BN=batch_meta["BN"], BCH=16), num_warps=8, note="one program"),
+        KernelCase("magnet_loss_batch.grad", _batch._batch_grad_kernel,
+                   dict(F="*fp32", IDS="*i64", GRAD="*fp32", MU="*fp32", PS="*fp32", RS="*fp32", COLS="*fp32"),
+                   dict(ACC=f32, **batch_meta), **batch_launch, unit=("sfd",), note="a program per d chunk"),
         KernelCase("certified_radius", _radius._radius_kernel,
                    dict(X="*fp32", MU="*fp32", CLS="*i64", GAP="*fp32", OUT="*fp32", lip2="fp32"),
                    dict(MODE=0, ACC=f32, NONE=_radius._NONE, **radius_meta), **radius_launch,

@@ -1,17 +1,21 @@
-"""Triton kernel for the fused Magnet-loss batch form: the whole batch in one program.
+"""Triton kernels for the fused Magnet-loss batch form: three launches, two of them split by columns.
 
-One program (grid (1,)) walks the batch in phases separated by barriers, with
-O(M d + N M) scratch in global memory (M = batch clusters, padded to BM <= 64):
+The batch (ClusTR: 240 x 512 with 12 clusters) is small, so the work is split over d, the
+only wide axis (M = batch clusters, padded to BM <= 64; BD columns per program):
 
-1. counts n_k and means mu_k -> MU [BM, d]
-2. d_ik = ||f_i - mu_k||^2 by explicit differences -> PS [N, BM]; sigma^2 is the
-   batch variance sum_i d_{i,a_i} / (N - 1), a given tensor, or a given value
-3. per row: logsumexp over impostors (other class, non-empty cluster), loss_i,
-   total = sum_i w_i loss_i and, with WITH_GRAD, the matrix P = d total / d dist
-   (overwriting PS), its row sums R and column sums
-4. gradient, per column chunk: gmu_k = 2 (colsum_k mu_k - sum_i P_ik f_i) / n_k, then
-   grad f_i = 2 (R_i f_i - sum_k P_ik mu_k) + gmu_{a_i} + cv (f_i - mu_{a_i}),
-   cv = 2 grad_var / (N - 1) for the batch variance, 0 otherwise.
+1. ``_batch_means_kernel``, a program per d chunk: counts n_k, means mu_k of its columns
+   -> MU [BM, d], and its part of d_ik = ||f_i - mu_k||^2 by explicit differences
+   -> DPART [chunks, N, BM];
+2. ``_batch_loss_kernel``, one program: d_ik summed over the chunks (in chunk order:
+   deterministic) -> PS [N, BM]; sigma^2 (the batch variance sum_i d_{i,a_i} / (N - 1), a given
+   tensor or a given value); per row the logsumexp over impostors (other class, non-empty
+   cluster), loss_i, total = sum_i w_i loss_i and, with WITH_GRAD, P = d total / d dist
+   (overwriting PS), its row sums R, column sums and cv = 2 grad_var / (N - 1) -> COLS [BM + 1];
+3. ``_batch_grad_kernel`` (WITH_GRAD), a program per d chunk: gmu_k = 2 (colsum_k mu_k -
+   sum_i P_ik f_i) / n_k, then grad f_i = 2 (R_i f_i - sum_k P_ik mu_k) + gmu_{a_i} +
+   cv (f_i - mu_{a_i}) for its columns (cv = 0 unless the batch variance is used).
+
+A single program walking every phase (the previous design) ran its d loops serially on one SM.
 """
 import math
 
@@ -35,46 +39,62 @@ def _row_ids(IDS, n0, N, BM: tl.constexpr, BN: tl.constexpr):
 
 
 @triton.jit
-def _magnet_batch_kernel(F, IDS, CLS, VAR, W, LOSS, TOTAL, GRAD, MU, PS, RS,
-                         N, M, D, sfn, sfd, var_value, weight, alpha, log_eps,
-                         VAR_MODE: tl.constexpr, HAS_W: tl.constexpr, USE_EPS: tl.constexpr,
-                         WITH_GRAD: tl.constexpr, ACC: tl.constexpr,
-                         BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
-    ks = tl.arange(0, BM)
-    mask_k = ks < M
-    offs_d = tl.arange(0, BD)
-
-    # 1. counts and means
+def _counts(IDS, N, BM: tl.constexpr, BN: tl.constexpr, ACC: tl.constexpr):
+    """Rows per cluster [BM] (float)."""
     cnt = tl.zeros((BM,), dtype=ACC)
     for n0 in range(0, N, BN):
         rows, mask_n, a, onehot = _row_ids(IDS, n0, N, BM, BN)
         cnt += tl.sum(onehot.to(ACC), axis=0)
-    inv_cnt = 1.0 / tl.maximum(cnt, 1.0)
-    for d0 in range(0, D, BD):
-        dd = d0 + offs_d
-        mask_d = dd < D
-        sums = tl.zeros((BM, BD), dtype=ACC)
-        for n0 in range(0, N, BN):
-            rows, mask_n, a, onehot = _row_ids(IDS, n0, N, BM, BN)
-            f = tl.load(F + rows[:, None] * sfn + dd[None, :] * sfd,
-                        mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(ACC)
-            sums += tl.sum(onehot.to(ACC)[:, :, None] * f[:, None, :], axis=0)
-        tl.store(MU + ks[:, None] * D + dd[None, :], sums * inv_cnt[:, None], mask=mask_d[None, :])
-    tl.debug_barrier()
+    return cnt
 
-    # 2. distances to every cluster, sigma^2
+
+@triton.jit
+def _batch_means_kernel(F, IDS, MU, DPART, N, D, sfn, sfd,
+                        ACC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
+    """Phase 1 for the columns [pid * BD, pid * BD + BD): MU and DPART[pid]."""
+    pid = tl.program_id(0)
+    ks = tl.arange(0, BM)
+    dd = pid * BD + tl.arange(0, BD)
+    mask_d = dd < D
+    inv_cnt = 1.0 / tl.maximum(_counts(IDS, N, BM, BN, ACC), 1.0)
+    sums = tl.zeros((BM, BD), dtype=ACC)
+    for n0 in range(0, N, BN):
+        rows, mask_n, a, onehot = _row_ids(IDS, n0, N, BM, BN)
+        f = tl.load(F + rows[:, None] * sfn + dd[None, :] * sfd,
+                    mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(ACC)
+        sums += tl.sum(onehot.to(ACC)[:, :, None] * f[:, None, :], axis=0)
+    mu = sums * inv_cnt[:, None]
+    tl.store(MU + ks[:, None] * D + dd[None, :], mu, mask=mask_d[None, :])
+    for n0 in range(0, N, BN):
+        rows, mask_n, a, onehot = _row_ids(IDS, n0, N, BM, BN)
+        f = tl.load(F + rows[:, None] * sfn + dd[None, :] * sfd,
+                    mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(ACC)
+        diff = tl.where(mask_d[None, None, :], f[:, None, :] - mu[None, :, :], 0.0)
+        tl.store(DPART + (pid * N + rows[:, None]) * BM + ks[None, :], tl.sum(diff * diff, axis=2),
+                 mask=mask_n[:, None])
+
+
+@triton.jit
+def _batch_loss_kernel(IDS, CLS, VAR, W, LOSS, TOTAL, DPART, PS, RS, COLS, N, M, NCHUNK,
+                       var_value, weight, alpha, log_eps,
+                       VAR_MODE: tl.constexpr, HAS_W: tl.constexpr, USE_EPS: tl.constexpr,
+                       WITH_GRAD: tl.constexpr, ACC: tl.constexpr,
+                       BM: tl.constexpr, BN: tl.constexpr, BCH: tl.constexpr):
+    """Phases 2-3 in one program: distances, sigma^2, losses, total and (WITH_GRAD) P, R, COLS."""
+    ks = tl.arange(0, BM)
+    mask_k = ks < M
+    chs = tl.arange(0, BCH)
+    cnt = _counts(IDS, N, BM, BN, ACC)
+
     own_sum = tl.zeros((BN,), dtype=ACC)
     for n0 in range(0, N, BN):
         rows, mask_n, a, onehot = _row_ids(IDS, n0, N, BM, BN)
         dist = tl.zeros((BN, BM), dtype=ACC)
-        for d0 in range(0, D, BD):
-            dd = d0 + offs_d
-            mask_d = dd < D
-            f = tl.load(F + rows[:, None] * sfn + dd[None, :] * sfd,
-                        mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(ACC)
-            mu = tl.load(MU + ks[:, None] * D + dd[None, :], mask=mask_d[None, :], other=0.0)
-            diff = f[:, None, :] - mu[None, :, :]
-            dist += tl.sum(diff * diff, axis=2)
+        for c0 in range(0, NCHUNK, BCH):  # chunk parts in chunk order
+            cc = c0 + chs
+            part = tl.load(DPART + ((cc[:, None, None] * N + rows[None, :, None]) * BM + ks[None, None, :]),
+                           mask=(cc < NCHUNK)[:, None, None] & mask_n[None, :, None], other=0.0)
+            dist += tl.sum(part, axis=0)
         tl.store(PS + rows[:, None] * BM + ks[None, :], dist, mask=mask_n[:, None])
         own_sum += tl.sum(tl.where(onehot, dist, 0.0), axis=1)
     if VAR_MODE == 0:
@@ -84,9 +104,8 @@ def _magnet_batch_kernel(F, IDS, CLS, VAR, W, LOSS, TOTAL, GRAD, MU, PS, RS,
     else:
         var = var_value
     s = 0.5 / var
-    tl.debug_barrier()
+    tl.debug_barrier()  # PS rows are read back by other threads below
 
-    # 3. per-row losses and P = d total / d dist
     cls_k = tl.load(CLS + ks, mask=mask_k, other=0)
     valid_k = mask_k & (cnt > 0)
     total = tl.zeros((BN,), dtype=ACC)
@@ -136,41 +155,56 @@ def _magnet_batch_kernel(F, IDS, CLS, VAR, W, LOSS, TOTAL, GRAD, MU, PS, RS,
             tl.store(RS + rows, tl.sum(pm, axis=1), mask=mask_n)
             colsum += tl.sum(pm, axis=0)
     tl.store(TOTAL, tl.sum(total, axis=0))
-
-    # 4. gradient in feats, through the means and sigma^2
     if WITH_GRAD:
-        tl.debug_barrier()
+        tl.store(COLS + ks, colsum)
         if VAR_MODE == 0:
             cv = 4.0 * s * s * tl.sum(gsum, axis=0) / (N - 1)
         else:
-            cv = 0.0
-        for d0 in range(0, D, BD):
-            dd = d0 + offs_d
-            mask_d = dd < D
-            mu = tl.load(MU + ks[:, None] * D + dd[None, :], mask=mask_d[None, :], other=0.0)
-            pf = tl.zeros((BM, BD), dtype=ACC)
-            for n0 in range(0, N, BN):
-                rows, mask_n, a, onehot = _row_ids(IDS, n0, N, BM, BN)
-                pm = tl.load(PS + rows[:, None] * BM + ks[None, :], mask=mask_n[:, None], other=0.0)
-                f = tl.load(F + rows[:, None] * sfn + dd[None, :] * sfd,
-                            mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(ACC)
-                pf += tl.sum(pm[:, :, None] * f[:, None, :], axis=0)
-            gmu = 2.0 * (colsum[:, None] * mu - pf) * inv_cnt[:, None]
-            for n0 in range(0, N, BN):
-                rows, mask_n, a, onehot = _row_ids(IDS, n0, N, BM, BN)
-                m2 = mask_n[:, None] & mask_d[None, :]
-                pm = tl.load(PS + rows[:, None] * BM + ks[None, :], mask=mask_n[:, None], other=0.0)
-                rs = tl.load(RS + rows, mask=mask_n, other=0.0)
-                f = tl.load(F + rows[:, None] * sfn + dd[None, :] * sfd, mask=m2, other=0.0).to(ACC)
-                # [BM, BN, BD] products summed over their leading axis: on an H200 (Triton 3.6)
-                # the same sums over the middle axis of [BN, BM, BD] gave wrong gradients.
-                pm_t = tl.trans(pm)[:, :, None]
-                oh_t = tl.trans(onehot.to(ACC))[:, :, None]
-                p_mu = tl.sum(pm_t * mu[:, None, :], axis=0)
-                g_own = tl.sum(oh_t * gmu[:, None, :], axis=0)
-                mu_own = tl.sum(oh_t * mu[:, None, :], axis=0)
-                g = 2.0 * (rs[:, None] * f - p_mu) + g_own + cv * (f - mu_own)
-                tl.store(GRAD + rows[:, None] * D + dd[None, :], g.to(GRAD.dtype.element_ty), mask=m2)
+            cv = tl.sum(gsum, axis=0) * 0.0
+        tl.store(COLS + BM, cv)
+
+
+@triton.jit
+def _batch_grad_kernel(F, IDS, GRAD, MU, PS, RS, COLS, N, D, sfn, sfd,
+                       ACC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
+    """Phase 4 for the columns [pid * BD, pid * BD + BD): gradient through the means and sigma^2."""
+    pid = tl.program_id(0)
+    ks = tl.arange(0, BM)
+    dd = pid * BD + tl.arange(0, BD)
+    mask_d = dd < D
+    inv_cnt = 1.0 / tl.maximum(_counts(IDS, N, BM, BN, ACC), 1.0)
+    colsum = tl.load(COLS + ks)
+    cv = tl.load(COLS + BM)
+    mu = tl.load(MU + ks[:, None] * D + dd[None, :], mask=mask_d[None, :], other=0.0)
+    pf = tl.zeros((BM, BD), dtype=ACC)
+    for n0 in range(0, N, BN):
+        rows, mask_n, a, onehot = _row_ids(IDS, n0, N, BM, BN)
+        pm = tl.load(PS + rows[:, None] * BM + ks[None, :], mask=mask_n[:, None], other=0.0)
+        f = tl.load(F + rows[:, None] * sfn + dd[None, :] * sfd,
+                    mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(ACC)
+        pf += tl.sum(pm[:, :, None] * f[:, None, :], axis=0)
+    gmu = 2.0 * (colsum[:, None] * mu - pf) * inv_cnt[:, None]
+    for n0 in range(0, N, BN):
+        rows, mask_n, a, onehot = _row_ids(IDS, n0, N, BM, BN)
+        m2 = mask_n[:, None] & mask_d[None, :]
+        pm = tl.load(PS + rows[:, None] * BM + ks[None, :], mask=mask_n[:, None], other=0.0)
+        rs = tl.load(RS + rows, mask=mask_n, other=0.0)
+        f = tl.load(F + rows[:, None] * sfn + dd[None, :] * sfd, mask=m2, other=0.0).to(ACC)
+        # [BM, BN, BD] products summed over their leading axis: on an H200 (Triton 3.6)
+        # the same sums over the middle axis of [BN, BM, BD] gave wrong gradients.
+        pm_t = tl.trans(pm)[:, :, None]
+        oh_t = tl.trans(onehot.to(ACC))[:, :, None]
+        p_mu = tl.sum(pm_t * mu[:, None, :], axis=0)
+        g_own = tl.sum(oh_t * gmu[:, None, :], axis=0)
+        mu_own = tl.sum(oh_t * mu[:, None, :], axis=0)
+        g = 2.0 * (rs[:, None] * f - p_mu) + g_own + cv * (f - mu_own)
+        tl.store(GRAD + rows[:, None] * D + dd[None, :], g.to(GRAD.dtype.element_ty), mask=m2)
+
+
+# Columns per program of the means and gradient kernels: their [BN, BM, BD] product tiles hold
+# at most BATCH_TILE_ELEMS entries (BN = 16 rows); the 12 x 20 x 512 batch runs 32 programs.
+BATCH_TILE_ELEMS = 4096
+BATCH_WARPS = 4
 
 
 def _config(m):
@@ -178,15 +212,15 @@ def _config(m):
     if interpreted():
         return dict(BM=bm, BN=16, BD=32), {}
     bn = 16
-    bd = max(4, min(64, 8192 // (bn * bm)))
-    return dict(BM=bm, BN=bn, BD=bd), dict(num_warps=8)
+    bd = max(4, min(64, BATCH_TILE_ELEMS // (bn * bm)))
+    return dict(BM=bm, BN=bn, BD=bd), dict(num_warps=BATCH_WARPS)
 
 
 def magnet_loss_batch(feats, ids, classes, variance, variance_value, alpha, eps, row_weight, weight, with_grad):
     """(losses [N], total = sum_i w_i loss_i (0-d), d total / d feats [N, d] or [0, d]).
 
     Accumulation dtype for losses and total, the feats dtype for the gradient. At most
-    ``MAX_CLUSTERS`` clusters; one program for the whole batch.
+    ``MAX_CLUSTERS`` clusters; three launches (module docstring).
     """
     N, D = feats.shape
     M = classes.shape[0]
@@ -200,9 +234,13 @@ def magnet_loss_batch(feats, ids, classes, variance, variance_value, alpha, eps,
     if N == 0:
         return loss, total, grad
     meta, launch = _config(M)
-    mu = torch.empty((meta["BM"], D), device=dev, dtype=acc)
-    ps = torch.empty((N, meta["BM"]), device=dev, dtype=acc)
+    bm, bd = meta["BM"], meta["BD"]
+    chunks = max(1, triton.cdiv(D, bd))
+    mu = torch.empty((bm, D), device=dev, dtype=acc)
+    dpart = torch.empty((chunks, N, bm), device=dev, dtype=acc)
+    ps = torch.empty((N, bm), device=dev, dtype=acc)
     rs = torch.empty((N,), device=dev, dtype=acc)
+    cols = torch.empty((bm + 1,), device=dev, dtype=acc)  # column sums of P, then cv
     if variance is None and variance_value > 0 and acc == torch.float64:
         variance = torch.tensor(variance_value, dtype=acc)  # a float64 value, not a float32 argument
     if variance is not None:
@@ -210,10 +248,18 @@ def magnet_loss_batch(feats, ids, classes, variance, variance_value, alpha, eps,
     else:
         var_mode, var_t = (2 if variance_value > 0 else 0), total
     w = row_weight.to(acc).contiguous() if row_weight is not None else loss
-    _magnet_batch_kernel[(1,)](
-        feats, ids, classes, var_t, w, loss, total, grad, mu, ps, rs,
-        N, M, D, feats.stride(0), feats.stride(1), float(variance_value), float(weight), float(alpha),
-        math.log(eps) if eps > 0 else 0.0,
+    if D > 0:
+        _batch_means_kernel[(chunks,)](feats, ids, mu, dpart, N, D, feats.stride(0), feats.stride(1),
+                                       ACC=tl_dtype(acc), **meta, **launch)
+    else:
+        dpart.zero_()
+    _batch_loss_kernel[(1,)](
+        ids, classes, var_t, w, loss, total, dpart, ps, rs, cols, N, M, chunks,
+        float(variance_value), float(weight), float(alpha), math.log(eps) if eps > 0 else 0.0,
         VAR_MODE=var_mode, HAS_W=row_weight is not None, USE_EPS=eps > 0, WITH_GRAD=bool(with_grad),
-        ACC=tl_dtype(acc), **meta, **launch)
+        ACC=tl_dtype(acc), BM=bm, BN=meta["BN"], BCH=min(16, triton.next_power_of_2(chunks)),
+        **({} if interpreted() else dict(num_warps=8)))
+    if with_grad and D > 0:
+        _batch_grad_kernel[(chunks,)](feats, ids, grad, mu, ps, rs, cols, N, D, feats.stride(0), feats.stride(1),
+                                      ACC=tl_dtype(acc), **meta, **launch)
     return loss, total, grad

@@ -47,6 +47,7 @@ def test_distance_loops_do_not_shuffle(sass, name):
 
 @pytest.mark.parametrize("name", ["kmeans_plusplus.eval", "certified_radius", "kmeans.assign_grouped",
                                   "soft_cluster_logits.fwd", "soft_cluster_logits.fwd_recompute",
-                                  "soft_cluster_logits.bwd", "soft_cluster_logits.bwd_dense", "magnet_loss.fwd"])
+                                  "soft_cluster_logits.bwd", "soft_cluster_logits.bwd_dense", "magnet_loss.fwd",
+                                  "magnet_loss_batch.means", "magnet_loss_batch.loss", "magnet_loss_batch.grad"])
 def test_no_spills(sass, name):
     assert sass[name]["spill"] == 0

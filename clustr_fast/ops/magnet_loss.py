@@ -286,8 +286,9 @@ def fused_global_applies(feats: Tensor, centers: Tensor, var: Tensor | None, red
 
 # --------------------------------------------------------------------------- batch form, fused
 
-# A GPU batch runs in one block / program: at most this many clusters and rows, and the
-# means, their gradient and the [N, M] distances within this many bytes (CUDA shared memory).
+# A GPU batch runs fused within these limits: at most this many clusters (one Triton register
+# tile) and rows, and the means, their gradient and the [N, M] distances within this many bytes
+# (the CUDA kernel's one block keeps them in shared memory; the Triton kernels split d over programs).
 FUSED_MAX_CLUSTERS = 64
 FUSED_MAX_ROWS = 4096
 FUSED_MAX_SHARED_BYTES = 96 * 1024
