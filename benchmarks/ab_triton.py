@@ -30,7 +30,7 @@ import torch  # noqa: E402
 
 import clustr_fast  # noqa: E402
 from clustr_fast.kernels import _common, certified_radius as radius_k, kmeans as kmeans_k  # noqa: E402
-from clustr_fast.kernels import soft_cluster_logits as soft_k  # noqa: E402
+from clustr_fast.kernels import magnet_loss_batch as batch_k, soft_cluster_logits as soft_k  # noqa: E402
 from common import randn, sync  # noqa: E402
 from report import time_call  # noqa: E402
 from shapes import KMEANS_ASSIGN_GPU, KMEANS_LLOYD_GPU, SOFT_GPU  # noqa: E402
@@ -274,6 +274,17 @@ def config_sweep():
                    lambda: torch.autograd.grad(clustr_fast.soft_cluster_logits(f2, mu2, cls2, c2 // 20, variance=200.0,
                                                                                top_d=top_d2), (f2, mu2), g2))
             del f2, mu2, g2
+        mb, ml, md = 12, 20, 512  # the ClusTR batch: 12 clusters x 20 samples x 512
+        fb = randn(mb * ml, md, device=DEV, seed=4, requires_grad=True)
+        ids_b = torch.arange(mb, device=DEV).repeat_interleave(ml)
+        cls_b = torch.arange(mb, device=DEV) // 2
+
+        def batch():
+            return torch.autograd.grad(clustr_fast.magnet_loss_batch(fb, ids_b, cls_b, alpha=12.5), fb)
+
+        _sweep(f"magnet batch {mb}x{ml}x{md} fwd+bwd", batch_k, "BATCH_TILE_ELEMS",
+               [("64 column programs", 2048), ("16 column programs", 8192)], batch)
+        _sweep(f"magnet batch {mb}x{ml}x{md} fwd+bwd", batch_k, "BATCH_WARPS", [("8 warps", 8)], batch)
         tile = dict(radius_k.GPU_TILE_FP32)
         _sweep(f"certified_radius N={n},C={c},d={d}", radius_k, "GPU_TILE_FP32",
                [("d chunks of 8", dict(tile, BLOCK_D=8)), ("64 rows", dict(tile, BLOCK_M=64)),
