@@ -174,6 +174,30 @@ def _can_run(backend: str, op: str, device: torch.device, kernel: str | None) ->
     return False
 
 
+# Backends whose kernel for an op gives run-to-run different results on CUDA tensors (float
+# atomics in an order the hardware picks). Under ``torch.use_deterministic_algorithms(True)``
+# ``auto`` passes over them, and naming one raises (warns, with ``warn_only=True``), as PyTorch's
+# own nondeterministic ops do. Kernels with a deterministic mode of their own (the Triton
+# soft-logits and pairwise backward passes, ``kmeans_update``) switch to it instead.
+NONDETERMINISTIC_CUDA: dict[str, tuple[str, ...]] = {
+    "soft_cluster_logits_backward": ("cuda",),  # atomicAdd into grad_centers
+}
+
+
+def _nondeterministic(op: str, backend: str, device: torch.device) -> bool:
+    return (device.type == "cuda" and backend in NONDETERMINISTIC_CUDA.get(op, ())
+            and torch.are_deterministic_algorithms_enabled())
+
+
+def _alert_nondeterministic(op: str, backend: str) -> None:
+    msg = (f"clustr_fast: {op} on the {backend!r} backend does not have a deterministic implementation, "
+           f"but torch.use_deterministic_algorithms(True) is set; use backend 'auto' or 'triton'")
+    if torch.is_deterministic_algorithms_warn_only_enabled():
+        warnings.warn(msg, UserWarning, stacklevel=3)
+    else:
+        raise RuntimeError(msg)
+
+
 def pick(op: str, device: torch.device, implemented: tuple[str, ...], kernel: str | None = None) -> str:
     """Backend that runs ``op`` on ``device``.
 
@@ -187,10 +211,12 @@ def pick(op: str, device: torch.device, implemented: tuple[str, ...], kernel: st
                 f"clustr_fast: backend {name!r} cannot run {op} on {device.type} tensors "
                 f"(available backends here: {backends()})"
             )
+        if _nondeterministic(op, name, device):
+            _alert_nondeterministic(op, name)
         return name
     order = AUTO_CUDA_ORDER.get(op, _DEFAULT_CUDA_ORDER) if device.type == "cuda" else _CPU_ORDER
     for cand in order:
-        if cand in implemented and _can_run(cand, op, device, kernel):
+        if cand in implemented and _can_run(cand, op, device, kernel) and not _nondeterministic(op, cand, device):
             return cand
     return "reference"
 

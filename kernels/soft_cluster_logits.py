@@ -359,9 +359,13 @@ BWD_DENSE_CHUNK = 1 << 25  # entries of one row chunk of A (128 MiB in float32)
 def dense_center_grad(num_centers: int, top_d: int, device: torch.device) -> bool:
     """Whether the backward forms grad_mu by dense products (else atomic adds in the kernel).
 
-    On CUDA only while float32 products are full precision (``torch.get_float32_matmul_precision()
-    == "highest"``, PyTorch's default): cuBLAS would otherwise round them to TF32.
+    Always under ``torch.use_deterministic_algorithms(True)`` (the atomics' order is not).
+    Else for C <= BWD_DENSE_MAX_RATIO * D and, on CUDA, only while float32 products are full
+    precision (``torch.get_float32_matmul_precision() == "highest"``, PyTorch's default):
+    cuBLAS would otherwise round them to TF32.
     """
+    if torch.are_deterministic_algorithms_enabled():
+        return True
     if num_centers > BWD_DENSE_MAX_RATIO * top_d:
         return False
     return device.type != "cuda" or torch.get_float32_matmul_precision() == "highest"

@@ -132,6 +132,59 @@ def test_auto_picks_each_pass_on_its_own():
                          "soft_cluster_logits_backward") == ("cpu" if "cpu" in clustr_fast.backends() else "reference")
 
 
+@pytest.fixture
+def deterministic():
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_deterministic_mode_passes_over_the_atomic_cuda_backward(monkeypatch, deterministic):
+    """Under torch.use_deterministic_algorithms(True), auto does not pick a backward with float
+    atomics on CUDA tensors, and naming it raises (or warns with warn_only)."""
+    from clustr_fast import _backend
+    monkeypatch.setattr(_backend, "_can_run", lambda *args: True)  # as on a machine with both GPU backends
+    impls = ("reference", "cpu", "cuda", "triton")
+    cuda = torch.device("cuda")
+    name = "soft_cluster_logits_backward"
+    assert _backend.pick(name, cuda, impls, name) == "triton"
+    assert _backend.pick("soft_cluster_logits", cuda, impls) == "triton"
+    monkeypatch.setattr(_backend, "requested", lambda: "cuda")
+    with pytest.raises(RuntimeError, match="deterministic"):
+        _backend.pick(name, cuda, impls, name)
+    assert _backend.pick("soft_cluster_logits", cuda, impls) == "cuda"  # the forward has no atomics
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    with pytest.warns(UserWarning, match="deterministic"):
+        assert _backend.pick(name, cuda, impls, name) == "cuda"
+    torch.use_deterministic_algorithms(False)
+    monkeypatch.setattr(_backend, "requested", lambda: "auto")
+    assert _backend.pick(name, cuda, impls, name) == "cuda"
+
+
+def test_triton_backward_is_deterministic_in_deterministic_mode(backend, deterministic):
+    """The Triton backward takes the dense center gradient under deterministic mode, whatever C / D."""
+    name, dev = backend
+    if name != "triton":
+        pytest.skip("Triton launcher switch")
+    from clustr_fast.kernels import soft_cluster_logits as K
+    assert K.dense_center_grad(10_000, 1, dev)  # far above BWD_DENSE_MAX_RATIO
+    f, mu, cls, nc, var = _inputs(203, 65, 19, 1, torch.float32, dev, seed=46)
+    f.requires_grad_(True)
+    mu.requires_grad_(True)
+    out = clustr_fast.soft_cluster_logits(f, mu, cls, nc, variance=var, top_d=2)  # C / D = 32.5
+    gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(6)).to(dev)
+    runs = [torch.autograd.grad(out, (f, mu), gout, retain_graph=True) for _ in range(2)]
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    f64 = f.detach().cpu().double().requires_grad_(True)
+    m64 = mu.detach().cpu().double().requires_grad_(True)
+    ref = R.soft_cluster_logits(f64, m64, cls.cpu(), nc, variance=var, top_d=2)
+    wf, wm = torch.autograd.grad(ref, (f64, m64), gout.cpu().double())
+    for got, want in zip(runs[0], (wf, wm)):
+        assert_close_f64(got.cpu(), want, dtype=torch.float32, scale=want.abs().max().clamp_min(1.0))
+
+
 def test_triton_recompute_under_highest_matches_float64(backend):
     """The exact recompute of the selected distances, which "highest" skips on Triton (it runs
     for "high"/"medium" and top_d = C), forced on a "highest" call."""
