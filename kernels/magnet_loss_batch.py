@@ -49,14 +49,19 @@ def _counts(IDS, N, BM: tl.constexpr, BN: tl.constexpr, ACC: tl.constexpr):
 
 
 @triton.jit
+def _column_chunk(IDS, N, D, ACC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
+    """(program, cluster slots, its columns, their mask, 1 / max(n_k, 1)) of a column program."""
+    pid = tl.program_id(0)
+    dd = pid * BD + tl.arange(0, BD)
+    inv_cnt = 1.0 / tl.maximum(_counts(IDS, N, BM, BN, ACC), 1.0)
+    return pid, tl.arange(0, BM), dd, dd < D, inv_cnt
+
+
+@triton.jit
 def _batch_means_kernel(F, IDS, MU, DPART, N, D, sfn, sfd,
                         ACC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
     """Phase 1 for the columns [pid * BD, pid * BD + BD): MU and DPART[pid]."""
-    pid = tl.program_id(0)
-    ks = tl.arange(0, BM)
-    dd = pid * BD + tl.arange(0, BD)
-    mask_d = dd < D
-    inv_cnt = 1.0 / tl.maximum(_counts(IDS, N, BM, BN, ACC), 1.0)
+    pid, ks, dd, mask_d, inv_cnt = _column_chunk(IDS, N, D, ACC, BM, BN, BD)
     sums = tl.zeros((BM, BD), dtype=ACC)
     for n0 in range(0, N, BN):
         rows, mask_n, a, onehot = _row_ids(IDS, n0, N, BM, BN)
@@ -168,11 +173,7 @@ def _batch_loss_kernel(IDS, CLS, VAR, W, LOSS, TOTAL, DPART, PS, RS, COLS, N, M,
 def _batch_grad_kernel(F, IDS, GRAD, MU, PS, RS, COLS, N, D, sfn, sfd,
                        ACC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
     """Phase 4 for the columns [pid * BD, pid * BD + BD): gradient through the means and sigma^2."""
-    pid = tl.program_id(0)
-    ks = tl.arange(0, BM)
-    dd = pid * BD + tl.arange(0, BD)
-    mask_d = dd < D
-    inv_cnt = 1.0 / tl.maximum(_counts(IDS, N, BM, BN, ACC), 1.0)
+    pid, ks, dd, mask_d, inv_cnt = _column_chunk(IDS, N, D, ACC, BM, BN, BD)
     colsum = tl.load(COLS + ks)
     cv = tl.load(COLS + BM)
     mu = tl.load(MU + ks[:, None] * D + dd[None, :], mask=mask_d[None, :], other=0.0)

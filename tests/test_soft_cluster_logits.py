@@ -106,7 +106,7 @@ def test_backward_on_another_backend_matches_float64(pair):
     mu.requires_grad_(True)
     with clustr_fast.use_backend(fwd):
         out = clustr_fast.soft_cluster_logits(f, mu, cls, nc, variance=var, top_d=5)
-    gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(4)).to(dev)
+    gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(4)).to(f.device)
     with clustr_fast.use_backend(bwd):
         gf, gm = torch.autograd.grad(out, (f, mu), gout)
     f64 = f.detach().cpu().double().requires_grad_(True)
@@ -130,6 +130,29 @@ def test_auto_picks_each_pass_on_its_own():
                              "soft_cluster_logits_backward") == "cuda"
     assert _backend.pick("soft_cluster_logits_backward", torch.device("cpu"), impls,
                          "soft_cluster_logits_backward") == ("cpu" if "cpu" in clustr_fast.backends() else "reference")
+
+
+def _triton_leaves(backend, n, c, d, k, seed):
+    """For tests of the Triton launcher's switches (others skip): (the kernel module, leaf
+    feats, leaf centers, classes, num_classes, variance), float32."""
+    name, dev = backend
+    if name != "triton":
+        pytest.skip("Triton launcher switch")
+    from clustr_fast.kernels import soft_cluster_logits as K
+    f, mu, cls, nc, var = _inputs(n, c, d, k, torch.float32, dev, seed=seed)
+    return K, f.requires_grad_(True), mu.requires_grad_(True), cls, nc, var
+
+
+def _check_grads_f64(f, mu, cls, nc, var, top_d, gout, grads):
+    """(grad_feats, grad_centers) against the float64 reference's for the upstream gradient
+    ``gout``; returns the reference's output."""
+    f64 = f.detach().cpu().double().requires_grad_(True)
+    m64 = mu.detach().cpu().double().requires_grad_(True)
+    ref = R.soft_cluster_logits(f64, m64, cls.cpu(), nc, variance=var, top_d=top_d)
+    wf, wm = torch.autograd.grad(ref, (f64, m64), gout.cpu().double())
+    for got, want in zip(grads, (wf, wm)):
+        assert_close_f64(got.cpu(), want, dtype=torch.float32, scale=want.abs().max().clamp_min(1.0))
+    return ref.detach()
 
 
 @pytest.fixture
@@ -165,64 +188,36 @@ def test_deterministic_mode_passes_over_the_atomic_cuda_backward(monkeypatch, de
 
 def test_triton_backward_is_deterministic_in_deterministic_mode(backend, deterministic):
     """The Triton backward takes the dense center gradient under deterministic mode, whatever C / D."""
-    name, dev = backend
-    if name != "triton":
-        pytest.skip("Triton launcher switch")
-    from clustr_fast.kernels import soft_cluster_logits as K
-    assert K.dense_center_grad(10_000, 1, dev)  # far above BWD_DENSE_MAX_RATIO
-    f, mu, cls, nc, var = _inputs(203, 65, 19, 1, torch.float32, dev, seed=46)
-    f.requires_grad_(True)
-    mu.requires_grad_(True)
+    K, f, mu, cls, nc, var = _triton_leaves(backend, 203, 65, 19, 1, seed=46)
+    assert K.dense_center_grad(10_000, 1, f.device)  # far above BWD_DENSE_MAX_RATIO
     out = clustr_fast.soft_cluster_logits(f, mu, cls, nc, variance=var, top_d=2)  # C / D = 32.5
-    gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(6)).to(dev)
+    gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(6)).to(f.device)
     runs = [torch.autograd.grad(out, (f, mu), gout, retain_graph=True) for _ in range(2)]
     assert all(torch.equal(a, b) for a, b in zip(*runs))
-    f64 = f.detach().cpu().double().requires_grad_(True)
-    m64 = mu.detach().cpu().double().requires_grad_(True)
-    ref = R.soft_cluster_logits(f64, m64, cls.cpu(), nc, variance=var, top_d=2)
-    wf, wm = torch.autograd.grad(ref, (f64, m64), gout.cpu().double())
-    for got, want in zip(runs[0], (wf, wm)):
-        assert_close_f64(got.cpu(), want, dtype=torch.float32, scale=want.abs().max().clamp_min(1.0))
+    _check_grads_f64(f, mu, cls, nc, var, 2, gout, runs[0])
 
 
 def test_triton_recompute_under_highest_matches_float64(backend):
     """The exact recompute of the selected distances, which "highest" skips on Triton (it runs
     for "high"/"medium" and top_d = C), forced on a "highest" call."""
-    name, dev = backend
-    if name != "triton":
-        pytest.skip("Triton launcher switch")
-    from clustr_fast.kernels import soft_cluster_logits as K
-    f, mu, cls, nc, var = _inputs(127, 65, 130, 2, torch.float32, dev, seed=44)
-    f.requires_grad_(True)
-    mu.requires_grad_(True)
+    K, f, mu, cls, nc, var = _triton_leaves(backend, 127, 65, 130, 2, seed=44)
     old = K.FORCE_RECOMPUTE
     K.FORCE_RECOMPUTE = True
     try:
         out = clustr_fast.soft_cluster_logits(f, mu, cls, nc, variance=var, top_d=5)
-        gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(4)).to(dev)
+        gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(4)).to(f.device)
         gf, gm = torch.autograd.grad(out, (f, mu), gout)
     finally:
         K.FORCE_RECOMPUTE = old
-    f64 = f.detach().cpu().double().requires_grad_(True)
-    m64 = mu.detach().cpu().double().requires_grad_(True)
-    ref = R.soft_cluster_logits(f64, m64, cls.cpu(), nc, variance=var, top_d=5)
-    _check_values(out.detach(), ref.detach(), torch.float32)
-    wf, wm = torch.autograd.grad(ref, (f64, m64), gout.cpu().double())
-    for got, want in ((gf, wf), (gm, wm)):
-        assert_close_f64(got.cpu(), want, dtype=torch.float32, scale=want.abs().max().clamp_min(1.0))
+    ref = _check_grads_f64(f, mu, cls, nc, var, 5, gout, (gf, gm))
+    _check_values(out.detach(), ref, torch.float32)
 
 
 @pytest.mark.parametrize("path", ["atomic", "dense", "dense-chunked"])
 def test_triton_center_gradient_paths_match_float64(backend, path):
     """The Triton backward's two ways to grad_mu: atomic adds in the kernel, or dense products
     over row chunks of the scattered coefficients (BWD_DENSE_MAX_RATIO, BWD_DENSE_CHUNK)."""
-    name, dev = backend
-    if name != "triton":
-        pytest.skip("Triton launcher switch")
-    from clustr_fast.kernels import soft_cluster_logits as K
-    f, mu, cls, nc, var = _inputs(203, 37, 19, 2, torch.float32, dev, seed=45)
-    f.requires_grad_(True)
-    mu.requires_grad_(True)
+    K, f, mu, cls, nc, var = _triton_leaves(backend, 203, 37, 19, 2, seed=45)
     saved = K.BWD_DENSE_MAX_RATIO, K.BWD_DENSE_CHUNK
     K.BWD_DENSE_MAX_RATIO = 0 if path == "atomic" else 1000
     if path == "dense-chunked":
@@ -230,17 +225,12 @@ def test_triton_center_gradient_paths_match_float64(backend, path):
     try:
         assert K.dense_center_grad(37, 4, f.device) == (path != "atomic")
         out = clustr_fast.soft_cluster_logits(f, mu, cls, nc, variance=var, top_d=4)
-        gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(5)).to(dev)
+        gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(5)).to(f.device)
         gf, gm = torch.autograd.grad(out, (f, mu), gout)
     finally:
         K.BWD_DENSE_MAX_RATIO, K.BWD_DENSE_CHUNK = saved
-    f64 = f.detach().cpu().double().requires_grad_(True)
-    m64 = mu.detach().cpu().double().requires_grad_(True)
-    ref = R.soft_cluster_logits(f64, m64, cls.cpu(), nc, variance=var, top_d=4)
-    wf, wm = torch.autograd.grad(ref, (f64, m64), gout.cpu().double())
     assert gm.abs().max() > 0  # centers selected somewhere carry gradient
-    for got, want in ((gf, wf), (gm, wm)):
-        assert_close_f64(got.cpu(), want, dtype=torch.float32, scale=want.abs().max().clamp_min(1.0))
+    _check_grads_f64(f, mu, cls, nc, var, 4, gout, (gf, gm))
 
 
 def _plain_half(f, mu, cls, nc, var, top_d):
