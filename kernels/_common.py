@@ -11,10 +11,11 @@ import triton.language as tl
 # Triton 3.6 (benchmarks/RESULTS.md, runs 10-11, 2026-11-26): pairwise_sqdist "high" erred by up to
 # 0.15 of ||x||^2 + ||c||^2 on some shapes with software-pipelined launches (num_stages >= 2) and
 # was right with num_stages=1 or 3xTF32. "High" therefore means 3xTF32 in the Triton kernels until
-# benchmarks/tf32_diag.py shows plain TF32 right on every shape; it sets DOT_PRECISION[1] = "tf32".
+# benchmarks/tf32_diag.py shows a TF32 form right on every shape; then set DOT_PRECISION[1] to it.
 # "tf32r" (not a default; benchmarks/tf32_diag.py times and checks it) rounds both operands to
 # TF32 in registers and then runs plain TF32 products, so the products do not read the
 # pipelined shared-memory tiles directly, the path run 11 found wrong.
+# A code mapped to plain "tf32" runs its launches unpipelined (TF32_ONE_STAGE below).
 DOT_PRECISION = {0: "tf32x3", 1: "tf32x3", 2: "tf32x3"}
 
 
@@ -37,6 +38,19 @@ def split_launch(config: dict) -> tuple[dict, dict]:
     launch_keys = ("num_warps", "num_stages")
     return ({k: v for k, v in config.items() if k not in launch_keys},
             {k: v for k, v in config.items() if k in launch_keys})
+
+
+# Plain TF32 products ("tf32") run in launches without software pipelining (num_stages=1): run 11
+# found them wrong in pipelined launches on Triton 3.6 and right in unpipelined ones (H200,
+# benchmarks/tf32_diag.py). Only matters while DOT_PRECISION maps a code to "tf32".
+TF32_ONE_STAGE = True
+
+
+def launch_for(launch: dict, prec: str) -> dict:
+    """Launch options for products of input precision ``prec`` (see TF32_ONE_STAGE)."""
+    if prec == "tf32" and TF32_ONE_STAGE and not interpreted():
+        return dict(launch, num_stages=1)
+    return launch
 
 
 def dot_precision(dtype: torch.dtype, precision: int) -> str:

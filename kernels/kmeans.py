@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, dot_precision, interpreted, mma, split_launch, tl_dtype
+from ._common import acc_dtype, dot_precision, launch_for, interpreted, mma, split_launch, tl_dtype
 
 
 # --------------------------------------------------------------------------- assign
@@ -132,12 +132,13 @@ def kmeans_assign(x, centers, precision=0, groups=None, group_k=0):
         meta, launch = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_D=8), dict(num_warps=4, num_stages=2)
     else:
         meta, launch = split_launch(ASSIGN_GPU_FP32)
+    prec = dot_precision(acc, precision)
     _assign_dense_kernel[(triton.cdiv(N, meta["BLOCK_M"]),)](
         x, centers, cn, labels, sq, N, centers.shape[0], D,
         x.stride(0), x.stride(1), centers.stride(0), centers.stride(1),
-        ACC=tl_dtype(acc), DOT_PREC=dot_precision(acc, precision),
+        ACC=tl_dtype(acc), DOT_PREC=prec,
         CAST_BF16=(precision == 2 and x.dtype == torch.float32 and not interpreted()),
-        USE_DOT=acc != torch.float64, **meta, **launch)
+        USE_DOT=acc != torch.float64, **meta, **launch_for(launch, prec))
     return labels, sq
 
 

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, dot_precision, interpreted, mma, split_launch, tl_dtype
+from ._common import acc_dtype, dot_precision, launch_for, interpreted, mma, split_launch, tl_dtype
 
 
 @triton.jit
@@ -138,11 +138,12 @@ def pairwise_sqdist(x: torch.Tensor, c: torch.Tensor, precision: int = 0) -> tor
         return out.zero_()
     meta, launch = _fwd_config(x.dtype)
     grid = (triton.cdiv(N, meta["BLOCK_M"]) * triton.cdiv(K, meta["BLOCK_N"]),)
+    prec = dot_precision(acc, precision)
     _sqdist_fwd_kernel[grid](
         x, c, out, N, K, D, x.stride(0), x.stride(1), c.stride(0), c.stride(1),
-        ACC=tl_dtype(acc), DOT_PREC=dot_precision(acc, precision),
+        ACC=tl_dtype(acc), DOT_PREC=prec,
         CAST_BF16=(precision == 2 and x.dtype == torch.float32 and not interpreted()),
-        **meta, **launch)
+        **meta, **launch_for(launch, prec))
     return out
 
 
@@ -167,10 +168,11 @@ def _bwd_one(g: torch.Tensor, a: torch.Tensor, b: torch.Tensor, precision: int) 
     atomic = splits > 1
     out = torch.zeros((M, D), device=a.device, dtype=acc) if atomic else torch.empty((M, D), device=a.device, dtype=a.dtype)
     grid = (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(D, meta["BLOCK_D"]), splits)
+    prec = dot_precision(acc, precision)
     _sqdist_bwd_kernel[grid](
         g, a, b, out, M, K, D, k_per_split,
         g.stride(0), g.stride(1), a.stride(0), a.stride(1), b.stride(0), b.stride(1),
-        ACC=tl_dtype(acc), DOT_PREC=dot_precision(acc, precision), ATOMIC=atomic, **meta, **launch)
+        ACC=tl_dtype(acc), DOT_PREC=prec, ATOMIC=atomic, **meta, **launch_for(launch, prec))
     return out.to(a.dtype)
 
 

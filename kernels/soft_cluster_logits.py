@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from . import _common
-from ._common import acc_dtype, dot_precision, interpreted, logaddexp, mma, split_launch, tl_dtype
+from ._common import acc_dtype, dot_precision, launch_for, interpreted, logaddexp, mma, split_launch, tl_dtype
 
 _INIT = 1 << 30  # index of the empty list slots (plus the slot number): above every center
 _NONE = 2147483647  # index of masked-out tile columns: never enters the list
@@ -286,13 +286,14 @@ def soft_cluster_logits(feats, centers, center_classes, num_classes: int, varian
     cn = centers.to(acc).square().sum(1).contiguous()
     zbuf = torch.empty((N, top_d), device=feats.device, dtype=acc)  # z - lse of the selection
     grid = (triton.cdiv(N, bm),)
+    prec = dot_precision(acc, precision)
     _soft_fwd_kernel[grid](
         feats, centers, cn, cls, out, idx, zbuf, N, C, D_FEAT, num_classes, top_d, 0.5 / variance,
         feats.stride(0), feats.stride(1), centers.stride(0), centers.stride(1), zbuf.stride(0),
-        ACC=tl_dtype(acc), DOT_PREC=dot_precision(acc, precision),
+        ACC=tl_dtype(acc), DOT_PREC=prec,
         CAST_BF16=(precision == 2 and feats.dtype == torch.float32 and not interpreted()),
         ALL=(top_d == C), RECOMPUTE=recompute_selected(top_d == C, precision, acc),
-        BLOCK_M=bm, DP=dp, INIT=_INIT, NONE=_NONE, **meta, **launch)
+        BLOCK_M=bm, DP=dp, INIT=_INIT, NONE=_NONE, **meta, **launch_for(launch, prec))
     return out, idx
 
 
