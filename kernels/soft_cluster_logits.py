@@ -348,11 +348,13 @@ def soft_cluster_logits_backward(grad, out, idx, feats, centers, center_classes,
 
 
 # The center gradient grad_mu_j = -sum_i a_ij (f_i - mu_j) = colsum(A)_j mu_j - (A^T F)_j, with
-# A [N, C] the coefficients scattered by idx, is formed by dense products over row chunks of
+# a_ij = 2 dL/dd_ij (the kernel's ABUF) and A [N, C] those scattered by idx, is formed by dense
+# products over row chunks of
 # A (at most BWD_DENSE_CHUNK entries each) when C <= BWD_DENSE_MAX_RATIO * D: then the
 # product's 2 N C d flops cost less than N D d atomic adds into grad_mu (run 7 profile: the
 # atomic backward kernel took 3.4 ms at 50k x 200 x 512, D=20, before relaxed atomics; 1.5 ms
-# after, runs 10-11). Deterministic, unlike the atomics. 0 turns it off (benchmarks/ab_triton.py).
+# after, runs 10-11). Deterministic, unlike the atomics. 0 turns it off outside deterministic mode
+# (benchmarks/ab_triton.py).
 BWD_DENSE_MAX_RATIO = 16
 BWD_DENSE_CHUNK = 1 << 25  # entries of one row chunk of A (128 MiB in float32)
 
@@ -360,7 +362,8 @@ BWD_DENSE_CHUNK = 1 << 25  # entries of one row chunk of A (128 MiB in float32)
 def dense_center_grad(num_centers: int, top_d: int, device: torch.device) -> bool:
     """Whether the backward forms grad_mu by dense products (else atomic adds in the kernel).
 
-    Always under ``torch.use_deterministic_algorithms(True)`` (the atomics' order is not).
+    Always under ``torch.use_deterministic_algorithms(True)`` (the atomics' order is not; the
+    products then follow PyTorch's float32 matmul precision, whatever it is).
     Else for C <= BWD_DENSE_MAX_RATIO * D and, on CUDA, only while float32 products are full
     precision (``torch.get_float32_matmul_precision() == "highest"``, PyTorch's default):
     cuBLAS would otherwise round them to TF32.
