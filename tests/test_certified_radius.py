@@ -118,6 +118,23 @@ def test_paper_mode_overstates(backend):
                         rel_tol=1e-12)
 
 
+@pytest.mark.parametrize("a_first", [True, False])
+def test_paper_mode_ties_go_to_lower_index(backend, a_first):
+    """Two other-class centers at the same distance, 100 columns apart (different tiles on every
+    backend), with different bisector gaps: the paper radius is that of the lower index."""
+    _, dev = backend
+    f = torch.tensor([[0.0, 0.0]], dtype=F64, device=dev)
+    far = torch.stack([100.0 + torch.arange(100, dtype=F64), torch.full((100,), 100.0, dtype=F64)], 1)
+    a, b = torch.tensor([[2.0, 0.0]], dtype=F64), torch.tensor([[-2.0, 0.0]], dtype=F64)
+    first, last = (a, b) if a_first else (b, a)
+    mu = torch.cat([torch.tensor([[0.5, 0.0]], dtype=F64), first, far, last]).to(dev)
+    cls = torch.cat([torch.tensor([0, 1]), torch.arange(100) % 3 + 1, torch.tensor([2])]).to(dev)
+    # (d_j - d_1) / (2 L gap): a = (4 - 0.25) / (2 * 1.5) = 1.25, b = 3.75 / (2 * 2.5) = 0.75
+    paper = clustr_fast.certified_radius(f, mu, cls, 1.0, mode="paper").item()
+    assert paper == (1.25 if a_first else 0.75)
+    assert clustr_fast.certified_radius(f, mu, cls, 1.0).item() == 0.75
+
+
 def test_edge_cases(backend):
     _, dev = backend
     g = torch.Generator().manual_seed(9)
