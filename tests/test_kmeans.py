@@ -131,14 +131,15 @@ def _loop_means(x, labels, k, prev):
 
 @pytest.mark.parametrize("n,k,d", [(1, 1, 1), (127, 6, 3), (1000, 65, 130)])
 @pytest.mark.parametrize("deterministic", [False, True])
-def test_update_matches_loop(backend, n, k, d, deterministic):
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_update_matches_loop(backend, n, k, d, deterministic, dtype):
     _, dev = backend
-    x = _points(n, d, torch.float32, dev, seed=11)
+    x = _points(n, d, dtype, dev, seed=11)
     labels = torch.randint(0, k, (n,), generator=_gen(12))
     if k > 3:
         labels[labels == 3] = 2  # cluster 3 empty (and others by chance)
     labels = labels.to(dev)
-    prev = _points(k, d, torch.float32, dev, seed=13)
+    prev = _points(k, d, dtype, dev, seed=13)
     torch.use_deterministic_algorithms(deterministic)
     try:
         cen, counts = clustr_fast.kmeans_update(x, labels, k, prev_centers=prev)
@@ -148,7 +149,8 @@ def test_update_matches_loop(backend, n, k, d, deterministic):
         torch.use_deterministic_algorithms(False)
     want, wcounts = _loop_means(x, labels, k, prev)
     assert torch.equal(counts.cpu(), wcounts) and counts.dtype == torch.int64
-    assert_close_f64(cen.cpu(), want, dtype=torch.float32)
+    assert cen.dtype == dtype
+    assert_close_f64(cen.cpu(), want, dtype=dtype)
     assert (cen0.cpu()[wcounts == 0] == 0).all()
     if deterministic:
         assert torch.equal(again, cen)
@@ -317,6 +319,27 @@ def test_plusplus_dot_eval_matches_reference_algorithm(backend):
             assert ((row >= offsets[g]) & (row < offsets[g + 1])).all() and len(set(row.tolist())) == 7
     finally:
         kernels_kmeans.PP_EVAL_DOT = old
+
+
+@pytest.mark.parametrize("case", ["u=0", "u=0, zero-weight blocks", "u=1-"])
+def test_plusplus_extreme_draws_pick_rows_of_positive_weight(backend, case):
+    """A draw u in [0, 1) picks the first row whose running D^2 weight exceeds u * total: with
+    u = 0 the first row of positive weight, never an already chosen row of weight 0 (torch.rand
+    can return 0), also when whole blocks of rows before it weigh 0 (copies of the first
+    center); with u just below 1 the last row of positive weight."""
+    _, dev = backend
+    x = _points(1500, 5, torch.float32, dev, seed=18)  # above one Triton block of rows (64 / 512)
+    zero_rows = 600 if "blocks" in case else 1
+    if zero_rows > 1:
+        x[:zero_rows] = x[0]
+    offsets = torch.tensor([0, 1500])
+    u = 0.0 if case.startswith("u=0") else 1.0 - 2.0 ** -24
+    draws = torch.full((3, 1, 3), u, dtype=torch.float64)
+    first = torch.tensor([0 if u == 0.0 else 1499])
+    got = kmeans_plusplus_op(x, offsets.to(dev), 4, first.to(dev), draws.to(dev)).cpu()
+    assert torch.equal(got, _reference_plusplus(x.cpu(), offsets, 4, first, draws))
+    want = [0] + [zero_rows + i for i in range(3)] if u == 0.0 else [1499, 1498, 1497, 1496]
+    assert got[0].tolist() == want
 
 
 def test_plusplus_float32_segments_and_determinism(backend):
