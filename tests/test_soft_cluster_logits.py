@@ -319,6 +319,22 @@ def test_huge_distances_stay_finite(backend):
         _check_values(out, ref, torch.float32, scale=scale.clamp_min(1.0))
 
 
+def test_overflowing_distances_give_minus_inf_never_nan(backend):
+    """Squared distances past the float32 range (here |f| = 3e19) are +inf, so every z of the row is
+    -inf: every backend returns -inf for every class of that row (probabilities 0), with zero
+    gradient, never NaN; the other rows are unaffected. (The float64 reference keeps the range.)"""
+    _, dev = backend
+    f = torch.tensor([[3e19, 0.0], [1.0, 0.0]], device=dev, requires_grad=True)
+    mu = torch.tensor([[0.0, 0.0], [0.0, 1.0], [5.0, 5.0]], device=dev, requires_grad=True)
+    cls = torch.tensor([0, 1, 1], device=dev)
+    out = clustr_fast.soft_cluster_logits(f, mu, cls, 2, variance=1.0, top_d=2)
+    assert torch.isneginf(out[0]).all() and torch.isfinite(out[1]).all()
+    ref = oracle(f[1:], mu, cls, 2, 1.0, 2)
+    _check_values(out[1:].detach(), ref, torch.float32)
+    gf, gm = torch.autograd.grad(out[1].sum() + torch.where(torch.isfinite(out[0]), out[0], 0.0).sum(), (f, mu))
+    assert torch.isfinite(gf).all() and torch.isfinite(gm).all() and (gf[0] == 0).all()
+
+
 def test_predict_and_head(backend):
     _, dev = backend
     f, mu, cls, nc, var = _inputs(50, 8, 5, 2, torch.float32, dev, seed=21)

@@ -64,8 +64,12 @@ def _reference_bwd(grad, out, idx, feats, centers, classes, variance):
     present = torch.isfinite(out)
     g = torch.where(present, grad.to(acc), torch.zeros((), dtype=acc, device=grad.device))
     logit_j = (torch.where(present, out, torch.zeros((), dtype=acc, device=out.device)) + big_z).gather(1, cls)
-    w = torch.exp(z - logit_j)  # weight of j within its class
-    p = torch.exp(z - big_z)  # weight of j among all selected centers
+    # a selected center with z = -inf (its distance overflowed) carries no weight; a row whose
+    # every z is -inf (big_z = -inf) has none at all, and no NaN from -inf - (-inf)
+    live = torch.isfinite(z) & torch.isfinite(big_z)
+    zero = torch.zeros((), dtype=acc, device=z.device)
+    w = torch.where(live, torch.exp(z - logit_j), zero)  # weight of j within its class
+    p = torch.where(live, torch.exp(z - big_z), zero)  # weight of j among all selected centers
     a = -s * (g.gather(1, cls) * w - g.sum(1, keepdim=True) * p)  # d loss / d d_ij
     gf = 2.0 * (a.unsqueeze(-1) * diff).sum(1)
     gc = torch.zeros_like(mu).index_add_(0, idx.reshape(-1), (-2.0 * a.unsqueeze(-1) * diff).reshape(-1, mu.shape[1]))
