@@ -89,6 +89,18 @@ def test_assign_ties_go_to_lower_index(backend):
     assert labels.tolist()[:2] == [1, 1]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_assign_ties_across_center_tiles_go_to_lower_index(backend, dtype):
+    """Copies of the nearest center at 1 and 200: different center tiles on every backend."""
+    _, dev = backend
+    c = _points(260, 8, dtype, "cpu", seed=8) + 20.0
+    x = _points(5, 8, dtype, "cpu", seed=9)
+    c[1] = c[200] = x[0]
+    c[7] = c[230] = x[1] + 0.25
+    labels, sq = clustr_fast.kmeans_assign(x.to(dev), c.to(dev))
+    assert labels.tolist()[:2] == [1, 7] and sq[0].item() == 0.0
+
+
 def test_assign_non_contiguous(backend):
     _, dev = backend
     x = _points(60, 30, torch.float32, dev, seed=6)[::2, ::3]
