@@ -135,6 +135,20 @@ def test_paper_mode_ties_go_to_lower_index(backend, a_first):
     assert clustr_fast.certified_radius(f, mu, cls, 1.0).item() == 0.75
 
 
+def test_nearest_center_ties_across_tiles_go_to_lower_index(backend):
+    """Two same-class centers at the same distance, 99 columns apart: mu_1 is the lower index,
+    and the radius is measured from it (from the other copy it would differ)."""
+    _, dev = backend
+    f = torch.tensor([[0.0, 0.0]], dtype=F64, device=dev)
+    far = torch.stack([100.0 + torch.arange(97, dtype=F64), torch.full((97,), 100.0, dtype=F64)], 1)
+    mu = torch.cat([torch.tensor([[50.0, 50.0], [1.0, 0.0], [3.0, 0.0]], dtype=F64), far,
+                    torch.tensor([[-1.0, 0.0]], dtype=F64)]).to(dev)
+    cls = torch.cat([torch.tensor([2, 0, 1]), torch.arange(97) % 2 + 1, torch.tensor([0])]).to(dev)
+    # from mu_1 = (1, 0): (9 - 1) / (2 * 2) = 2 for the class-1 center (3, 0); from (-1, 0) it would be 1
+    for mode in ("sound", "paper"):
+        assert clustr_fast.certified_radius(f, mu, cls, 1.0, mode=mode).item() == 2.0
+
+
 def test_edge_cases(backend):
     _, dev = backend
     g = torch.Generator().manual_seed(9)
