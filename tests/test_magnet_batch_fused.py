@@ -216,15 +216,25 @@ def test_fused_applies_rule():
 def test_unfused_fallback_still_correct(backend):
     """Above the fused limits (here forced down) magnet_loss_batch runs the two-op path."""
     _, dev = backend
+    feats, ids, classes = _inputs(20, 4, 5, torch.float32, dev, seed=16)
+    ids = torch.where(ids == 3, 2, ids)  # cluster 3 empty: its "mean" is no impostor (the valid mask)
     old = ops.FUSED_MAX_CPU_ENTRIES, ops.FUSED_MAX_CLUSTERS
     ops.FUSED_MAX_CPU_ENTRIES, ops.FUSED_MAX_CLUSTERS = 0, 0
     try:
-        feats, ids, classes = _inputs(20, 4, 5, torch.float32, dev, seed=16)
         assert not fused_batch_applies(feats, 4)
-        _check_unfused = clustr_fast.magnet_loss_batch(feats.requires_grad_(True), ids, classes)
-        assert "magnet_loss_batch" not in type(_check_unfused.grad_fn).__name__
+        f = feats.clone().requires_grad_(True)
+        out = clustr_fast.magnet_loss_batch(f, ids, classes, alpha=5.0, reduction="none")
+        assert "magnet_loss_batch" not in type(out.grad_fn).__name__
+        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(17), dtype=torch.float64) + 1.5
+        out.backward(g.to(device=dev, dtype=out.dtype))
     finally:
         ops.FUSED_MAX_CPU_ENTRIES, ops.FUSED_MAX_CLUSTERS = old
+    f64 = feats.detach().cpu().double().requires_grad_(True)
+    ref = reference.magnet_loss_batch(f64, ids.cpu(), classes.cpu(), alpha=5.0, reduction="none")
+    ref.backward(g)
+    assert (ref > 0).float().mean() > 0.25
+    assert_close_f64(out.detach().cpu(), ref.detach(), dtype=torch.float32)
+    assert_close_f64(f.grad.cpu(), f64.grad, dtype=torch.float32, scale=f64.grad.abs().max().clamp_min(1.0))
     _check(dev, torch.float32, 20, 4, 5, reduction="mean", seed=16)
 
 
