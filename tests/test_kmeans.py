@@ -397,6 +397,20 @@ def test_plusplus_duplicate_points(backend):
     assert len(set(idx.tolist())) == 8 and len({tuple(r) for r in cen[:5].tolist()}) == 5
 
 
+def test_plusplus_all_points_equal_matches_the_reference(backend):
+    """Every D^2 weight 0 after the first center: draws fall uniformly on the rows not chosen yet
+    (their counts per block, then per row), and candidates of equal potential go to the first
+    trial. 150 equal rows span several Triton blocks; the same draws give the reference's rows."""
+    _, dev = backend
+    x = _points(1, 6, torch.float32, "cpu", seed=25).repeat(150, 1)
+    offsets = torch.tensor([0, 150])
+    for seed in range(3):
+        first, draws = plusplus_draws(offsets.diff(), 6, 3, _gen(26 + seed), "cpu")
+        got = kmeans_plusplus_op(x.to(dev), offsets.to(dev), 6, first.to(dev), draws.to(dev)).cpu()
+        assert torch.equal(got, _reference_plusplus(x, offsets, 6, first, draws))
+        assert len(set(got[0].tolist())) == 6
+
+
 def test_plusplus_d2_distribution_chi_square(backend):
     """Plain D^2 sampling (one trial): sequences of centers follow the D^2 probabilities."""
     name, dev = backend
