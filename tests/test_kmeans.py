@@ -122,6 +122,13 @@ def test_assign_grouped(backend):
         own = dist[i, g[i] * k:(g[i] + 1) * k]
         assert labels[i].item() == g[i] * k + int(own.argmin())
         assert abs(sq[i].item() - own.min().item()) <= 1e-5 * (1 + own.min().item())
+    # exact ties inside a group go to the lower index: copies of x[0] at slots 0 and 2 of its group
+    c2 = c.clone()
+    g0 = int(g[0])
+    c2[g0 * k] = c2[g0 * k + 2] = x[0]
+    c2[g0 * k + 1] = x[0] + 5.0
+    lab2, sq2 = kmeans_assign_op(x[:1], c2, 0, groups[:1], k)
+    assert lab2.item() == g0 * k and sq2.item() == 0.0
 
 
 # --------------------------------------------------------------------------- update
