@@ -91,12 +91,15 @@ def test_assign_ties_go_to_lower_index(backend):
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 def test_assign_ties_across_center_tiles_go_to_lower_index(backend, dtype):
-    """Copies of the nearest center at 1 and 200: different center tiles on every backend."""
+    """Copies of the nearest center at 1 and 258: different center tiles on every backend (the
+    CPU kernel's blocks hold 256 centers). Integer coordinates: every product and sum is exact,
+    so the copies tie exactly whatever the order of the sums."""
     _, dev = backend
-    c = _points(260, 8, dtype, "cpu", seed=8) + 20.0
-    x = _points(5, 8, dtype, "cpu", seed=9)
-    c[1] = c[200] = x[0]
-    c[7] = c[230] = x[1] + 0.25
+    g = _gen(8)
+    c = (torch.randint(-4, 5, (260, 8), generator=g) + 20).to(dtype)
+    x = torch.randint(-4, 5, (5, 8), generator=g).to(dtype)
+    c[1] = c[258] = x[0]
+    c[7] = c[259] = x[1] + 1.0
     labels, sq = clustr_fast.kmeans_assign(x.to(dev), c.to(dev))
     assert labels.tolist()[:2] == [1, 7] and sq[0].item() == 0.0
 
