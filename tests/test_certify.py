@@ -98,6 +98,22 @@ def test_margin_certificate_of_a_cross_entropy_model_is_sound():
     assert attacked > 0 and flipped == 0
 
 
+def test_margin_certificate_is_tight_for_opposite_logit_rows():
+    """z = (x_1, -x_1): L = ||A||_2 = sqrt(2) and ||a_1 - a_2|| = 2 = sqrt(2) L, the worst case of
+    margin / (sqrt(2) L). The certificate then equals the exact distance |x_1| to the border:
+    a smaller factor would overstate it, a larger one understate it."""
+    net = LinearNet(torch.eye(2, dtype=torch.float64), 2).double()
+    with torch.no_grad():
+        net.fc.weight.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
+        net.fc.bias.zero_()
+    model = ClusterClassifier(net, None, "ce", 2).eval()
+    x = points(40, seed=3) - 1.5
+    y = model.predict(x)
+    cert = certify(model, x, y)
+    assert cert.kind == "margin" and cert.lipschitz == pytest.approx(math.sqrt(2.0), rel=1e-6)
+    torch.testing.assert_close(cert.radii, x[:, 0].abs(), rtol=2e-6, atol=0)
+
+
 def test_certify_checks_its_lipschitz_argument():
     model = identity_model()
     x = points(5)
