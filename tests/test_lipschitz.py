@@ -119,3 +119,47 @@ def test_unknown_operations_and_training_mode_raise():
         lipschitz_bound(Pair(nn.Softmax(1), nn.Linear(2, 2)).eval(), torch.zeros(1, 2))
     with pytest.raises(TypeError, match="`net`"):
         lipschitz_bound("net", torch.zeros(1, 2))
+
+
+def _windows_per_element(size, kernel, stride, dilation, padding=0):
+    """Most windows of a 1-D pooling/convolution geometry that one input element lies in."""
+    count = [0] * size
+    start = -padding
+    while start + (kernel - 1) * dilation < size + padding:
+        for t in range(kernel):
+            i = start + t * dilation
+            if 0 <= i < size:
+                count[i] += 1
+        start += stride
+    return max(count)
+
+
+def test_leaf_constants_where_sign_dilation_or_the_smallest_scale_matters():
+    """Cases where a formula off by a sign, an ignored dilation or the wrong extreme would
+    understate the constant (and so overstate certified radii)."""
+    from clustr_fast.models.normalize import Normalize
+    bn = nn.BatchNorm1d(2)
+    bn.running_var.copy_(torch.tensor([0.25, 1.0]))
+    bn.weight.data.copy_(torch.tensor([1.0, -6.0]))  # |scales| 2 and 6: the negative one is the largest
+    bn.eval()
+    assert lipschitz.module_constant(bn, (2,)) == pytest.approx(6.0 / math.sqrt(1.0 + bn.eps), rel=1e-12)
+    elu = nn.ELU(alpha=2.0)  # slope alpha e^x -> alpha as x -> 0-
+    x = torch.tensor([-1e-7, -2e-7], dtype=torch.float64)
+    slope = float((elu(x[0]) - elu(x[1])) / (x[0] - x[1]))
+    assert lipschitz.module_constant(elu, (1,)) == 2.0 and slope <= 2.0 and slope > 1.99
+    norm = Normalize([0.0, 0.0], [0.5, 2.0])  # x / 0.5 on the first channel
+    assert lipschitz.module_constant(norm, (2, 3, 3)) == pytest.approx(2.0)
+    for k, s, d in ((2, 2, 2), (3, 2, 2), (2, 1, 3), (3, 3, 1)):
+        pool = nn.MaxPool2d(k, stride=s, dilation=d)
+        m = _windows_per_element(24, k, s, d) ** 2
+        assert lipschitz.maxpool_constant(pool) >= math.sqrt(m) - 1e-12, (k, s, d)
+
+
+@pytest.mark.parametrize("dilation,stride", [(2, 2), (1, 1), (2, 1)])
+def test_conv_kernel_bound_is_above_the_dense_norm_for_dilated_convolutions(dilation, stride):
+    """The kernel bound (used past EXACT_LIMIT) on an all-ones kernel, which nearly attains it."""
+    conv = nn.Conv2d(1, 1, 3, stride=stride, dilation=dilation, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+    exact = float(torch.linalg.matrix_norm(conv_matrix(conv, (1, 14, 14)), ord=2))
+    assert lipschitz._conv_kernel_bound(conv) >= exact * (1 - 1e-12)
