@@ -220,3 +220,24 @@ def test_torchattacks_cross_check_agrees_with_pgd():
     assert abs(ours - theirs) <= 0.1
     aa, _ = attacks.torchattacks_accuracy(model, x, y, eps=0.05, attack="autoattack", n_classes=4)
     assert aa <= ours + 0.05
+
+
+def test_logit_losses_are_computed_in_log_space():
+    """CE is -log p_y of the log-probabilities (never a cross-entropy over p = exp(logp), the
+    masking trap); DLR is (max_{j != y} z_j - z_y) / (z_(1) - z_(3)); absent classes (-inf) stay
+    finite and carry no gradient."""
+    logp = torch.log_softmax(torch.tensor([[2.0, 0.5, -1.0, 0.0], [-3.0, 1.0, 0.2, 0.1]], dtype=torch.float64), 1)
+    y = torch.tensor([0, 2])
+    torch.testing.assert_close(attacks.ce_loss(logp, y), -logp[[0, 1], y], rtol=1e-12, atol=0)
+    z = logp
+    top = z.sort(1, descending=True).values
+    want = torch.stack([(z[0, 1] - z[0, 0]) / (top[0, 0] - top[0, 2]), (z[1, 1] - z[1, 2]) / (top[1, 0] - top[1, 2])])
+    torch.testing.assert_close(attacks.margin_loss(logp, y), want, rtol=1e-9, atol=0)  # + 1e-12 in the divisor
+    two = torch.log_softmax(torch.tensor([[0.3, -0.4]], dtype=torch.float64), 1)
+    torch.testing.assert_close(attacks.margin_loss(two, torch.tensor([1])), two[:, 0] - two[:, 1])
+    absent = logp.clone().requires_grad_(True)
+    masked = torch.where(torch.arange(4) == 3, torch.tensor(float("-inf"), dtype=torch.float64), absent)
+    loss = attacks.ce_loss(masked, y).sum() + attacks.margin_loss(masked, y).sum()
+    assert torch.isfinite(loss)
+    (g,) = torch.autograd.grad(loss, absent)
+    assert torch.isfinite(g).all() and (g[:, 3] == 0).all()
