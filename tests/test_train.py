@@ -13,7 +13,7 @@ from clustr_fast.nn import SoftClusterHead
 from clustr_fast.train import ClusterClassifier, TrainConfig, fit, load_checkpoint
 from clustr_fast.train.augment import random_crop_flip
 from clustr_fast.train.config import ConfigError
-from clustr_fast.train.qtrades import _soft_ce, adversary
+from clustr_fast.train.qtrades import _soft_ce, adversary, qtrades_term
 
 SMALL = dict(epochs_ce=3, epochs_magnet=3, max_steps=6, m=4, d=10, lr=1e-3)
 DIGITS = dict(train_size=240, test_size=100, lr_ce=5e-3)
@@ -187,8 +187,21 @@ def test_qtrades_adversary_stays_in_the_ball_and_raises_the_loss(digits_run):
                       eps=eps, step=eps, generator=gen)
     assert (x_adv - x).abs().max() <= eps + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
     ce = lambda z: _soft_ce(logp, head(net(z)[1])).item()
-    noise = (x + (torch.rand(x.shape, generator=gen) * 2 - 1) * eps).clamp(0, 1)
-    assert ce(x_adv) > ce(noise)
+    # the adversary's own start: the same draw from the same seed, projected as it projects
+    noise = (torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1) * eps
+    start = torch.maximum(torch.minimum(x + noise, x + eps), x - eps).clamp(0, 1)
+    assert ce(x_adv) > ce(start) + 1e-3
+    # up the gradient, not down: the opposite signed step from the same start does less harm
+    z = start.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(_soft_ce(logp, head(net(z)[1])), z)
+    down = torch.maximum(torch.minimum(start - eps * g.sign(), x + eps), x - eps).clamp(0, 1)
+    assert ce(x_adv) > ce(down) + 1e-3
+    # the training term is the CE at x_adv: above its value at eps = 0 (x_adv = x, the entropy)
+    ids, classes = test.y[:64], torch.arange(10)
+    feats = net(x)[1]
+    term = lambda e: qtrades_term(net, x, feats, ids, classes, eps=e, step=e,
+                                  generator=torch.Generator().manual_seed(1)).item()
+    assert term(eps) > term(0.0) + 1e-3
 
 
 def test_random_crop_flip_moves_whole_images():
