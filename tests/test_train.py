@@ -220,3 +220,50 @@ def test_digits_clustr_defaults_reach_95_percent_within_two_minutes():
     result = fit(TrainConfig(data="digits", method="clustr"))
     assert result.history[-1]["test_acc"] >= 0.95
     assert result.seconds < 120
+
+
+def test_embed_and_accuracy_in_batches():
+    """Batches of 7 rows give the one-pass results; the network runs in eval mode (no batch-norm
+    statistics updated) and gets its mode back."""
+    from clustr_fast.train.refresh import accuracy, embed
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 4)
+            self.bn = torch.nn.BatchNorm1d(4)
+            self.modes = []
+
+        def forward(self, x):
+            self.modes.append(self.training)
+            f = self.bn(self.lin(x))
+            return f[:, :2], f
+
+    torch.manual_seed(0)
+    net = Net().train()
+    x = torch.randn(30, 3)
+    y = torch.randint(0, 2, (30,))
+    stats = net.bn.running_mean.clone()
+    feats = embed(net, x, "cpu", batch_size=7)
+    assert net.training and not any(net.modes) and len(net.modes) == 5
+    assert torch.equal(net.bn.running_mean, stats)
+    net.eval()
+    whole = net(x)[1].detach()
+    torch.testing.assert_close(feats, whole)
+    net.train()
+
+    class Scores(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x)[0]
+
+    model = Scores().train()
+    with torch.no_grad():
+        net.eval()
+        want = float((net(x)[0].argmax(1) == y).float().mean())
+        net.train()
+    assert accuracy(model, x, y, "cpu", batch_size=7) == pytest.approx(want)
+    assert model.training
