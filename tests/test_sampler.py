@@ -91,3 +91,12 @@ def test_sampler_is_seeded_and_checks_inputs():
         s.sample()
     with pytest.raises(ValueError, match="assign"):
         s.set_clusters(torch.zeros(3, dtype=torch.long), torch.zeros(1, 2), torch.zeros(1, dtype=torch.long))
+
+
+def test_clusters_of_exactly_d_examples_give_each_example_once():
+    s, assign, _, _ = make_sampler(m=3, d=6, num_clusters=6, per_cluster=6, k=2)
+    for _ in range(20):
+        b = s.sample()
+        for j in range(b.clusters.numel()):
+            rows = b.indices[b.cluster_ids == j]
+            assert sorted(rows.tolist()) == sorted((assign == b.clusters[j]).nonzero()[:, 0].tolist())
