@@ -591,3 +591,23 @@ def test_gpu_backends_large(name):
     want_idx = _reference_plusplus(x[:3000].double().cpu(), torch.tensor([0, 3000]), 50, first.cpu(), draws.cpu())[0]
     assert idx.tolist() == want_idx.tolist()
     assert len(set(idx32.tolist())) == 50
+
+
+def test_kmeans_keeps_the_best_of_n_init_and_stops_by_sklearns_rule():
+    """n_init runs from one generator: the least inertia is kept. The tolerance is scikit-learn's
+    (tol x the mean per-feature variance), and a center shift within it stops the iterations even
+    while labels still change."""
+    from sklearn.cluster._kmeans import _tolerance as sk_tolerance
+    x = _points(400, 3, torch.float32, "cpu", seed=40)
+    assert kmeans_mod._tolerance(x, 1e-3) == pytest.approx(float(sk_tolerance(x.numpy(), 1e-3)), rel=1e-6)
+    km = clustr_fast.KMeans(6, n_init=6, max_iter=30, seed=2).fit(x)
+    gen = torch.Generator().manual_seed(2)
+    offsets = torch.tensor([0, 400])
+    tol = kmeans_mod._tolerance(x, 1e-4)
+    runs = [kmeans_mod._lloyd(x, x[plusplus_segments(x, offsets, 6, generator=gen)[0]], 30, tol)[2]
+            for _ in range(6)]
+    assert runs[0] > min(runs) and runs[-1] > min(runs)  # neither the first nor the last run is best
+    assert km.inertia_ == pytest.approx(min(runs), rel=1e-12)
+    loose = clustr_fast.KMeans(6, tol=10.0, max_iter=30, seed=3).fit(x)
+    strict = clustr_fast.KMeans(6, tol=0.0, max_iter=30, seed=3).fit(x)
+    assert loose.n_iter_ == 1 and strict.n_iter_ > 2
