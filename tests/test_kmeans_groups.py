@@ -51,7 +51,7 @@ def _f64_sqdist_own(x, centers, labels):
     return (x.double().cpu() - centers.double().cpu()[labels.cpu()]).square().sum(1)
 
 
-@pytest.mark.parametrize("k,tol", [(1, 0.0), (3, 0.0), (3, 1e-2), (10, 0.0)])
+@pytest.mark.parametrize("k,tol", [(1, 0.0), (3, 0.0), (3, 1e-2), (3, 0.1), (10, 0.0)])
 def test_groups_together_equal_groups_alone(backend, k, tol):
     """k = 10 takes the explicit-differences path of the CPU kernel, k <= 8 the directions path."""
     _, dev = backend
@@ -210,3 +210,24 @@ def test_group_tolerances_are_per_group_variances():
         want = rows.var(0, unbiased=False).mean() * 1e-3 if rows.shape[0] >= 2 else torch.tensor(0.0, dtype=torch.float64)
         torch.testing.assert_close(got[g], want, rtol=1e-5, atol=0.0)
     assert torch.equal(group_tolerances(x, offsets, 0.0), torch.zeros(4, dtype=torch.float64))
+
+
+def test_a_group_stopped_by_its_tolerance_keeps_its_centers(backend):
+    """Group 0 stops after one iteration by its tolerance although a label changed (the point at
+    0.02 moves from the left center to the right one), while group 1 goes on: group 0's centers
+    must stay those of its last iteration, as when it runs alone."""
+    _, dev = backend
+    left = torch.tensor([[-10.0, 0.0]]).repeat(400, 1)
+    right = torch.tensor([[10.0, 0.0]]).repeat(20, 1)
+    a = torch.cat([left, right, torch.tensor([[0.02, 0.0]])])
+    b, _ = _grouped_points([50], 2, seed=10)
+    x = torch.cat([a, b]).to(dev)
+    offsets = torch.tensor([0, 421, 471])
+    centers = torch.cat([torch.tensor([[-10.0, 0.0], [10.05, 0.0]]), _initial_centers(b, torch.tensor([0, 50]), 2, 11)])
+    tol = 1e-3
+    labels, _, cen, n_iter = _run(x, offsets, centers.to(dev), 30, tol)
+    assert int(n_iter[0]) == 1 and int(n_iter[1]) > 1 and int(labels[420]) == 1
+    for grp, (r0, r1) in enumerate(((0, 421), (421, 471))):
+        lab1, _, cen1, it1 = _run(x[r0:r1], torch.tensor([0, r1 - r0]), centers[2 * grp:2 * grp + 2].to(dev), 30, tol)
+        assert torch.equal(labels[r0:r1].cpu() - 2 * grp, lab1.cpu()) and int(n_iter[grp]) == int(it1[0])
+        torch.testing.assert_close(cen[2 * grp:2 * grp + 2].cpu(), cen1.cpu(), rtol=1e-6, atol=1e-6)
