@@ -17,6 +17,7 @@ forms is right on every shape and faster than 3xTF32. GPU only.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -96,7 +97,6 @@ FORMS = (("plain TF32", "tf32", False), ("plain TF32, 1 stage", "tf32", True),
 
 def _form(form, one_stage):
     """"high" as ``form``, plain TF32 launches unpipelined (``one_stage``) or as configured."""
-    import contextlib
     stack = contextlib.ExitStack()
     stack.enter_context(_high_as(form))
     stack.enter_context(_with(_common, TF32_ONE_STAGE=one_stage))

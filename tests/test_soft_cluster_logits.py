@@ -109,13 +109,8 @@ def test_backward_on_another_backend_matches_float64(pair):
     gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(4)).to(f.device)
     with clustr_fast.use_backend(bwd):
         gf, gm = torch.autograd.grad(out, (f, mu), gout)
-    f64 = f.detach().cpu().double().requires_grad_(True)
-    m64 = mu.detach().cpu().double().requires_grad_(True)
-    ref = R.soft_cluster_logits(f64, m64, cls.cpu(), nc, variance=var, top_d=5)
-    wf, wm = torch.autograd.grad(ref, (f64, m64), gout.cpu().double())
-    _check_values(out.detach(), ref.detach(), torch.float32)
-    for got, want in ((gf, wf), (gm, wm)):
-        assert_close_f64(got.cpu(), want, dtype=torch.float32, scale=want.abs().max().clamp_min(1.0))
+    ref = _check_grads_f64(f, mu, cls, nc, var, 5, gout, (gf, gm))
+    _check_values(out.detach(), ref, torch.float32)
 
 
 def test_auto_picks_each_pass_on_its_own():
