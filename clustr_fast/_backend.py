@@ -15,6 +15,7 @@ reference silently.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
 import threading
@@ -83,8 +84,13 @@ if _C is None and os.environ.get("CLUSTR_FAST_NO_EXT", "0") != "1":
     )
 
 
+@functools.cache
 def extension_has(kernel: str, device_type: str) -> bool:
-    """True when ``torch.ops.clustr_fast_C.<kernel>`` has a kernel for ``device_type``."""
+    """True when ``torch.ops.clustr_fast_C.<kernel>`` has a kernel for ``device_type``.
+
+    Cached: the extension registers its kernels once, when it loads (a dispatcher lookup
+    costs a few microseconds, and every op call asks).
+    """
     if _C is None:
         return False
     key = "CPU" if device_type == "cpu" else "CUDA"
@@ -98,6 +104,7 @@ def _cuda_extension_built() -> bool:
     return _C is not None and extension_has("pairwise_sqdist", "cuda")
 
 
+@functools.cache
 def _triton_importable() -> bool:
     try:
         importlib.import_module("triton")

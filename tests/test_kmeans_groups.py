@@ -109,6 +109,34 @@ def test_each_group_stops_on_its_own(backend):
     assert torch.equal(lab0.cpu(), d.masked_fill(mask, float("inf")).argmin(1))
 
 
+@pytest.mark.parametrize("tol", [0.0, 1e-2])
+def test_reading_the_stop_flag_less_often_changes_nothing(backend, tol):
+    """On a GPU the Lloyd loops read "any group still active" every few iterations only
+    (LLOYD_SYNC_EVERY, and kLloydSyncEvery in the CUDA loop): the iterations that run after the last
+    group has stopped must leave labels, distances, centers and n_iter as they were. Uniform points
+    (no cluster structure) make the groups stop at different iterations (5 to 16), all well before
+    max_iter; with tol = 1e-2 they stop by their center shift while their labels still change."""
+    name, dev = backend
+    if name == "triton" and dev.type == "cpu":
+        pytest.skip("the loop is the same Python for every backend; under the interpreter it takes a minute")
+    k, sizes = 5, [300, 200, 250, 150]
+    g = _gen(22)
+    x = torch.rand(sum(sizes), 2, generator=g).to(dev)
+    offsets = torch.tensor([0] + sizes).cumsum(0)
+    centers = x[torch.cat([int(offsets[i]) + torch.randperm(n, generator=g)[:k] for i, n in enumerate(sizes)]).to(dev)]
+    want = lloyd_groups_stepwise(x, offsets, centers, 60, tol, 0, kmeans_assign_op, kmeans_update_op, sync_every=1)
+    assert int(want[3].max()) < 60 and len(set(want[3].tolist())) > 1  # early, unequal stops
+    for sync_every in (3, 4, 7):
+        got = lloyd_groups_stepwise(x, offsets, centers, 60, tol, 0, kmeans_assign_op, kmeans_update_op,
+                                    sync_every=sync_every)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[3], want[3]), sync_every
+        assert torch.equal(got[2], want[2]) and torch.equal(got[1], want[1]), sync_every
+    if lloyd_groups_runs_here(x.device) and dev.type == "cuda":  # the extension's loop
+        ext = kmeans_lloyd_groups_op(x, offsets, centers, 60, tol, 0)
+        assert torch.equal(ext[0], want[0]) and torch.equal(ext[3], want[3])
+        torch.testing.assert_close(ext[2], want[2], rtol=1e-6, atol=1e-6)
+
+
 def test_empty_cluster_keeps_its_center(backend):
     _, dev = backend
     x, offsets = _grouped_points([50, 50], 4, device=dev, seed=7)

@@ -75,13 +75,17 @@ def group_tolerances(x: Tensor, offsets: Tensor, tol: float) -> Tensor:
     return torch.where(sizes >= 2, var.mean(1).to(torch.float64) * tol, 0.0)
 
 
-def lloyd_groups_stepwise(x, offsets, centers, max_iter, tol, precision, assign, update, deterministic=True):
+def lloyd_groups_stepwise(x, offsets, centers, max_iter, tol, precision, assign, update, deterministic=True,
+                          sync_every=None):
     """Lloyd's algorithm in every segment with one ``assign`` and one ``update`` call per iteration
     for all segments; a segment that has stopped keeps its centers (so its labels stay put).
 
     Same result as running each segment alone: iteration ``it`` updates the centers of the active
     segments, reassigns, and a segment stops when none of its labels changed or its center shift is
-    at most its tolerance (:func:`group_tolerances`). One host sync per iteration.
+    at most its tolerance (:func:`group_tolerances`). The host reads "any segment active" every
+    ``sync_every`` iterations (default: every iteration on the CPU, ``LLOYD_SYNC_EVERY`` elsewhere;
+    one sync each): an iteration after every segment has stopped changes nothing, so the result is
+    the same.
     Returns ``(labels, sqdist, centers, n_iter int64 [G])``.
     """
     G = offsets.numel() - 1
@@ -92,7 +96,9 @@ def lloyd_groups_stepwise(x, offsets, centers, max_iter, tol, precision, assign,
     labels, d = assign(x, centers, precision, groups, k)
     n_iter = torch.zeros(G, dtype=torch.int64, device=x.device)
     active = torch.ones(G, dtype=torch.bool, device=x.device)
-    for _ in range(max_iter):
+    if sync_every is None:
+        sync_every = 1 if x.device.type == "cpu" else LLOYD_SYNC_EVERY
+    for it in range(max_iter):
         new_centers, _ = update(x, labels, G * k, centers, deterministic)
         new_centers = torch.where(active.repeat_interleave(k)[:, None], new_centers, centers)
         shift = (new_centers.to(torch.float64) - centers.to(torch.float64)).square().sum(1).view(G, k).sum(1)
@@ -102,9 +108,16 @@ def lloyd_groups_stepwise(x, offsets, centers, max_iter, tol, precision, assign,
         changed = torch.zeros(G, dtype=torch.int64, device=x.device).index_add_(0, groups, (new_labels != labels).long())
         labels = new_labels
         active &= (changed > 0) & (shift > tol_g)
-        if not bool(active.any()):
+        if (it + 1) % sync_every == 0 and not bool(active.any()):
             break
     return labels, d, centers, n_iter
+
+
+# Iterations between two host reads of "any segment still active" in the Lloyd loops over
+# segments on a GPU (here and kLloydSyncEvery in csrc/cuda/kmeans.cu). Each read waits for the
+# GPU; between reads the host queues the next iterations' launches while the GPU runs. At most
+# LLOYD_SYNC_EVERY - 1 iterations run after the last segment stops, and change nothing.
+LLOYD_SYNC_EVERY = 4
 
 
 def _reference_lloyd_groups(x, offsets, centers, max_iter, tol, precision):

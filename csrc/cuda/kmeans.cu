@@ -720,7 +720,13 @@ at::Tensor group_tolerances_cuda(const at::Tensor& x, const at::Tensor& groups, 
 // Lloyd's algorithm in every segment x[offsets[g]:offsets[g+1]] from centers [G*k, d], each
 // segment stopping on its own: the algorithm of clustr_fast.ops.kmeans.lloyd_groups_stepwise
 // with its loop on the host side of the extension (per iteration: the update, one mask-and-shift
-// kernel, the grouped assignment, one changed-labels kernel, one status kernel, one 4-byte read).
+// kernel, the grouped assignment, one changed-labels kernel, one status kernel). The host reads
+// the 4-byte "any group active" flag every kLloydSyncEvery iterations only, so that it queues
+// launches ahead of the GPU; an iteration after every group has stopped changes nothing (stopped
+// groups keep their centers, hence their labels, and their n_iter), so the result is that of a
+// read every iteration (LLOYD_SYNC_EVERY in clustr_fast/ops/kmeans.py; tests pin this).
+constexpr int64_t kLloydSyncEvery = 4;
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_lloyd_groups_cuda(
     const at::Tensor& x_in, const at::Tensor& offsets_in, const at::Tensor& centers_in, int64_t max_iter, double tol,
     int64_t precision) {
@@ -767,7 +773,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_lloyd_groups_c
                                                 shift.data_ptr<double>(), tol_g.data_ptr<double>(),
                                                 n_iter.data_ptr<int64_t>(), any.data_ptr<int>(), G);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    if (any.item<int>() == 0) break;
+    if ((it + 1) % kLloydSyncEvery == 0 && any.item<int>() == 0) break;
   }
   return {labels, sq, centers, n_iter};
 }
