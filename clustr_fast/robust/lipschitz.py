@@ -11,14 +11,19 @@ L(node) ||x - y||``):
 
 Per-layer constants: ``Linear`` and small linear operators (convolutions and
 average pools at the traced input shape, at most ``EXACT_LIMIT`` inputs) get
-their exact spectral norm from an SVD in float64; larger ones get power
-iteration on ``A^T A`` (``conv2d`` and its transpose, so padding, stride and
-dilation are those of the layer), run to a relative change below ``tol`` and
-multiplied by ``1 + POWER_SLACK``, then capped by the sound bound
-``sqrt(ceil(kh/sh) ceil(kw/sw)) ||W||_2`` of the kernel matrix ``W [Cout, Cin kh kw]``.
+their exact spectral norm from an SVD in float64. Larger convolutions get the
+smaller of two proven bounds (``conv2d_bound``): the circulant bound (the
+strided convolution rewritten as a stride-1 one over the polyphase components of
+the zero-padded input, bounded by the circular convolution on that grid, whose
+norm is the largest singular value of the kernel's ``[Cout, Cin]`` DFT over the
+frequencies) and ``sqrt(ceil(kh/sh) ceil(kw/sw)) ||W||_2`` of the kernel matrix
+``W [Cout, Cin kh kw]``. Larger average pools get ``sqrt(||A||_1 ||A||_inf)``,
+exact for their nonnegative matrices from one forward and one backward pass.
 ``BatchNorm`` (eval mode) is the diagonal scale ``gamma / sqrt(var + eps)``;
 ``ReLU``-like activations are 1-Lipschitz; ``MaxPool`` is ``sqrt`` of the number
-of windows one input lies in. Anything else raises ``ValueError`` naming it:
+of windows one input lies in. Every constant is an upper bound up to float64
+rounding (relative 1e-12 or so, far below the float32 rounding of the radii);
+none is an estimate. Anything else raises ``ValueError`` naming it:
 an unknown op cannot be bounded soundly.
 """
 from __future__ import annotations
@@ -33,7 +38,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn import functional as F
 
 EXACT_LIMIT = 1024      # inputs up to which a linear operator is materialised and SVD'd
-POWER_SLACK = 1e-3      # relative slack added to a converged power-iteration estimate
+POWER_SLACK = 1e-3      # relative slack of operator_norm's power-iteration estimate (not used in bounds)
 
 _ONE_LIPSCHITZ_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Tanh, nn.Hardtanh, nn.Identity, nn.Dropout,
@@ -62,15 +67,14 @@ def operator_norm(fn, in_shape, *, tol: float = 1e-5, max_iter: int = 300, seed:
     """Spectral norm of the linear map ``fn`` on inputs of shape ``in_shape`` (no batch dim).
 
     Exact (SVD of the materialised ``[n_out, n_in]`` matrix) when ``n_in <= EXACT_LIMIT``;
-    otherwise power iteration on ``A^T A`` (``A^T`` from autograd), converged to
-    relative change ``< tol`` and multiplied by ``1 + POWER_SLACK``.
+    otherwise an *estimate*: power iteration on ``A^T A`` (``A^T`` from autograd), converged to
+    relative change ``< tol`` and multiplied by ``1 + POWER_SLACK``. Power iteration approaches
+    the norm from below, so past ``EXACT_LIMIT`` this is not a proven bound; ``lipschitz_bound``
+    uses :func:`conv2d_bound` and :func:`nonnegative_operator_bound` there instead.
     """
     n = math.prod(in_shape)
     if n <= EXACT_LIMIT:
-        basis = torch.eye(n, dtype=torch.float64).reshape(n, *in_shape)
-        with torch.no_grad():
-            mat = fn(basis).reshape(n, -1)
-        return spectral_norm_matrix(mat)
+        return _exact_norm(fn, in_shape)
     g = torch.Generator().manual_seed(seed)
     v = torch.randn((1, *in_shape), dtype=torch.float64, generator=g)
     v /= v.norm()
@@ -88,32 +92,117 @@ def operator_norm(fn, in_shape, *, tol: float = 1e-5, max_iter: int = 300, seed:
     return sigma * (1.0 + POWER_SLACK)
 
 
-def _conv_kernel_bound(conv: nn.Conv2d) -> float:
-    """Sound bound ``sqrt(ceil(kh/sh) ceil(kw/sw)) ||W [Cout, Cin/groups*kh*kw]||_2``
-    (for grouped convolutions the max over groups of each group's norm)."""
-    kh, kw = conv.kernel_size
-    sh, sw = conv.stride
-    dh, dw = conv.dilation
+def _exact_norm(fn, in_shape) -> float:
+    n = math.prod(in_shape)
+    basis = torch.eye(n, dtype=torch.float64).reshape(n, *in_shape)
+    with torch.no_grad():
+        mat = fn(basis).reshape(n, -1)
+    return spectral_norm_matrix(mat)
+
+
+def nonnegative_operator_bound(fn, in_shape) -> float:
+    """``sqrt(||A||_1 ||A||_inf)`` >= ``||A||_2`` for a linear map ``fn`` whose matrix ``A`` has no
+    negative entry (average pools): then the row sums ``A 1`` and column sums ``A^T 1`` are the
+    absolute ones, from one forward and one backward pass in float64. Exact for pools whose
+    windows do not overlap (each output the mean of its own inputs: ``1/sqrt(window)``)."""
+    ones = torch.ones((1, *in_shape), dtype=torch.float64, requires_grad=True)
+    y = fn(ones)
+    (col,) = torch.autograd.grad(y, ones, grad_outputs=torch.ones_like(y))
+    row_max, col_max = float(y.detach().max()), float(col.max())
+    if float(y.detach().min()) < 0 or float(col.min()) < 0:
+        raise ValueError("lipschitz: nonnegative_operator_bound on an operator with negative entries")
+    return math.sqrt(row_max * col_max)
+
+
+def _pair(v):
+    return (int(v), int(v)) if isinstance(v, (int, float)) else tuple(int(t) for t in v)
+
+
+def _padding_totals(padding, kernel, dilation):
+    """Zeros added along H and W (both sides together) by a conv's ``padding`` argument."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return 0, 0
+        if padding == "same":  # PyTorch pads dilation * (k - 1) in all, split between the sides
+            return tuple(d * (k - 1) for k, d in zip(kernel, dilation))
+        raise ValueError(f"lipschitz: unsupported conv padding {padding!r}")
+    ph, pw = _pair(padding)
+    return 2 * ph, 2 * pw
+
+
+def conv2d_circulant_bound(weight, in_shape, stride=1, padding=0, dilation=1, groups=1) -> float:
+    """Proven upper bound on ``||conv2d(., weight, stride, padding, dilation, groups)||_2`` on
+    ``[Cin, H, W]`` inputs (zero padding), tight for inputs large against the kernel.
+
+    With s the stride, the zero-padded input of size ``Hp = H + pad`` sits in a grid of
+    ``n1 = max(ceil(Hp / sh), Qh)`` polyphase cells (more zeros: an isometric embedding). A kernel
+    tap at offset ``u * dh = q * sh + r`` reads phase ``r`` of cell ``i + q``, so the convolution is
+    a stride-1 one with ``Cin * sh * sw`` input channels (the phases: a permutation of the input)
+    and a ``Qh x Qw`` kernel, ``Qh = (kh - 1) dh // sh + 1``, whose outputs are some outputs of the
+    circular convolution on the ``n1 x n2`` grid (none of them wraps around). The DFT diagonalises
+    that one into ``[Cout, Cin s^2]`` blocks, so its norm is the largest singular value of the
+    kernel's DFT over the frequencies (half of them: real kernels); groups are diagonal blocks.
+    """
+    w = weight.detach().double()
+    cout, cin_g, kh, kw = w.shape
+    _, H, W = in_shape
+    (sh, sw), (dh, dw) = _pair(stride), _pair(dilation)
+    pad_h, pad_w = _padding_totals(padding, (kh, kw), (dh, dw))
+    qh, qw = (kh - 1) * dh // sh + 1, (kw - 1) * dw // sw + 1
+    poly = torch.zeros((cout, cin_g, sh, sw, qh, qw), dtype=torch.float64)
+    for u in range(kh):
+        for v in range(kw):
+            (a, r), (b, t) = divmod(u * dh, sh), divmod(v * dw, sw)
+            poly[:, :, r, t, a, b] = w[:, :, u, v]
+    n1 = max(-(-(H + pad_h) // sh), qh)
+    n2 = max(-(-(W + pad_w) // sw), qw)
+    spec = torch.fft.rfft2(poly.reshape(groups, cout // groups, cin_g * sh * sw, qh, qw), s=(n1, n2))
+    blocks = spec.permute(0, 3, 4, 1, 2)  # [groups, n1, n2 // 2 + 1, Cout/g, Cin s^2 / g]
+    gram = blocks @ blocks.mH if blocks.shape[-2] <= blocks.shape[-1] else blocks.mH @ blocks
+    return float(torch.linalg.eigvalsh(gram)[..., -1].max().clamp_min(0.0).sqrt())
+
+
+def conv_kernel_bound(weight, stride=1, dilation=1, groups=1) -> float:
+    """Proven bound ``sqrt(ceil(((kh-1) dh + 1) / sh) ceil(((kw-1) dw + 1) / sw)) ||W||_2``,
+    ``W [Cout, Cin/groups * kh * kw]`` (for grouped convolutions the max over groups of each
+    group's norm): each input element is read by at most that many output windows."""
+    w = weight.detach().double()
+    kh, kw = w.shape[2:]
+    (sh, sw), (dh, dw) = _pair(stride), _pair(dilation)
     overlap = math.ceil(((kh - 1) * dh + 1) / sh) * math.ceil(((kw - 1) * dw + 1) / sw)
-    w = conv.weight.detach().double()
-    per_group = w.shape[0] // conv.groups
-    norms = [spectral_norm_matrix(w[g * per_group:(g + 1) * per_group]) for g in range(conv.groups)]
+    per_group = w.shape[0] // groups
+    norms = [spectral_norm_matrix(w[g * per_group:(g + 1) * per_group]) for g in range(groups)]
     return math.sqrt(overlap) * max(norms)
 
 
+def conv2d_bound(weight, in_shape, stride=1, padding=0, dilation=1, groups=1) -> float:
+    """``||conv2d||_2`` on ``[Cin, H, W]`` inputs (bias dropped): exact (SVD) up to ``EXACT_LIMIT``
+    inputs, else the smaller of :func:`conv2d_circulant_bound` and :func:`conv_kernel_bound`."""
+    w = weight.detach().double()
+    if math.prod(in_shape) <= EXACT_LIMIT:
+        return _exact_norm(lambda x: F.conv2d(x, w, None, stride, padding, dilation, groups), tuple(in_shape))
+    return min(conv2d_circulant_bound(w, in_shape, stride, padding, dilation, groups),
+               conv_kernel_bound(w, stride, dilation, groups))
+
+
+def _conv_kernel_bound(conv: nn.Conv2d) -> float:
+    return conv_kernel_bound(conv.weight, conv.stride, conv.dilation, conv.groups)
+
+
 def conv2d_norm(conv: nn.Conv2d, in_shape) -> float:
-    """Spectral norm of ``conv`` (bias dropped) as an operator on ``[C, H, W]`` inputs."""
+    """Spectral norm of ``conv`` (bias dropped) as an operator on ``[C, H, W]`` inputs, or past
+    ``EXACT_LIMIT`` inputs a proven upper bound of it (:func:`conv2d_bound`)."""
     if conv.padding_mode != "zeros":
         raise ValueError(f"lipschitz: Conv2d with padding_mode={conv.padding_mode!r} is not supported")
-    w = conv.weight.detach().double()
+    return conv2d_bound(conv.weight, tuple(in_shape), conv.stride, conv.padding, conv.dilation, conv.groups)
 
-    def apply(x):
-        return F.conv2d(x, w, None, conv.stride, conv.padding, conv.dilation, conv.groups)
 
-    est = operator_norm(apply, tuple(in_shape))
+def pool_norm(fn, in_shape) -> float:
+    """``||fn||_2`` of an average pool at ``in_shape``: exact up to ``EXACT_LIMIT`` inputs, else
+    :func:`nonnegative_operator_bound`."""
     if math.prod(in_shape) <= EXACT_LIMIT:
-        return est
-    return min(est, _conv_kernel_bound(conv))
+        return _exact_norm(fn, tuple(in_shape))
+    return nonnegative_operator_bound(fn, tuple(in_shape))
 
 
 def batchnorm_scale(bn: nn.modules.batchnorm._BatchNorm) -> float:
@@ -160,8 +249,7 @@ def module_constant(mod: nn.Module, in_shape) -> float:
     if isinstance(mod, nn.MaxPool2d):
         return maxpool_constant(mod)
     if isinstance(mod, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
-        ref = _double(mod)
-        return operator_norm(ref, tuple(in_shape))
+        return pool_norm(_double(mod), tuple(in_shape))
     raise ValueError(f"lipschitz: no Lipschitz bound for module {type(mod).__name__}")
 
 
@@ -210,12 +298,12 @@ def _functional_linear_norm(node, gm, args):
         for name, v in zip(names, args[2:]):
             kw[name] = _value_of(v, gm)
         kw.pop("bias", None)
-        w = const[0].detach().double()
-        return operator_norm(lambda x: F.conv2d(x, w, None, **kw), _shape_of(args[0]))
+        return conv2d_bound(const[0], _shape_of(args[0]), kw.get("stride", 1), kw.get("padding", 0),
+                            kw.get("dilation", 1), kw.get("groups", 1))
     # average pools are linear: take their norm at the traced shape
     other = [_value_of(a, gm) for a in args[1:]]
     kw = {k: _value_of(v, gm) for k, v in node.kwargs.items()}
-    return operator_norm(lambda x: fn(x, *other, **kw), _shape_of(args[0]))
+    return pool_norm(lambda x: fn(x, *other, **kw), _shape_of(args[0]))
 
 
 def _value_of(a, gm):
