@@ -104,6 +104,18 @@ def test_assign_ties_across_center_tiles_go_to_lower_index(backend, dtype):
     assert labels.tolist()[:2] == [1, 7] and sq[0].item() == 0.0
 
 
+def test_assign_zero_width_points(backend):
+    """d = 0: every distance is 0, so every row takes the first center (of its group): the outputs
+    are written by the kernels or filled, never left uninitialised."""
+    _, dev = backend
+    x, c = torch.randn(37, 0, device=dev), torch.randn(6, 0, device=dev)
+    labels, sq = clustr_fast.kmeans_assign(x, c)
+    assert torch.equal(labels.cpu(), torch.zeros(37, dtype=torch.int64)) and torch.equal(sq.cpu(), torch.zeros(37))
+    groups = torch.randint(0, 3, (37,), generator=_gen(44)).to(dev)
+    labels, sq = kmeans_assign_op(x, c, 0, groups, 2)
+    assert torch.equal(labels.cpu(), 2 * groups.cpu()) and torch.equal(sq.cpu(), torch.zeros(37))
+
+
 def test_assign_non_contiguous(backend):
     _, dev = backend
     x = _points(60, 30, torch.float32, dev, seed=6)[::2, ::3]

@@ -197,8 +197,10 @@ std::tuple<at::Tensor, at::Tensor> kmeans_assign_cuda(const at::Tensor& x, const
   const c10::cuda::CUDAGuard guard(x.device());
   const auto acc = acc_type(x.scalar_type());
   const int64_t N = x.size(0), K = c.size(0), D = x.size(1);
-  at::Tensor labels = at::zeros({N}, x.options().dtype(at::kLong));
-  at::Tensor sq = at::zeros({N}, x.options().dtype(acc));
+  // Both kernels write every row, so no fill launches (two per call; the Lloyd loops call this
+  // once per iteration). Only d = 0 on the dense path, which launches nothing, needs the zeros.
+  at::Tensor labels = at::empty({N}, x.options().dtype(at::kLong));
+  at::Tensor sq = at::empty({N}, x.options().dtype(acc));
   if (N == 0) return {labels, sq};
   auto stream = at::cuda::getCurrentCUDAStream();
   if (groups_in.has_value()) {
@@ -214,7 +216,7 @@ std::tuple<at::Tensor, at::Tensor> kmeans_assign_cuda(const at::Tensor& x, const
     });
     return {labels, sq};
   }
-  if (D == 0) return {labels, sq};
+  if (D == 0) return {labels.zero_(), sq.zero_()};
   at::Tensor xn = at::empty({N}, x.options().dtype(acc));
   at::Tensor cn = at::empty({K}, x.options().dtype(acc));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "kmeans_assign_cuda", [&] {
