@@ -78,6 +78,17 @@ def test_conv_bounds_are_never_below_the_dense_norm():
         checked += 1
 
 
+def test_circulant_bound_in_chunks_of_frequencies(monkeypatch):
+    """The DFT blocks go through eigvalsh in chunks (memory on large inputs): any chunk size gives
+    the same bound, down to one block per chunk."""
+    w = torch.randn(6, 2, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    args = ((4, 17, 13), 2, 1, 1, 2)
+    whole = lipschitz.conv2d_circulant_bound(w, *args)
+    for chunk in (1, 7, 100):
+        monkeypatch.setattr(lipschitz, "CIRCULANT_CHUNK", chunk)
+        assert lipschitz.conv2d_circulant_bound(w, *args) == pytest.approx(whole, rel=1e-13)
+
+
 @pytest.mark.parametrize("k,stride,dilation,padding,groups", [
     (3, 1, 1, 1, 1), (3, 2, 2, 2, 1), (5, 3, 1, 2, 2), (2, 2, 1, 0, 4), (1, 1, 1, 0, 1), (3, 1, 2, "same", 1),
 ])
