@@ -16,6 +16,9 @@ install:
 install-test:
 	$(PIP) install "$(TORCH_SPEC)" ninja "setuptools>=77" wheel
 	$(PIP) install --no-build-isolation -e ".[test]"
+	# AutoAttack, for the evaluation's cross-check (tests/test_autoattack.py). --no-deps: its pin
+	# requests~=2.25.1 would downgrade requests; it imports only torch, numpy, scipy and tqdm.
+	$(PIP) install --no-deps "torchattacks==3.5.1"
 
 demo: install
 	clustr-fast demo --out $(DEMO_OUT)

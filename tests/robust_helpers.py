@@ -1,4 +1,7 @@
 """Small models and fixtures shared by the attack, certification and Lipschitz tests."""
+import importlib
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -11,6 +14,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def require_torchattacks():
+    """The ``torchattacks`` module: skips the test where it is not installed, except under
+    ``CLUSTR_FAST_REQUIRE_TORCHATTACKS=1`` (set by .ci/run, whose ``make test`` installs it),
+    where a missing module fails the test instead of skipping it silently."""
+    if os.environ.get("CLUSTR_FAST_REQUIRE_TORCHATTACKS") == "1":
+        return importlib.import_module("torchattacks")
+    return pytest.importorskip("torchattacks")
 
 
 class LinearNet(nn.Module):

@@ -7,7 +7,7 @@ from clustr_fast.nn import SoftClusterHead
 from clustr_fast.robust import attacks
 from clustr_fast.robust.attacks import eps_curve, pgd, robust_accuracy
 from clustr_fast.train.classifier import ClusterClassifier
-from robust_helpers import one_thread, LinearNet  # noqa: F401  (one_thread: autouse fixture)
+from robust_helpers import one_thread, LinearNet, require_torchattacks  # noqa: F401  (one_thread: autouse fixture)
 
 
 def linear_cluster_model(seed=0, in_dim=5, feat_dim=3, num_classes=4, variance=0.5):
@@ -206,7 +206,7 @@ class ImageLinearNet(LinearNet):
 
 
 def test_torchattacks_cross_check_agrees_with_pgd():
-    pytest.importorskip("torchattacks")
+    require_torchattacks()
     g = torch.Generator().manual_seed(12)
     w = torch.randn(3, 6, generator=g)
     head = SoftClusterHead(2.0 * torch.randn(4, 3, generator=g), torch.arange(4), 4, 0.5)
