@@ -183,7 +183,7 @@ def tables(report, args) -> str:
         d = report["digits"]
         eps = next(iter(d.values()))["eps"]
         lines += [f"### Digits (small CNN), L-inf eps = {eps:.3g}, PGD-{args.steps} x {args.restarts} restarts", "",
-                  "| method | clean % | PGD % (log-space CE) | margin (DLR) % | worst case % | "
+                  "| method | clean % | PGD % (log-space CE) | margin (top-3 targets) % | worst case % | "
                   "official-loss % (diagnostic) | cert. % at r = median radius | certified & attacked | "
                   "sanity | seconds |",
                   "|---|---|---|---|---|---|---|---|---|---|"]

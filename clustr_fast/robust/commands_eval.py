@@ -7,7 +7,7 @@ from tqdm.auto import tqdm
 
 from ..train.cli import UserError
 from .cli_common import fraction, fraction_list, load_for_eval, positive_int, write_json
-from .evaluate import ATTACKS, full_evaluation
+from .evaluate import ATTACKS, DEFAULT_TARGETS, full_evaluation
 from .plots import plot_eps_curves
 from .sanity import majority_rate
 
@@ -23,7 +23,9 @@ def add_arguments(p):
     p.add_argument("--steps", type=positive_int, default=20, help="PGD steps (default 20)")
     p.add_argument("--restarts", type=positive_int, default=10, help="random restarts (default 10)")
     p.add_argument("--step-size", type=fraction, help="PGD step (default eps/4)")
-    p.add_argument("--targets", type=int, default=0, help="margin attack: also target the top-N other classes")
+    p.add_argument("--targets", type=int, default=DEFAULT_TARGETS,
+                   help=f"margin attack: target each of the top-N other classes (default {DEFAULT_TARGETS}; "
+                        "0: untargeted)")
     p.add_argument("--eps-curve", type=fraction_list, default=fraction_list(DEFAULT_CURVE),
                    help=f"radii of the accuracy-vs-eps curve (default {DEFAULT_CURVE}; '' to skip)")
     p.add_argument("--no-official", action="store_true", help="skip the official-loss diagnostic")
@@ -35,6 +37,11 @@ def add_arguments(p):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", help="output folder (default: the checkpoint's folder)")
+
+
+def _margin_kind(result) -> str:
+    t = result.get("targets", 0)
+    return f"top-{t} targets" if t else "DLR, untargeted"
 
 
 def run(args) -> int:
@@ -65,7 +72,7 @@ def run(args) -> int:
           f"{args.attack} eps={args.eps:.4g} ({args.steps} steps, {args.restarts} restarts) "
           f"{100 * result['attack_acc']:.2f}%")
     if "margin_acc" in result:
-        print(f"  margin (DLR) {100 * result['margin_acc']:.2f}%, worst case of both "
+        print(f"  margin ({_margin_kind(result)}) {100 * result['margin_acc']:.2f}%, worst case of both "
               f"{100 * result['worst_case_acc']:.2f}%")
     if "official_loss_acc" in result:
         print(f"  official-loss diagnostic (not a robustness number): {100 * result['official_loss_acc']:.2f}%")
