@@ -19,7 +19,7 @@ from robust_helpers import require_torchattacks
 
 @pytest.fixture(scope="module")
 def digits_model(tmp_path_factory):
-    res = fit(TrainConfig(data="digits", method="clustr", epochs_ce=3, epochs_magnet=3, seed=0,
+    res = fit(TrainConfig(data="digits", method="clustr", epochs_ce=3, epochs_magnet=3, seed=1,
                           out_dir=str(tmp_path_factory.mktemp("aa"))))
     model, _ = load_checkpoint(res.checkpoint)
     _, test = load_dataset("digits", None, 0)
@@ -29,7 +29,8 @@ def digits_model(tmp_path_factory):
 def test_default_evaluation_is_as_strong_as_autoattack(digits_model):
     """Measured 2026-11-26 on 8 such models (100 test digits, eps 0.05 and 0.1): with 3 targets the
     worst case equalled AutoAttack in all 16 cases; untargeted, it left 1-2 samples more standing
-    in 7 of them (docs/evaluation.md)."""
+    in 7 of them (docs/evaluation.md). This model (seed 1, eps 0.1) is one of the 7: the test fails
+    with an untargeted margin attack (+2 samples) or a PGD step of eps/16 instead of eps/4 (+6)."""
     require_torchattacks()
     model, x, y = digits_model
     eps = 0.1
