@@ -110,6 +110,8 @@ def nonnegative_operator_bound(fn, in_shape) -> float:
     y = fn(ones)
     (col,) = torch.autograd.grad(y, ones, grad_outputs=torch.ones_like(y))
     row_max, col_max = float(y.detach().max()), float(col.max())
+    # nonnegative sums do not prove nonnegative entries: callers pass average pools only; this
+    # catches a gross misuse
     if float(y.detach().min()) < 0 or float(col.min()) < 0:
         raise ValueError("lipschitz: nonnegative_operator_bound on an operator with negative entries")
     return math.sqrt(row_max * col_max)
