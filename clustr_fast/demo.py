@@ -220,7 +220,9 @@ def run(args) -> int:
     with open(os.path.join(out_dir, "report.md"), "w") as fh:
         fh.write("# clustr-fast demo\n\n" + text + "\n"
                  "Plots: " + ", ".join(sorted(f for f in os.listdir(out_dir) if f.endswith(".png"))) + ".\n\n"
-                 "PGD reads the log-space logits of `soft_cluster_logits`; the official-loss column "
+                 "PGD reads the log-space logits of `soft_cluster_logits`; the margin attack targets "
+                 "each of the 3 classes ranked highest (as AutoAttack's APGD-T), and the worst case "
+                 "counts the samples that survive it and PGD; the official-loss column "
                  "(cross-entropy on raw probability sums) is a gradient-masking diagnostic, not a "
                  "robustness number. Certified radii are L2 in input space (Theorem 1 with a "
                  "product-of-spectral-norms Lipschitz bound); `certified & attacked` counts certified "
