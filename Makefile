@@ -7,7 +7,7 @@ export MAX_JOBS ?= 2
 export CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
 DEMO_OUT ?= demo_out
 
-.PHONY: install install-test demo test bench gpu-check clean
+.PHONY: install install-test install-attacks demo test bench gpu-check clean
 
 install:
 	$(PIP) install "$(TORCH_SPEC)" ninja "setuptools>=77" wheel
@@ -16,9 +16,13 @@ install:
 install-test:
 	$(PIP) install "$(TORCH_SPEC)" ninja "setuptools>=77" wheel
 	$(PIP) install --no-build-isolation -e ".[test]"
-	# AutoAttack, for the evaluation's cross-check (tests/test_autoattack.py). --no-deps: its pin
-	# requests~=2.25.1 would downgrade requests; it imports only torch, numpy, scipy and tqdm.
-	$(PIP) install --no-deps "torchattacks==3.5.1"
+	$(MAKE) install-attacks
+
+# AutoAttack, for the evaluation's cross-check (tests/test_autoattack.py). --no-deps: its pin
+# requests~=2.25.1 would downgrade requests; it imports only torch, numpy, scipy and tqdm.
+# It comes from PyPI; without a connection the cross-check skips (CI then says so).
+install-attacks:
+	$(PIP) install --no-deps "torchattacks==3.5.1" || echo "make: torchattacks not installed; tests/test_autoattack.py will skip"
 
 demo: install
 	clustr-fast demo --out $(DEMO_OUT)
