@@ -18,8 +18,8 @@ def one_thread():
 
 def require_torchattacks():
     """The ``torchattacks`` module: skips the test where it is not installed, except under
-    ``CLUSTR_FAST_REQUIRE_TORCHATTACKS=1`` (set by .ci/run, whose ``make test`` installs it),
-    where a missing module fails the test instead of skipping it silently."""
+    ``CLUSTR_FAST_REQUIRE_TORCHATTACKS=1`` (set by .ci/run where ``make install-attacks``
+    installed it), where a missing module fails the test instead of skipping it silently."""
     if os.environ.get("CLUSTR_FAST_REQUIRE_TORCHATTACKS") == "1":
         return importlib.import_module("torchattacks")
     return pytest.importorskip("torchattacks")

@@ -36,8 +36,8 @@ def test_default_evaluation_is_as_strong_as_autoattack(digits_model):
     eps = 0.1
     common = dict(eps=eps, steps=20, restarts=10, num_classes=10)
     clean = float((model(x).argmax(1) == y).float().mean())
-    ce, ok_ce = attack_accuracy(model, x, y, attack="pgd", **common)
-    margin, ok_margin = attack_accuracy(model, x, y, attack="margin", targets=DEFAULT_TARGETS, **common)
+    _, ok_ce = attack_accuracy(model, x, y, attack="pgd", **common)
+    _, ok_margin = attack_accuracy(model, x, y, attack="margin", targets=DEFAULT_TARGETS, **common)
     worst = float((ok_ce & ok_margin).float().mean())
     aa, ok_aa = attacks.torchattacks_accuracy(model, x, y, eps=eps, attack="autoattack", n_classes=10)
     assert clean > 0.8 and aa < clean - 0.2  # a model worth attacking, and an eps that hurts it

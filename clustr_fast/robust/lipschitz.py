@@ -194,10 +194,6 @@ def conv2d_bound(weight, in_shape, stride=1, padding=0, dilation=1, groups=1) ->
                conv_kernel_bound(w, stride, dilation, groups))
 
 
-def _conv_kernel_bound(conv: nn.Conv2d) -> float:
-    return conv_kernel_bound(conv.weight, conv.stride, conv.dilation, conv.groups)
-
-
 def conv2d_norm(conv: nn.Conv2d, in_shape) -> float:
     """Spectral norm of ``conv`` (bias dropped) as an operator on ``[C, H, W]`` inputs, or past
     ``EXACT_LIMIT`` inputs a proven upper bound of it (:func:`conv2d_bound`)."""
