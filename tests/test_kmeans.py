@@ -104,6 +104,47 @@ def test_assign_ties_across_center_tiles_go_to_lower_index(backend, dtype):
     assert labels.tolist()[:2] == [1, 7] and sq[0].item() == 0.0
 
 
+@pytest.mark.parametrize("n,k,d", [(13, 5, 7), (600, 17, 33), (601, 800, 130)])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_assign_across_tiles_panels_and_center_blocks(backend, n, k, d, dtype):
+    """The CPU kernel's layout: rows in tiles of 6 with every remainder, centers in panels of 16
+    (float32) or 8 (float64) with a partial last panel, and, at 800 x 130, three center blocks
+    and three row blocks. Labels are the float64 argmin up to exact ties; float64 exactly."""
+    name, dev = backend
+    if name == "triton" and dev.type == "cpu" and k > 100:
+        pytest.skip("the interpreter is slow")
+    x = _points(n, d, dtype, dev, seed=n + k)
+    c = _points(k, d, dtype, dev, seed=k + 7) * 0.5
+    for rows in (n, 1, 2, 3, 4, 5):  # every remainder tile
+        labels, sq = clustr_fast.kmeans_assign(x[:rows], c)
+        assert_labels_nearest(labels, x[:rows], c)
+        ref = f64_sqdist(x[:rows], c).min(1).values
+        assert_close_f64(sq.cpu(), ref, dtype=dtype, scale=_scale(x[:rows], c))
+        if dtype == F64:
+            assert torch.equal(labels.cpu(), f64_sqdist(x[:rows], c).argmin(1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_assign_ties_across_lanes_panels_and_blocks_go_to_lower_index(backend, dtype):
+    """Exact copies of the nearest center in the other vector of a panel (3 and 11), in another
+    panel (5 and 21) and in another center block of the CPU kernel (2 and 790, d = 130).
+    Integer coordinates: every product and sum is exact, so the copies tie exactly."""
+    name, dev = backend
+    if name == "triton" and dev.type == "cpu":
+        pytest.skip("the interpreter is slow")
+    g = _gen(81)
+    c = (torch.randint(-3, 4, (800, 130), generator=g) + 6).to(dtype)
+    x = torch.randint(-3, 4, (7, 130), generator=g).to(dtype)
+    for row, (lo, hi) in enumerate([(3, 11), (5, 21), (2, 790)]):
+        c[hi] = x[row]
+        c[lo] = x[row]
+    c[700] = x[3]  # a single nearest center in the last block
+    labels, sq = clustr_fast.kmeans_assign(x.to(dev), c.to(dev))
+    assert labels.tolist()[:4] == [3, 5, 2, 700]
+    assert sq[:4].tolist() == [0.0] * 4
+    assert_labels_nearest(labels, x, c)
+
+
 def test_assign_zero_width_points(backend):
     """d = 0: every distance is 0, so every row takes the first center (of its group): the outputs
     are written by the kernels or filled, never left uninitialised."""

@@ -2,8 +2,9 @@
 // the whole greedy k-means++ seeding loop, all batched over segments (groups).
 //
 //   kmeans_assign:     labels[i] = argmin_k ||x_i - c_k||^2 (first minimum), sqdist[i] = that minimum.
-//                      Dense: one BLAS product per (row block, center chunk), consumed at once by an
-//                      argmin epilogue (no [N,K] buffer). Grouped: row i only sees the centers
+//                      Dense: register-blocked products of 6 rows with packed panels of centers,
+//                      consumed at once by a vector argmin (cpu/nearest_center.h; no BLAS, no [N,K]
+//                      buffer). Grouped: row i only sees the centers
 //                      [groups[i]*group_k, (groups[i]+1)*group_k), by explicit differences.
 //   kmeans_update:     centers[j] = mean of the rows labelled j (prev_centers[j] or 0 when empty),
 //                      counts[j]; a counting sort by label, then one ordered sum per cluster
@@ -30,6 +31,7 @@
 #include "common.h"
 #include "cpu/kmeans_plusplus.h"
 #include "cpu/kmeans_rows.h"
+#include "cpu/nearest_center.h"
 #include "cpu/vec_math.h"
 
 // CLUSTR_VEC_CLONES (common.h): AVX2+FMA clones of the hot loops, chosen at load time.
@@ -37,152 +39,25 @@
 namespace clustr_fast {
 namespace {
 
-// ------------------------------------------------------------------ assign
+// ------------------------------------------------------------------ assign (cpu/nearest_center.h)
 
-// Row i of the tile becomes cn[k] - 2 tile[i,k] (its squared distances less ||x_i||^2); keeps the
-// first minimum of each row in best/lab. Vector lanes track their own minimum and its index
-// (strict <, so each lane keeps its first), then the lanes are merged by (value, index).
-template <typename T>
-inline __attribute__((always_inline)) void argmin_epilogue(T* tile, const T* cn, int64_t rows, int64_t kc,
-                                                           int64_t k0, T* best, int64_t* lab) {
-  using V = typename Vec32<T>::type;
-  using I = decltype(V{} < V{});  // integer lanes of the same width
-  constexpr int W = Vec32<T>::W;
-  const int64_t kv = kc / W * W;
-  I lane{};
-  for (int l = 0; l < W; ++l) lane[l] = l;
-  for (int64_t i = 0; i < rows; ++i) {
-    const T* row = tile + i * kc;
-    T m = std::numeric_limits<T>::infinity();
-    int64_t arg = -1;
-    if (kv > 0) {
-      V bv, c, r;
-      I bi = lane;
-      std::memcpy(&c, cn, sizeof(V));
-      std::memcpy(&r, row, sizeof(V));
-      bv = c - T(2) * r;
-      for (int64_t k = W; k < kv; k += W) {
-        std::memcpy(&c, cn + k, sizeof(V));
-        std::memcpy(&r, row + k, sizeof(V));
-        const V v = c - T(2) * r;
-        const I lt = v < bv;
-        bv = lt ? v : bv;
-        bi = lt ? lane + static_cast<typename std::remove_reference<decltype(lane[0])>::type>(k) : bi;
-      }
-      for (int l = 0; l < W; ++l)
-        if (bv[l] < m || (bv[l] == m && bi[l] < arg)) {
-          m = bv[l];
-          arg = bi[l];
-        }
-    }
-    for (int64_t k = kv; k < kc; ++k) {
-      const T v = cn[k] - T(2) * row[k];
-      if (v < m) {
-        m = v;
-        arg = k;
-      }
-    }
-    if (m < best[i]) {
-      best[i] = m;
-      lab[i] = k0 + arg;
-    }
-  }
-}
-
-CLUSTR_VEC_CLONES void argmin_epilogue_f(float* t, const float* cn, int64_t r, int64_t kc, int64_t k0,
-                                          float* b, int64_t* l) {
-  argmin_epilogue<float>(t, cn, r, kc, k0, b, l);
-}
-CLUSTR_VEC_CLONES void argmin_epilogue_d(double* t, const double* cn, int64_t r, int64_t kc, int64_t k0,
-                                          double* b, int64_t* l) {
-  argmin_epilogue<double>(t, cn, r, kc, k0, b, l);
-}
-inline void argmin_epilogue_any(float* t, const float* cn, int64_t r, int64_t kc, int64_t k0, float* b,
-                                int64_t* l) {
-  argmin_epilogue_f(t, cn, r, kc, k0, b, l);
-}
-inline void argmin_epilogue_any(double* t, const double* cn, int64_t r, int64_t kc, int64_t k0, double* b,
-                                int64_t* l) {
-  argmin_epilogue_d(t, cn, r, kc, k0, b, l);
-}
-
-template <typename T>
-inline __attribute__((always_inline)) void row_norms(const T* x, int64_t rows, int64_t d, T* out) {
-  for (int64_t i = 0; i < rows; ++i) {
-    T s = 0;
-    const T* xi = x + i * d;
-#pragma omp simd reduction(+ : s)
-    for (int64_t j = 0; j < d; ++j) s += xi[j] * xi[j];
-    out[i] = s;
-  }
-}
-CLUSTR_VEC_CLONES void row_norms_f(const float* x, int64_t r, int64_t d, float* o) { row_norms<float>(x, r, d, o); }
-CLUSTR_VEC_CLONES void row_norms_d(const double* x, int64_t r, int64_t d, double* o) { row_norms<double>(x, r, d, o); }
-inline void row_norms_any(const float* x, int64_t r, int64_t d, float* o) { row_norms_f(x, r, d, o); }
-inline void row_norms_any(const double* x, int64_t r, int64_t d, double* o) { row_norms_d(x, r, d, o); }
-
-// Centers per BLAS product, and rows per BLAS block: a product tile of about 64K values (it
-// stays in L2), at least 256 rows, so that few centers still make few, large products.
-constexpr int64_t kDenseCenters = 256;
+// Rows per assignment block (and the granularity of the Lloyd chunks): about 64K scores per
+// block, at least 256 rows.
 inline int64_t dense_rows(int64_t K) {
-  return std::clamp<int64_t>(65536 / std::clamp<int64_t>(K, 1, kDenseCenters), 256, 2048);
-}
-
-// Centers prepared for the BLAS form ||x||^2 + ||c||^2 - 2 x.c: c^T and the squared norms.
-template <typename T>
-struct DenseCenters {
-  static constexpr int64_t KC = kDenseCenters;
-  const int64_t RB;  // rows per BLAS block
-  at::Tensor ct;
-  std::vector<T> cn;
-  explicit DenseCenters(const at::Tensor& c) : RB(dense_rows(c.size(0))), ct(c.t()), cn(c.size(0)) {
-    row_norms_any(c.data_ptr<T>(), c.size(0), c.size(1), cn.data());
-  }
-};
-
-// Per-thread buffers of the dense assignment: the product tile and per-row minima / norms.
-template <typename T>
-struct DenseScratch {
-  at::Tensor tile;
-  std::vector<T> best, xn;
-  DenseScratch(const at::Tensor& x, int64_t K)
-      : tile(at::empty({dense_rows(K) * std::min(K, kDenseCenters)}, x.options())),
-        best(dense_rows(K)),
-        xn(dense_rows(K)) {}
-};
-
-// Nearest center of the rows [r0, r0 + rows), rows <= c.RB: one BLAS product per center chunk,
-// consumed at once by the argmin epilogue.
-template <typename T>
-void assign_dense_block(const at::Tensor& x, const DenseCenters<T>& c, int64_t r0, int64_t rows,
-                        DenseScratch<T>& s, int64_t* lab, T* sq) {
-  const int64_t K = static_cast<int64_t>(c.cn.size()), D = x.size(1), KC = DenseCenters<T>::KC;
-  std::fill(s.best.begin(), s.best.begin() + rows, std::numeric_limits<T>::infinity());
-  std::fill(lab + r0, lab + r0 + rows, int64_t(0));  // rows whose distances all overflow keep label 0
-  const at::Tensor xb = x.narrow(0, r0, rows);
-  for (int64_t k0 = 0; k0 < K; k0 += KC) {
-    const int64_t kc = std::min(KC, K - k0);
-    at::Tensor tv = s.tile.narrow(0, 0, rows * kc).view({rows, kc});
-    at::mm_out(tv, xb, c.ct.narrow(1, k0, kc));
-    argmin_epilogue_any(tv.data_ptr<T>(), c.cn.data() + k0, rows, kc, k0, s.best.data(), lab + r0);
-  }
-  row_norms_any(x.data_ptr<T>() + r0 * D, rows, D, s.xn.data());
-  for (int64_t i = 0; i < rows; ++i) {
-    const T v = s.xn[i] + s.best[i];
-    sq[r0 + i] = v > T(0) ? v : T(0);
-  }
+  return std::clamp<int64_t>(65536 / std::clamp<int64_t>(K, 1, 256), 256, 2048);
 }
 
 template <typename T>
 void assign_dense(const at::Tensor& x, const at::Tensor& c, at::Tensor& labels, at::Tensor& sqdist) {
   const int64_t N = x.size(0), RB = dense_rows(c.size(0));
-  const DenseCenters<T> dc(c);
+  const PackedCenters<T> pc(c);
   const int64_t nblk = (N + RB - 1) / RB;
+  const T* xp = x.data_ptr<T>();
   T* sq = sqdist.data_ptr<T>();
   int64_t* lab = labels.data_ptr<int64_t>();
   at::parallel_for(0, nblk, 1, [&](int64_t b0, int64_t b1) {
-    DenseScratch<T> s(x, c.size(0));
-    for (int64_t b = b0; b < b1; ++b) assign_dense_block<T>(x, dc, b * RB, std::min(RB, N - b * RB), s, lab, sq);
+    NearestScratch<T> s(RB);
+    for (int64_t b = b0; b < b1; ++b) nearest_centers_any(xp, b * RB, std::min(RB, N - b * RB), pc, s, lab, sq);
   });
 }
 
@@ -396,14 +271,14 @@ void lloyd_step_fused(const at::Tensor& x, const at::Tensor& c, const int64_t* g
   const T* cp = c.data_ptr<T>();
   std::unique_ptr<double[]> part(new double[ch.count * K * D]);  // each chunk zeroes its own
   std::unique_ptr<int64_t[]> pcnt(new int64_t[ch.count * K]);
-  std::optional<DenseCenters<T>> dense;
+  std::optional<PackedCenters<T>> dense;
   if (groups == nullptr) dense.emplace(c);
   auto init = [&] {
-    std::optional<DenseScratch<T>> scratch;
-    if (groups == nullptr) scratch.emplace(x, K);
+    std::optional<NearestScratch<T>> scratch;
+    if (groups == nullptr) scratch.emplace(RB);
     return scratch;
   };
-  parallel_items(ch.count, init, [&](std::optional<DenseScratch<T>>& scratch, int64_t ci) {
+  parallel_items(ch.count, init, [&](std::optional<NearestScratch<T>>& scratch, int64_t ci) {
     double* sums = part.get() + ci * K * D;
     int64_t* cnt = pcnt.get() + ci * K;
     std::fill(sums, sums + K * D, 0.0);
@@ -412,7 +287,7 @@ void lloyd_step_fused(const at::Tensor& x, const at::Tensor& c, const int64_t* g
     for (int64_t r0 = ci * ch.rows; r0 < end; r0 += RB) {
       const int64_t r1 = std::min(end, r0 + RB);
       if (groups == nullptr)
-        assign_dense_block<T>(x, *dense, r0, r1 - r0, *scratch, lab, sq);
+        nearest_centers_any(xp, r0, r1 - r0, *dense, *scratch, lab, sq);
       else
         assign_grouped_any(xp, cp, groups, gk, D, r0, r1, lab, sq);
       accumulate_rows<T>(xp, lab, r0, r1, D, sums, cnt);
