@@ -7,6 +7,9 @@
 // targets the x86-64 baseline, so the library still runs on any x86-64 CPU).
 // "arch=haswell" would be chosen by CPU model, and so never on AMD processors. `flatten`
 // inlines the templates the wrapper calls into each clone, so they are vectorised for its ISA.
+// Nothing may throw inside a clone: GCC 12 does not unwind through target_clones functions,
+// so an exception there (a TORCH_CHECK, a failed allocation) ends the process. Check inputs
+// and allocate scratch before calling one.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 12
 #define CLUSTR_VEC_CLONES __attribute__((target_clones("arch=x86-64-v3", "default"), flatten))
 #elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)

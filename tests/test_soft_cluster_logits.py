@@ -299,6 +299,25 @@ def test_ties_go_to_lower_index(backend):
         _check_values(got, want, torch.float32)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_selection_is_the_top_d_by_distance_then_index(backend, dtype):
+    """The selected centers of every row are the first top_d by (distance, index). Small integer
+    coordinates: every distance is exact in float32 and most are tied. The top_d values reach
+    every path of the CPU selection (group bound or none, few or many candidates)."""
+    name, dev = backend
+    g = torch.Generator().manual_seed(77)
+    f = torch.randint(-2, 3, (9, 5), generator=g).to(dtype)
+    mu = torch.randint(-2, 3, (300, 5), generator=g).to(dtype)
+    cls = torch.arange(300) % 7
+    d = (f.double()[:, None, :] - mu.double()[None, :, :]).square().sum(-1)
+    for top_d in (1, 7, 20, 33, 64, 100, 299, 300):
+        if name == "triton" and dev.type == "cpu" and top_d not in (7, 100):
+            continue  # the interpreter is slow
+        _, idx = soft_cluster_logits_op(f.to(dev), mu.to(dev), cls.to(dev), 7, 1.0, top_d, 0)
+        want = torch.sort(d, dim=1, stable=True).indices[:, :top_d]
+        assert torch.equal(idx.cpu().sort(1).values, want.sort(1).values), f"top_d={top_d}"
+
+
 def test_huge_distances_stay_finite(backend):
     _, dev = backend
     g = torch.Generator().manual_seed(5)
