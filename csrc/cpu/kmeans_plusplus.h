@@ -39,13 +39,13 @@ SegmentBlocks make_blocks(const int64_t* offsets, int64_t G, int64_t bs) {
 // (cT[j] = coordinate j of each), so a row costs D broadcasts, subtractions and FMAs for all of
 // them, with no horizontal sums; eight rows share each load of cT[j]. Same terms as
 // row_to_few, summed in coordinate order. Writes dc and adds the partial potentials to part.
+// cT: scratch of D * W values (plain T storage: a vector of V may not be 32-byte aligned).
 template <typename T>
 inline __attribute__((always_inline)) void eval_candidates_lanes(const T* x, int64_t N, int64_t D,
                                                                  const int64_t* cand, int64_t m, const T* closest,
-                                                                 int64_t i0, int64_t i1, T* dc, double* part) {
+                                                                 int64_t i0, int64_t i1, T* dc, double* part, T* cT) {
   using V = typename Vec32<T>::type;
   constexpr int W = Vec32<T>::W;
-  std::vector<T> cT(D * W);  // (plain T storage: a vector of V may not be 32-byte aligned)
   for (int64_t j = 0; j < D; ++j)
     for (int l = 0; l < W; ++l) cT[j * W + l] = x[cand[std::min<int64_t>(l, m - 1)] * D + j];
   double pacc[W] = {};
@@ -63,7 +63,7 @@ inline __attribute__((always_inline)) void eval_candidates_lanes(const T* x, int
     for (int r = 0; r < R; ++r) a[r] = V{};
     for (int64_t j = 0; j < D; ++j) {
       V c;
-      std::memcpy(&c, cT.data() + j * W, sizeof(V));
+      std::memcpy(&c, cT + j * W, sizeof(V));
       for (int r = 0; r < R; ++r) {
         const V d = r0[r * D + j] - c;
         a[r] += d * d;
@@ -75,7 +75,7 @@ inline __attribute__((always_inline)) void eval_candidates_lanes(const T* x, int
     V a{};
     for (int64_t j = 0; j < D; ++j) {
       V c;
-      std::memcpy(&c, cT.data() + j * W, sizeof(V));
+      std::memcpy(&c, cT + j * W, sizeof(V));
       const V df = x[i * D + j] - c;
       a += df * df;
     }
@@ -97,15 +97,17 @@ inline std::pair<const T*, int64_t> slot_of(const T* dc, int64_t N, int64_t nt, 
 }
 
 // dc (layout above) = ||x_i - x_{cand_t}||^2 for the rows [i0, i1); part[t] = sum_i min(closest_i, dc).
+// scratch: D * Vec32<T>::W values (allocated by the caller: nothing may throw in a clone).
 template <typename T>
 inline __attribute__((always_inline)) void eval_candidates(const T* x, int64_t N, int64_t D, const int64_t* cand,
                                                            int64_t nt, const T* closest, int64_t i0, int64_t i1,
-                                                           T* dc, double* part) {
+                                                           T* dc, double* part, T* scratch) {
   if (candidate_lanes(nt)) {
     constexpr int64_t W = Vec32<T>::W;
     for (int64_t t0 = 0; t0 < nt; t0 += W) {
       for (int64_t t = t0; t < std::min(nt, t0 + W); ++t) part[t] = 0.0;
-      eval_candidates_lanes<T>(x, N, D, cand + t0, std::min(W, nt - t0), closest, i0, i1, dc + t0 * N, part + t0);
+      eval_candidates_lanes<T>(x, N, D, cand + t0, std::min(W, nt - t0), closest, i0, i1, dc + t0 * N, part + t0,
+                               scratch);
     }
     return;
   }
@@ -128,20 +130,23 @@ inline __attribute__((always_inline)) void eval_candidates(const T* x, int64_t N
   }
 }
 CLUSTR_VEC_CLONES void eval_candidates_f(const float* x, int64_t N, int64_t D, const int64_t* cand, int64_t nt,
-                                         const float* cl, int64_t i0, int64_t i1, float* dc, double* part) {
-  eval_candidates<float>(x, N, D, cand, nt, cl, i0, i1, dc, part);
+                                         const float* cl, int64_t i0, int64_t i1, float* dc, double* part,
+                                         float* scratch) {
+  eval_candidates<float>(x, N, D, cand, nt, cl, i0, i1, dc, part, scratch);
 }
 CLUSTR_VEC_CLONES void eval_candidates_d(const double* x, int64_t N, int64_t D, const int64_t* cand, int64_t nt,
-                                         const double* cl, int64_t i0, int64_t i1, double* dc, double* part) {
-  eval_candidates<double>(x, N, D, cand, nt, cl, i0, i1, dc, part);
+                                         const double* cl, int64_t i0, int64_t i1, double* dc, double* part,
+                                         double* scratch) {
+  eval_candidates<double>(x, N, D, cand, nt, cl, i0, i1, dc, part, scratch);
 }
 inline void eval_candidates_any(const float* x, int64_t N, int64_t D, const int64_t* cand, int64_t nt,
-                                const float* cl, int64_t i0, int64_t i1, float* dc, double* part) {
-  eval_candidates_f(x, N, D, cand, nt, cl, i0, i1, dc, part);
+                                const float* cl, int64_t i0, int64_t i1, float* dc, double* part, float* scratch) {
+  eval_candidates_f(x, N, D, cand, nt, cl, i0, i1, dc, part, scratch);
 }
 inline void eval_candidates_any(const double* x, int64_t N, int64_t D, const int64_t* cand, int64_t nt,
-                                const double* cl, int64_t i0, int64_t i1, double* dc, double* part) {
-  eval_candidates_d(x, N, D, cand, nt, cl, i0, i1, dc, part);
+                                const double* cl, int64_t i0, int64_t i1, double* dc, double* part,
+                                double* scratch) {
+  eval_candidates_d(x, N, D, cand, nt, cl, i0, i1, dc, part, scratch);
 }
 
 // One D^2 draw in segment g: the first row whose running weight exceeds u * total, weights
@@ -209,14 +214,14 @@ void plusplus_impl(const T* xp, int64_t N, int64_t D, const int64_t* offsets, in
                                   : sample_row<T>(blk, g, draws[((s - 1) * G + g) * nt + t], wsum.data(),
                                                   wfree.data(), closest.data(), pend, pstride, chosen.data());
     }
-    parallel_items(NB, [] { return 0; }, [&](int, int64_t b) {
+    parallel_items(NB, [&] { return std::vector<T>(D * W); }, [&](std::vector<T>& scratch, int64_t b) {
       const int64_t g = blk.group[b];
       if (pending[g] >= 0) {
         const auto [row, stride] = slot_of<T>(dc.data(), N, nt, pending[g]);
         for (int64_t i = blk.start[b]; i < blk.end[b]; ++i) closest[i] = std::min(closest[i], row[i * stride]);
       }
       eval_candidates_any(xp, N, D, cand.data() + g * nt, nt, closest.data(), blk.start[b], blk.end[b],
-                          dc.data(), part.data() + b * nt);
+                          dc.data(), part.data() + b * nt, scratch.data());
     });
     for (int64_t g = 0; g < G; ++g) {  // greedy choice: least potential, first on ties
       int64_t bt = 0;
