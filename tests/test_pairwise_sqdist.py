@@ -39,6 +39,24 @@ def test_forward_matches_float64(backend, n, k, d, dtype):
     assert_close_f64(out.cpu(), f64_sqdist(x.cpu(), c.cpu()), dtype=dtype, scale=_scale(x.cpu(), c.cpu()))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_forward_across_tiles_panels_and_center_blocks(backend, dtype):
+    """The CPU kernel's layout: 203 rows (two blocks of 96, then a tile of 6 and a remainder of 5),
+    every remainder tile, 401 centers (a partial last panel) of d = 130 (3 center blocks); 64 rows
+    equal to centers, whose distances cancel to about 0 and must be clamped."""
+    name, dev = backend
+    if name == "triton" and dev.type == "cpu":
+        pytest.skip("the interpreter is slow")
+    x, c = _inputs(203, 401, 130, dtype, dev, seed=9)
+    x[100:164] = c[200:264] * 3.0
+    c[200:264] *= 3.0  # rows equal to centers in both vectors of 4 panels: the expansion cancels
+    for rows in (203, 1, 2, 3, 4, 5, 6):
+        out = clustr_fast.pairwise_sqdist(x[:rows], c)
+        xr = x[:rows].cpu()
+        assert (out >= 0).all(), "a cancelled distance was not clamped at 0"
+        assert_close_f64(out.cpu(), f64_sqdist(xr, c.cpu()), dtype=dtype, scale=_scale(xr, c.cpu()))
+
+
 @pytest.mark.parametrize("n,k,d", [(7, 3, 3), (127, 65, 130)])
 def test_low_precision_inputs(backend, n, k, d):
     name, dev = backend

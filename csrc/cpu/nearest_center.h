@@ -1,16 +1,13 @@
-// Nearest center of a block of rows on the CPU, without BLAS: a register-blocked product of
-// kRows rows with a panel of 2 vectors of centers, consumed at once by a vector argmin.
+// Nearest center of a block of rows on the CPU, without BLAS: register-blocked products of
+// kTileRows rows with a panel of centers (center_panels.h), consumed at once by a vector argmin.
 //
 //   score[i, j] = ||c_j||^2 - 2 x_i . c_j          (the squared distance less ||x_i||^2)
 //   label[i]    = first j with the least score     sqdist[i] = max(||x_i||^2 + score, 0)
 //
-// The centers are packed once per call in panels of P = 2W (W lanes per 32-byte vector):
-// panel p holds, for every coordinate k, the P values c[pP .. pP+P)[k] (zeros past K, whose
-// norms are +inf so that they never win). A micro-tile keeps its kRows x 2 products in 12
-// vector registers over the whole dot product (each panel value loaded once per kRows rows,
-// each x value broadcast once per panel), then folds them into per-row, per-lane minima kept
-// in memory. Lanes keep their first minimum (strict <, panels in order); the lanes of a row
-// are merged by (value, index), so ties go to the lower index as in the BLAS form.
+// Padded centers have norm +inf, so they never win. After each panel a micro-tile folds its
+// products into per-row, per-lane minima kept in memory. Lanes keep their first minimum
+// (strict <, panels in order); the lanes of a row are merged by (value, index), so ties go
+// to the lower index.
 //
 // Blocking: the panels of one center block (about kCenterBlockBytes, in L2) pass over every
 // micro-tile of a row block in turn, so large K x d is read from L2, not from memory.
@@ -25,47 +22,13 @@
 #include <vector>
 
 #include "common.h"
-#include "cpu/kmeans_rows.h"
+#include "cpu/center_panels.h"
 
 namespace clustr_fast {
 namespace {
 
-constexpr int kTileRows = 6;                         // rows per micro-tile (12 accumulators)
-constexpr int64_t kCenterBlockBytes = int64_t(192) << 10;  // packed centers reused per row block
-
 template <typename T>
-struct NearestLanes {
-  using V = typename Vec32<T>::type;
-  using I = decltype(V{} < V{});  // integer lanes of the same width
-  using Index = typename std::remove_reference<decltype(I{}[0])>::type;
-  static constexpr int W = Vec32<T>::W;
-  static constexpr int P = 2 * W;  // centers per panel
-};
-
-// Packs c [K, D] (contiguous) into panels; norms padded with +inf.
-template <typename T>
-void pack_centers(const T* c, int64_t K, int64_t D, T* pack, T* norms) {
-  constexpr int P = NearestLanes<T>::P;
-  const int64_t panels = (K + P - 1) / P;
-  for (int64_t p = 0; p < panels; ++p) {
-    T* dst = pack + p * D * P;
-    for (int j = 0; j < P; ++j) {
-      const int64_t row = p * P + j;
-      if (row < K) {
-        const T* src = c + row * D;
-        T s = 0;
-        for (int64_t k = 0; k < D; ++k) {
-          dst[k * P + j] = src[k];
-          s += src[k] * src[k];
-        }
-        norms[row] = s;
-      } else {
-        for (int64_t k = 0; k < D; ++k) dst[k * P + j] = T(0);
-        norms[row] = std::numeric_limits<T>::infinity();
-      }
-    }
-  }
-}
+using NearestLanes = PanelLanes<T>;
 
 // best/idx [R, P]: per-row, per-lane running minima of the scores and their center indices.
 template <typename T, int R>
@@ -77,17 +40,7 @@ inline __attribute__((always_inline)) void nearest_micro_tile(const T* x, int64_
   using I = typename L::I;
   constexpr int W = L::W, P = L::P;
   V acc0[R], acc1[R];
-  for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = V{};
-  for (int64_t k = 0; k < D; ++k) {
-    V b0, b1;
-    std::memcpy(&b0, panel + k * P, sizeof(V));
-    std::memcpy(&b1, panel + k * P + W, sizeof(V));
-    for (int r = 0; r < R; ++r) {
-      const T a = x[r * D + k];
-      acc0[r] += a * b0;
-      acc1[r] += a * b1;
-    }
-  }
+  panel_products<T, R>(x, D, panel, acc0, acc1);
   V n0, n1;
   std::memcpy(&n0, norms, sizeof(V));
   std::memcpy(&n1, norms + W, sizeof(V));
@@ -134,10 +87,7 @@ inline __attribute__((always_inline)) void nearest_block(const T* x, int64_t row
   constexpr int P = NearestLanes<T>::P;
   int64_t i = 0;
   for (; i + kTileRows <= rows; i += kTileRows) {
-    // the next tile's rows, from memory while this tile computes
-    const char* next = reinterpret_cast<const char*>(x + (i + kTileRows) * D);
-    const int64_t bytes = std::min<int64_t>(kTileRows, rows - i - kTileRows) * D * int64_t(sizeof(T));
-    for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(next + b);
+    prefetch_rows(x, i + kTileRows, std::min<int64_t>(kTileRows, rows - i - kTileRows), D);  // the next tile
     nearest_tile_panels<T, kTileRows>(x + i * D, D, pack, norms, p0, p1, best + i * P, idx + i * P);
   }
   const T* xr = x + i * D;
@@ -152,23 +102,6 @@ inline __attribute__((always_inline)) void nearest_block(const T* x, int64_t row
     default: break;
   }
 }
-
-// Centers packed for nearest_block, and the panels per center block.
-template <typename T>
-struct PackedCenters {
-  static constexpr int P = NearestLanes<T>::P;
-  int64_t K, D, panels, block_panels;
-  std::vector<T> pack, norms;
-  explicit PackedCenters(const at::Tensor& c)
-      : K(c.size(0)),
-        D(c.size(1)),
-        panels((K + P - 1) / P),
-        block_panels(std::max<int64_t>(1, kCenterBlockBytes / std::max<int64_t>(1, D * P * int64_t(sizeof(T))))),
-        pack(panels * P * D),
-        norms(panels * P) {
-    pack_centers<T>(c.data_ptr<T>(), K, D, pack.data(), norms.data());
-  }
-};
 
 // Per-thread lane minima of a row block.
 template <typename T>
