@@ -104,23 +104,6 @@ inline __attribute__((always_inline)) T selected_logits(const T* f, const T* mu,
   for (int64_t s = 0; s < D; ++s) sum += std::exp(z[s] - mx);
   return mx + std::log(sum);
 }
-CLUSTR_VEC_CLONES float selected_logits_f(const float* f, const float* mu, const int64_t* idx, int64_t D, int64_t d,
-                                          float scale, float* z) {
-  return selected_logits<float>(f, mu, idx, D, d, scale, z);
-}
-CLUSTR_VEC_CLONES double selected_logits_d(const double* f, const double* mu, const int64_t* idx, int64_t D,
-                                           int64_t d, double scale, double* z) {
-  return selected_logits<double>(f, mu, idx, D, d, scale, z);
-}
-inline float selected_logits_any(const float* f, const float* mu, const int64_t* idx, int64_t D, int64_t d,
-                                 float scale, float* z) {
-  return selected_logits_f(f, mu, idx, D, d, scale, z);
-}
-inline double selected_logits_any(const double* f, const double* mu, const int64_t* idx, int64_t D, int64_t d,
-                                  double scale, double* z) {
-  return selected_logits_d(f, mu, idx, D, d, scale, z);
-}
-
 // What the forward reads and writes (see the file comment); dist rows are [C] products f.mu.
 template <typename T>
 struct SoftForward {
@@ -258,52 +241,81 @@ std::tuple<at::Tensor, at::Tensor> soft_cluster_logits_cpu(const at::Tensor& fea
   return {out, idx};
 }
 
+// What the backward reads and writes; gf [N, d], gm a thread's center-gradient partial [C, d].
+template <typename T>
+struct SoftBackward {
+  const T *g, *out, *f, *mu;
+  const int64_t *idx, *cls;
+  T* gf;
+  int64_t d, L, D;
+  T scale;
+};
+
+// Rows [i0, i1) of the backward; z: scratch of D values.
+template <typename T>
+inline __attribute__((always_inline)) void soft_backward_rows(const SoftBackward<T>& a, int64_t i0, int64_t i1,
+                                                              T* gm, T* z) {
+  const T ninf = -std::numeric_limits<T>::infinity();
+  const int64_t d = a.d, L = a.L, D = a.D;
+  for (int64_t i = i0; i < i1; ++i) {
+    const T* fi = a.f + i * d;
+    const int64_t* sel = a.idx + i * D;
+    const T* grow = a.g + i * L;
+    const T* orow = a.out + i * L;
+    T* gfi = a.gf + i * d;
+    std::fill(gfi, gfi + d, T(0));
+    const T lse = selected_logits<T>(fi, a.mu, sel, D, d, a.scale, z);
+    if (!(lse > ninf)) continue;
+    T G = T(0);
+    for (int64_t c = 0; c < L; ++c) G += orow[c] > ninf ? grow[c] : T(0);
+    for (int64_t s = 0; s < D; ++s) {
+      const int64_t j = sel[s];
+      const int64_t c = a.cls[j];
+      if (!(z[s] > ninf) || !(orow[c] > ninf)) continue;
+      const T p = std::exp(z[s] - lse);
+      const T w = std::exp(z[s] - lse - orow[c]);
+      const T a2 = T(2) * (-a.scale) * (grow[c] * w - G * p);
+      const T* mj = a.mu + j * d;
+      T* gmj = gm + j * d;
+#pragma omp simd
+      for (int64_t k = 0; k < d; ++k) {
+        const T t = a2 * (fi[k] - mj[k]);
+        gfi[k] += t;
+        gmj[k] -= t;
+      }
+    }
+  }
+}
+CLUSTR_VEC_CLONES void soft_backward_rows_f(const SoftBackward<float>& a, int64_t i0, int64_t i1, float* gm,
+                                            float* z) {
+  soft_backward_rows<float>(a, i0, i1, gm, z);
+}
+CLUSTR_VEC_CLONES void soft_backward_rows_d(const SoftBackward<double>& a, int64_t i0, int64_t i1, double* gm,
+                                            double* z) {
+  soft_backward_rows<double>(a, i0, i1, gm, z);
+}
+inline void soft_backward_rows_any(const SoftBackward<float>& a, int64_t i0, int64_t i1, float* gm, float* z) {
+  soft_backward_rows_f(a, i0, i1, gm, z);
+}
+inline void soft_backward_rows_any(const SoftBackward<double>& a, int64_t i0, int64_t i1, double* gm, double* z) {
+  soft_backward_rows_d(a, i0, i1, gm, z);
+}
+
 template <typename T>
 void soft_backward(const at::Tensor& g_t, const at::Tensor& out_t, const at::Tensor& idx_t, const at::Tensor& f_t,
                    const at::Tensor& mu_t, const at::Tensor& cls_t, at::Tensor& gf_t, at::Tensor& gmu_t, T scale) {
-  const int64_t N = f_t.size(0), C = mu_t.size(0), d = f_t.size(1), L = out_t.size(1), D = idx_t.size(1);
-  const T* g = g_t.data_ptr<T>();
-  const T* out = out_t.data_ptr<T>();
-  const int64_t* idx = idx_t.data_ptr<int64_t>();
-  const T* f = f_t.data_ptr<T>();
-  const T* mu = mu_t.data_ptr<T>();
-  const int64_t* cls = cls_t.data_ptr<int64_t>();
-  T* gf = gf_t.data_ptr<T>();
+  const int64_t C = mu_t.size(0), d = f_t.size(1), L = out_t.size(1), D = idx_t.size(1);
+  const SoftBackward<T> args{g_t.data_ptr<T>(),      out_t.data_ptr<T>(),     f_t.data_ptr<T>(),
+                             mu_t.data_ptr<T>(),     idx_t.data_ptr<int64_t>(), cls_t.data_ptr<int64_t>(),
+                             gf_t.data_ptr<T>(),     d,                       L,
+                             D,                      scale};
   const int nthreads = at::get_num_threads();
   at::Tensor partial = at::zeros({nthreads, C, d}, f_t.options());
   T* part = partial.data_ptr<T>();
-  const T ninf = -std::numeric_limits<T>::infinity();
-  at::parallel_for(0, N, 16, [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, f_t.size(0), 16, [&](int64_t i0, int64_t i1) {
     T* gm = part + static_cast<int64_t>(at::get_thread_num()) * C * d;
     std::vector<T> z(D);
-    for (int64_t i = i0; i < i1; ++i) {
-      const T* fi = f + i * d;
-      const int64_t* sel = idx + i * D;
-      const T* grow = g + i * L;
-      const T* orow = out + i * L;
-      T* gfi = gf + i * d;
-      std::fill(gfi, gfi + d, T(0));
-      const T lse = selected_logits_any(fi, mu, sel, D, d, scale, z.data());
-      if (!(lse > ninf)) continue;
-      T G = T(0);
-      for (int64_t c = 0; c < L; ++c) G += orow[c] > ninf ? grow[c] : T(0);
-      for (int64_t s = 0; s < D; ++s) {
-        const int64_t j = sel[s];
-        const int64_t c = cls[j];
-        if (!(z[s] > ninf) || !(orow[c] > ninf)) continue;
-        const T p = std::exp(z[s] - lse);
-        const T w = std::exp(z[s] - lse - orow[c]);
-        const T a2 = T(2) * (-scale) * (grow[c] * w - G * p);
-        const T* mj = mu + j * d;
-        T* gmj = gm + j * d;
-#pragma omp simd
-        for (int64_t k = 0; k < d; ++k) {
-          const T t = a2 * (fi[k] - mj[k]);
-          gfi[k] += t;
-          gmj[k] -= t;
-        }
-      }
-    }
+    soft_backward_rows_any(args, i0, i1, gm, z.data());
   });
   gmu_t.copy_(partial.sum(0));
 }
