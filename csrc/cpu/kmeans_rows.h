@@ -1,6 +1,6 @@
 // Row kernels shared by the CPU k-means sources (kmeans.cpp, kmeans_groups.cpp): the work
-// scheduler, 32-byte vectors, squared distances of one row to a few centers, and the float64
-// row sum of the Lloyd update.
+// scheduler, 32-byte vectors (also used by center_panels.h and soft_cluster_logits.cpp),
+// squared distances of one row to a few centers, and the float64 row sum of the Lloyd update.
 #pragma once
 #include <ATen/Parallel.h>
 
