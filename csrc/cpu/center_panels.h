@@ -95,9 +95,11 @@ inline __attribute__((always_inline)) void panel_products(const T* x, int64_t D,
   }
 }
 
-// Prefetch of the rows [i, i + rows) of x (D values each), ahead of their micro-tile.
+// Prefetch of the rows [i, i + rows) of x (D values each), ahead of their micro-tile; nothing
+// when rows <= 0 (past the last tile).
 template <typename T>
 inline __attribute__((always_inline)) void prefetch_rows(const T* x, int64_t i, int64_t rows, int64_t D) {
+  if (rows <= 0) return;
   const char* p = reinterpret_cast<const char*>(x + i * D);
   const int64_t bytes = rows * D * int64_t(sizeof(T));
   for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b);
