@@ -5,59 +5,90 @@
 //   mode 0 (sound): min over other-class j of r_j;  mode 1 (paper): r at the nearest
 //   other-class center. No other-class center: +inf.
 // The [C,C] center gaps are computed once (direct differences); the row's
-// distances live in a thread-local [C] buffer.
+// distances (direct differences too, 8 centers per pass over the row) live in a
+// thread-local [C] buffer.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
 
 #include "common.h"
-#include "cpu/vec_math.h"
+#include "cpu/kmeans_rows.h"
 
 namespace clustr_fast {
 namespace {
+
+// Radii of the rows [i0, i1); dist: scratch of C values. The distances of a row come 8 centers
+// at a time (sqdist_to_many: each load of the row serves 8 independent sums).
+template <typename T>
+inline __attribute__((always_inline)) void radius_range(const T* f, const T* mu, const int64_t* cls, const T* gap,
+                                                        T* out, int64_t C, int64_t d, T lip, int64_t mode,
+                                                        int64_t i0, int64_t i1, T* dist) {
+  const T inf = std::numeric_limits<T>::infinity();
+  constexpr int64_t kPass = 8;
+  const T* cs[kPass];
+  for (int64_t i = i0; i < i1; ++i) {
+    const T* fi = f + i * d;
+    for (int64_t j0 = 0; j0 < C; j0 += kPass) {
+      const int64_t nc = std::min(kPass, C - j0);
+      for (int64_t j = 0; j < nc; ++j) cs[j] = mu + (j0 + j) * d;
+      sqdist_to_many<T>(fi, cs, nc, d, dist + j0);
+    }
+    int64_t best = 0;
+    for (int64_t j = 1; j < C; ++j)
+      if (dist[j] < dist[best]) best = j;
+    const T d1 = dist[best];
+    const int64_t c1 = cls[best];
+    const T* g = gap + best * C;
+    T r = inf;
+    int64_t nearest_other = -1;
+    for (int64_t j = 0; j < C; ++j) {
+      if (cls[j] == c1) continue;
+      if (mode == 0) {
+        const T rj = g[j] > T(0) ? (dist[j] - d1) / (T(2) * lip * g[j]) : T(0);
+        r = rj < r ? rj : r;
+      } else if (nearest_other < 0 || dist[j] < dist[nearest_other]) {
+        nearest_other = j;
+      }
+    }
+    if (mode == 1 && nearest_other >= 0) {
+      const int64_t j = nearest_other;
+      r = g[j] > T(0) ? (dist[j] - d1) / (T(2) * lip * g[j]) : T(0);
+    }
+    out[i] = r;
+  }
+}
+CLUSTR_VEC_CLONES void radius_range_f(const float* f, const float* mu, const int64_t* cls, const float* gap,
+                                      float* out, int64_t C, int64_t d, float lip, int64_t mode, int64_t i0,
+                                      int64_t i1, float* dist) {
+  radius_range<float>(f, mu, cls, gap, out, C, d, lip, mode, i0, i1, dist);
+}
+CLUSTR_VEC_CLONES void radius_range_d(const double* f, const double* mu, const int64_t* cls, const double* gap,
+                                      double* out, int64_t C, int64_t d, double lip, int64_t mode, int64_t i0,
+                                      int64_t i1, double* dist) {
+  radius_range<double>(f, mu, cls, gap, out, C, d, lip, mode, i0, i1, dist);
+}
+inline void radius_range_any(const float* f, const float* mu, const int64_t* cls, const float* gap, float* out,
+                             int64_t C, int64_t d, float lip, int64_t mode, int64_t i0, int64_t i1, float* dist) {
+  radius_range_f(f, mu, cls, gap, out, C, d, lip, mode, i0, i1, dist);
+}
+inline void radius_range_any(const double* f, const double* mu, const int64_t* cls, const double* gap, double* out,
+                             int64_t C, int64_t d, double lip, int64_t mode, int64_t i0, int64_t i1,
+                             double* dist) {
+  radius_range_d(f, mu, cls, gap, out, C, d, lip, mode, i0, i1, dist);
+}
 
 template <typename T>
 void radius_rows(const at::Tensor& f_t, const at::Tensor& mu_t, const at::Tensor& cls_t, const at::Tensor& gap_t,
                  at::Tensor& out_t, T lip, int64_t mode) {
   const int64_t N = f_t.size(0), C = mu_t.size(0), d = f_t.size(1);
-  const T* f = f_t.data_ptr<T>();
-  const T* mu = mu_t.data_ptr<T>();
-  const int64_t* cls = cls_t.data_ptr<int64_t>();
-  const T* gap = gap_t.data_ptr<T>();
-  T* out = out_t.data_ptr<T>();
-  const T inf = std::numeric_limits<T>::infinity();
   at::parallel_for(0, N, 8, [&](int64_t i0, int64_t i1) {
     std::vector<T> dist(C);
-    for (int64_t i = i0; i < i1; ++i) {
-      const T* fi = f + i * d;
-      int64_t best = 0;
-      for (int64_t j = 0; j < C; ++j) {
-        dist[j] = squared_distance(fi, mu + j * d, d);
-        if (dist[j] < dist[best]) best = j;
-      }
-      const T d1 = dist[best];
-      const int64_t c1 = cls[best];
-      const T* g = gap + best * C;
-      T r = inf;
-      int64_t nearest_other = -1;
-      for (int64_t j = 0; j < C; ++j) {
-        if (cls[j] == c1) continue;
-        if (mode == 0) {
-          const T rj = g[j] > T(0) ? (dist[j] - d1) / (T(2) * lip * g[j]) : T(0);
-          r = rj < r ? rj : r;
-        } else if (nearest_other < 0 || dist[j] < dist[nearest_other]) {
-          nearest_other = j;
-        }
-      }
-      if (mode == 1 && nearest_other >= 0) {
-        const int64_t j = nearest_other;
-        r = g[j] > T(0) ? (dist[j] - d1) / (T(2) * lip * g[j]) : T(0);
-      }
-      out[i] = r;
-    }
+    radius_range_any(f_t.data_ptr<T>(), mu_t.data_ptr<T>(), cls_t.data_ptr<int64_t>(), gap_t.data_ptr<T>(),
+                     out_t.data_ptr<T>(), C, d, lip, mode, i0, i1, dist.data());
   });
 }
 
