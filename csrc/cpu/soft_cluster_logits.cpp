@@ -23,7 +23,6 @@
 
 #include "common.h"
 #include "cpu/kmeans_rows.h"
-#include "cpu/vec_math.h"
 
 namespace clustr_fast {
 namespace {
@@ -91,12 +90,20 @@ inline __attribute__((always_inline)) void select_top_d(const T* v, int64_t C, i
 }
 
 // z[s] = -scale * ||f - mu_{idx[s]}||^2 ; returns logsumexp_s z[s] (-inf when all are -inf).
+// The distances are direct differences, 8 centers per pass over f (sqdist_to_many).
 template <typename T>
 inline __attribute__((always_inline)) T selected_logits(const T* f, const T* mu, const int64_t* idx, int64_t D,
                                                         int64_t d, T scale, T* z) {
+  constexpr int64_t kPass = 8;
+  const T* cs[kPass];
+  for (int64_t s0 = 0; s0 < D; s0 += kPass) {
+    const int64_t nc = std::min(kPass, D - s0);
+    for (int64_t s = 0; s < nc; ++s) cs[s] = mu + idx[s0 + s] * d;
+    sqdist_to_many<T>(f, cs, nc, d, z + s0);
+  }
   T mx = -std::numeric_limits<T>::infinity();
   for (int64_t s = 0; s < D; ++s) {
-    z[s] = -scale * squared_distance(f, mu + idx[s] * d, d);
+    z[s] = -scale * z[s];
     mx = std::max(mx, z[s]);
   }
   if (!(mx > -std::numeric_limits<T>::infinity())) return mx;
