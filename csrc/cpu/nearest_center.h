@@ -27,15 +27,12 @@
 namespace clustr_fast {
 namespace {
 
-template <typename T>
-using NearestLanes = PanelLanes<T>;
-
 // best/idx [R, P]: per-row, per-lane running minima of the scores and their center indices.
 template <typename T, int R>
 inline __attribute__((always_inline)) void nearest_micro_tile(const T* x, int64_t D, const T* panel,
                                                               const T* norms, int64_t base, T* best,
-                                                              typename NearestLanes<T>::Index* idx) {
-  using L = NearestLanes<T>;
+                                                              typename PanelLanes<T>::Index* idx) {
+  using L = PanelLanes<T>;
   using V = typename L::V;
   using I = typename L::I;
   constexpr int W = L::W, P = L::P;
@@ -73,8 +70,8 @@ inline __attribute__((always_inline)) void nearest_micro_tile(const T* x, int64_
 template <typename T, int R>
 inline __attribute__((always_inline)) void nearest_tile_panels(const T* x, int64_t D, const T* pack, const T* norms,
                                                                int64_t p0, int64_t p1, T* best,
-                                                               typename NearestLanes<T>::Index* idx) {
-  constexpr int P = NearestLanes<T>::P;
+                                                               typename PanelLanes<T>::Index* idx) {
+  constexpr int P = PanelLanes<T>::P;
   for (int64_t p = p0; p < p1; ++p) nearest_micro_tile<T, R>(x, D, pack + p * D * P, norms + p * P, p * P, best, idx);
 }
 
@@ -83,8 +80,8 @@ inline __attribute__((always_inline)) void nearest_tile_panels(const T* x, int64
 template <typename T>
 inline __attribute__((always_inline)) void nearest_block(const T* x, int64_t rows, int64_t D, const T* pack,
                                                          const T* norms, int64_t p0, int64_t p1, T* best,
-                                                         typename NearestLanes<T>::Index* idx) {
-  constexpr int P = NearestLanes<T>::P;
+                                                         typename PanelLanes<T>::Index* idx) {
+  constexpr int P = PanelLanes<T>::P;
   int64_t i = 0;
   for (; i + kTileRows <= rows; i += kTileRows) {
     prefetch_rows(x, i + kTileRows, std::min<int64_t>(kTileRows, rows - i - kTileRows), D);  // the next tile
@@ -107,8 +104,8 @@ inline __attribute__((always_inline)) void nearest_block(const T* x, int64_t row
 template <typename T>
 struct NearestScratch {
   std::vector<T> best;
-  std::vector<typename NearestLanes<T>::Index> idx;
-  explicit NearestScratch(int64_t rows) : best(rows * NearestLanes<T>::P), idx(rows * NearestLanes<T>::P) {}
+  std::vector<typename PanelLanes<T>::Index> idx;
+  explicit NearestScratch(int64_t rows) : best(rows * PanelLanes<T>::P), idx(rows * PanelLanes<T>::P) {}
 };
 
 // Nearest center of the rows x[r0, r0 + rows) (rows <= the scratch's rows): labels and
@@ -117,8 +114,8 @@ template <typename T>
 inline __attribute__((always_inline)) void nearest_centers(const T* x, int64_t r0, int64_t rows,
                                                            const PackedCenters<T>& c, NearestScratch<T>& s,
                                                            int64_t* lab, T* sq) {
-  using Index = typename NearestLanes<T>::Index;
-  constexpr int P = NearestLanes<T>::P;
+  using Index = typename PanelLanes<T>::Index;
+  constexpr int P = PanelLanes<T>::P;
   const int64_t D = c.D;
   const T* xb = x + r0 * D;
   for (int64_t i = 0; i < rows; ++i) {
@@ -130,9 +127,9 @@ inline __attribute__((always_inline)) void nearest_centers(const T* x, int64_t r
   for (int64_t p0 = 0; p0 < c.panels; p0 += c.block_panels)
     nearest_block<T>(xb, rows, D, c.pack.data(), c.norms.data(), p0, std::min(c.panels, p0 + c.block_panels),
                       s.best.data(), s.idx.data());
-  using V = typename NearestLanes<T>::V;
-  using I = typename NearestLanes<T>::I;
-  constexpr int W = NearestLanes<T>::W;
+  using V = typename PanelLanes<T>::V;
+  using I = typename PanelLanes<T>::I;
+  constexpr int W = PanelLanes<T>::W;
   for (int64_t i = 0; i < rows; ++i) {
     // least (score, index) of the row's lanes: the two vectors lane by lane, then the W lanes
     V a0, a1;
