@@ -303,7 +303,9 @@ def test_ties_go_to_lower_index(backend):
 def test_selection_is_the_top_d_by_distance_then_index(backend, dtype):
     """The selected centers of every row are the first top_d by (distance, index). Small integer
     coordinates: every distance is exact in float32 and most are tied. The top_d values reach
-    every path of the CPU selection (group bound or none, few or many candidates)."""
+    every path of the CPU selection (group bound or none, few or many candidates). On a GPU the
+    kernels keep a running list of next_pow2(top_d) entries per row: top_d up to 64 there, as in
+    the other GPU tests, so that the GPU run does not compile 256- and 512-wide lists."""
     name, dev = backend
     g = torch.Generator().manual_seed(77)
     f = torch.randint(-2, 3, (9, 5), generator=g).to(dtype)
@@ -313,6 +315,8 @@ def test_selection_is_the_top_d_by_distance_then_index(backend, dtype):
     for top_d in (1, 7, 20, 33, 64, 100, 299, 300):
         if name == "triton" and dev.type == "cpu" and top_d not in (7, 100):
             continue  # the interpreter is slow
+        if dev.type == "cuda" and top_d > 64:
+            continue
         _, idx = soft_cluster_logits_op(f.to(dev), mu.to(dev), cls.to(dev), 7, 1.0, top_d, 0)
         want = torch.sort(d, dim=1, stable=True).indices[:, :top_d]
         assert torch.equal(idx.cpu().sort(1).values, want.sort(1).values), f"top_d={top_d}"
