@@ -10,7 +10,6 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -22,21 +21,14 @@ namespace clustr_fast {
 namespace {
 
 // Radii of the rows [i0, i1); dist: scratch of C values. The distances of a row come 8 centers
-// at a time (sqdist_to_many: each load of the row serves 8 independent sums).
+// per pass over it (sqdist_to_rows).
 template <typename T>
 inline __attribute__((always_inline)) void radius_range(const T* f, const T* mu, const int64_t* cls, const T* gap,
                                                         T* out, int64_t C, int64_t d, T lip, int64_t mode,
                                                         int64_t i0, int64_t i1, T* dist) {
   const T inf = std::numeric_limits<T>::infinity();
-  constexpr int64_t kPass = 8;
-  const T* cs[kPass];
   for (int64_t i = i0; i < i1; ++i) {
-    const T* fi = f + i * d;
-    for (int64_t j0 = 0; j0 < C; j0 += kPass) {
-      const int64_t nc = std::min(kPass, C - j0);
-      for (int64_t j = 0; j < nc; ++j) cs[j] = mu + (j0 + j) * d;
-      sqdist_to_many<T>(fi, cs, nc, d, dist + j0);
-    }
+    sqdist_to_rows<T>(f + i * d, mu, nullptr, C, d, dist);
     int64_t best = 0;
     for (int64_t j = 1; j < C; ++j)
       if (dist[j] < dist[best]) best = j;

@@ -32,7 +32,6 @@
 #include "cpu/kmeans_plusplus.h"
 #include "cpu/kmeans_rows.h"
 #include "cpu/nearest_center.h"
-#include "cpu/vec_math.h"
 
 // CLUSTR_VEC_CLONES (common.h): AVX2+FMA clones of the hot loops, chosen at load time.
 

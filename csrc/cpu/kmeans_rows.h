@@ -125,6 +125,20 @@ inline __attribute__((always_inline)) void sqdist_to_many(const T* xi, const T* 
   row_to_many<T, false>(xi, c, nc, D, out);
 }
 
+// out[t] = ||xi - c_{rows[t]}||^2 for t in [0, n) (rows null: c_t), c [*, D] contiguous; 8 rows
+// of c per pass over xi (each load of xi serves 8 independent sums).
+template <typename T>
+inline __attribute__((always_inline)) void sqdist_to_rows(const T* xi, const T* c, const int64_t* rows, int64_t n,
+                                                          int64_t D, T* out) {
+  constexpr int64_t kPass = 8;
+  const T* cs[kPass];
+  for (int64_t t0 = 0; t0 < n; t0 += kPass) {
+    const int64_t nc = std::min(kPass, n - t0);
+    for (int64_t t = 0; t < nc; ++t) cs[t] = c + (rows != nullptr ? rows[t0 + t] : t0 + t) * D;
+    row_to_many<T, false>(xi, cs, nc, D, out + t0);
+  }
+}
+
 // acc[j] += row[j] in float64.
 template <typename T>
 inline __attribute__((always_inline)) void add_row(double* acc, const T* row, int64_t d) {

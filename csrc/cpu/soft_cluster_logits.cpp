@@ -90,17 +90,11 @@ inline __attribute__((always_inline)) void select_top_d(const T* v, int64_t C, i
 }
 
 // z[s] = -scale * ||f - mu_{idx[s]}||^2 ; returns logsumexp_s z[s] (-inf when all are -inf).
-// The distances are direct differences, 8 centers per pass over f (sqdist_to_many).
+// The distances are direct differences, 8 centers per pass over f (sqdist_to_rows).
 template <typename T>
 inline __attribute__((always_inline)) T selected_logits(const T* f, const T* mu, const int64_t* idx, int64_t D,
                                                         int64_t d, T scale, T* z) {
-  constexpr int64_t kPass = 8;
-  const T* cs[kPass];
-  for (int64_t s0 = 0; s0 < D; s0 += kPass) {
-    const int64_t nc = std::min(kPass, D - s0);
-    for (int64_t s = 0; s < nc; ++s) cs[s] = mu + idx[s0 + s] * d;
-    sqdist_to_many<T>(f, cs, nc, d, z + s0);
-  }
+  sqdist_to_rows<T>(f, mu, idx, D, d, z);
   T mx = -std::numeric_limits<T>::infinity();
   for (int64_t s = 0; s < D; ++s) {
     z[s] = -scale * z[s];
