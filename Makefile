@@ -7,7 +7,7 @@ export MAX_JOBS ?= 2
 export CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
 DEMO_OUT ?= demo_out
 
-.PHONY: install install-test install-attacks demo test bench gpu-check clean
+.PHONY: install install-test install-attacks demo test test-triton36 bench gpu-check clean
 
 install:
 	$(PIP) install "$(TORCH_SPEC)" ninja "setuptools>=77" wheel
@@ -30,6 +30,11 @@ demo: install
 
 test: install-test
 	$(PYTHON) -m pytest
+
+# The Triton tests again on Triton 3.6 (the GPU machine's version), in a venv over the
+# installed packages (scripts/triton36_check.sh); run after `make test`.
+test-triton36:
+	PYTHON=$(PYTHON) bash scripts/triton36_check.sh
 
 bench: install-test
 	$(PYTHON) -m pytest benchmarks --benchmark-only
