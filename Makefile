@@ -7,7 +7,7 @@ export MAX_JOBS ?= 2
 export CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
 DEMO_OUT ?= demo_out
 
-.PHONY: install install-test install-attacks demo test test-triton36 bench gpu-check clean
+.PHONY: install install-test install-attacks demo test test-gpu-versions bench gpu-check clean
 
 install:
 	$(PIP) install "$(TORCH_SPEC)" ninja "setuptools>=77" wheel
@@ -31,10 +31,10 @@ demo: install
 test: install-test
 	$(PYTHON) -m pytest
 
-# The Triton tests again on Triton 3.6 (the GPU machine's version), in a venv over the
-# installed packages (scripts/triton36_check.sh); run after `make test`.
-test-triton36:
-	PYTHON=$(PYTHON) bash scripts/triton36_check.sh
+# The tests again on the GPU machine's versions (torch 2.11, Triton 3.6), in a venv over the
+# installed packages (scripts/gpu_versions_check.sh); run after `make test`.
+test-gpu-versions:
+	PYTHON=$(PYTHON) bash scripts/gpu_versions_check.sh
 
 bench: install-test
 	$(PYTHON) -m pytest benchmarks --benchmark-only
