@@ -36,8 +36,7 @@ PY
 
 say "copying the tracked tree to $SRC"
 rm -rf "$SRC" && mkdir -p "$SRC"
-git ls-files -z | xargs -0 cp -P --parents -t "$SRC"
-rm -f "$SRC"/clustr_fast/_C*.so
+git ls-files -z | xargs -0 cp -P --parents -t "$SRC"  # no built extension: it is not tracked
 
 say "building the CPU extension against torch $TORCH_VERSION"
 (cd "$SRC" && CLUSTR_FAST_CPU_ONLY=1 "$VENV/bin/python" setup.py -q build_ext --inplace -t "$WORK/tmp" \
@@ -48,11 +47,12 @@ assert 'cpu' in clustr_fast.backends(), 'the extension built against torch $TORC
 say "tests"
 (cd "$SRC" && PYTHONPATH=$SRC "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@")
 
-if command -v nvcc >/dev/null 2>&1 || [ -x "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ]; then
+export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+if [ -x "$CUDA_HOME/bin/nvcc" ]; then  # scripts/nvcc_check.sh runs $CUDA_HOME/bin/nvcc
   say "compiling csrc/cuda/*.cu for sm_90 against torch $TORCH_VERSION's headers"
-  (cd "$SRC" && export ARCH=90 PYTHON="$VENV/bin/python" CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} \
+  (cd "$SRC" && export ARCH=90 PYTHON="$VENV/bin/python" \
      && printf '%s\0' csrc/cuda/*.cu | xargs -0 -n 1 -P "${MAX_JOBS:-2}" bash scripts/nvcc_check.sh)
 else
-  say "no nvcc: the CUDA sources were not compiled against torch $TORCH_VERSION"
+  say "no $CUDA_HOME/bin/nvcc: the CUDA sources were not compiled against torch $TORCH_VERSION"
 fi
 say "done"
