@@ -64,26 +64,9 @@ template <typename T>
 inline __attribute__((always_inline)) void assign_grouped_rows(const T* x, const T* c, const int64_t* groups,
                                                                int64_t gk, int64_t d, int64_t i0, int64_t i1,
                                                                int64_t* lab, T* sq) {
-  constexpr int64_t kFew = 16;  // up to kFew centers per group: the row is read once for all of them
-  const T* cs[kFew];
-  T dist[kFew];
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t base = groups[i] * gk;
-    T best = std::numeric_limits<T>::infinity();
-    int64_t arg = base;
-    for (int64_t j0 = 0; j0 < gk; j0 += kFew) {
-      const int64_t nc = std::min(kFew, gk - j0);
-      for (int64_t j = 0; j < nc; ++j) cs[j] = c + (base + j0 + j) * d;
-      sqdist_to_many<T>(x + i * d, cs, nc, d, dist);
-      for (int64_t j = 0; j < nc; ++j) {
-        if (dist[j] < best) {
-          best = dist[j];
-          arg = base + j0 + j;
-        }
-      }
-    }
-    lab[i] = arg;
-    sq[i] = best;
+    lab[i] = base + nearest_by_differences<T>(x + i * d, c + base * d, gk, d, sq + i);
   }
 }
 CLUSTR_VEC_CLONES void assign_grouped_f(const float* x, const float* c, const int64_t* g, int64_t gk, int64_t d,

@@ -81,28 +81,6 @@ inline __attribute__((always_inline)) int64_t nearest_by_directions(const T* xi,
   return arg;
 }
 
-// Nearest of the k centers c by explicit differences (first minimum), for k > 8.
-template <typename T>
-inline __attribute__((always_inline)) int64_t nearest_by_differences(const T* xi, const T* c, int64_t k, int64_t D) {
-  constexpr int64_t kPass = 16;  // centers sharing one read of the row
-  const T* cs[kPass];
-  T dist[kPass];
-  T best = std::numeric_limits<T>::infinity();
-  int64_t arg = 0;
-  for (int64_t j0 = 0; j0 < k; j0 += kPass) {
-    const int64_t nc = std::min(kPass, k - j0);
-    for (int64_t j = 0; j < nc; ++j) cs[j] = c + (j0 + j) * D;
-    sqdist_to_many<T>(xi, cs, nc, D, dist);
-    for (int64_t j = 0; j < nc; ++j) {
-      if (dist[j] < best) {
-        best = dist[j];
-        arg = j0 + j;
-      }
-    }
-  }
-  return arg;
-}
-
 // acc[j] -= row[j] in float64.
 template <typename T>
 inline __attribute__((always_inline)) void sub_row(double* acc, const T* row, int64_t d) {
@@ -118,10 +96,11 @@ inline __attribute__((always_inline)) int64_t assign_and_move(const T* x, int64_
   const bool directions = k - 1 <= kDirections;
   if (directions) prepare_directions<T>(c, k, D, s.w.data(), s.b.data());
   int64_t changed = 0;
+  T unused;  // the distance nearest_by_differences also returns
   for (int64_t i = 0; i < n; ++i) {
     const T* xi = x + i * D;
     const int64_t j = directions ? nearest_by_directions<T>(xi, s.w.data(), s.b.data(), k, D)
-                                 : nearest_by_differences<T>(xi, c, k, D);
+                                 : nearest_by_differences<T>(xi, c, k, D, &unused);
     const int64_t old = lab[i];
     if (j == old) continue;
     ++changed;

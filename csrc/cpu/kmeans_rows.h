@@ -1,12 +1,14 @@
 // Row kernels shared by the CPU k-means sources (kmeans.cpp, kmeans_groups.cpp): the work
 // scheduler, 32-byte vectors (also used by center_panels.h and soft_cluster_logits.cpp),
-// squared distances of one row to a few centers, and the float64 row sum of the Lloyd update.
+// squared distances of one row to a few centers, the nearest of a few centers, and the float64 row
+// sum of the Lloyd update.
 #pragma once
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <limits>
 
 #include "common.h"
 
@@ -137,6 +139,31 @@ inline __attribute__((always_inline)) void sqdist_to_rows(const T* xi, const T* 
     for (int64_t t = 0; t < nc; ++t) cs[t] = c + (rows != nullptr ? rows[t0 + t] : t0 + t) * D;
     row_to_many<T, false>(xi, cs, nc, D, out + t0);
   }
+}
+
+// argmin_j ||xi - c_j||^2 over the k rows of c [k, D] (the first minimum) by explicit differences,
+// 16 centers per pass over xi; *best gets the minimum.
+template <typename T>
+inline __attribute__((always_inline)) int64_t nearest_by_differences(const T* xi, const T* c, int64_t k, int64_t D,
+                                                                     T* best) {
+  constexpr int64_t kPass = 16;
+  const T* cs[kPass];
+  T dist[kPass];
+  T low = std::numeric_limits<T>::infinity();
+  int64_t arg = 0;
+  for (int64_t j0 = 0; j0 < k; j0 += kPass) {
+    const int64_t nc = std::min(kPass, k - j0);
+    for (int64_t j = 0; j < nc; ++j) cs[j] = c + (j0 + j) * D;
+    sqdist_to_many<T>(xi, cs, nc, D, dist);
+    for (int64_t j = 0; j < nc; ++j) {
+      if (dist[j] < low) {
+        low = dist[j];
+        arg = j0 + j;
+      }
+    }
+  }
+  *best = low;
+  return arg;
 }
 
 // acc[j] += row[j] in float64.
