@@ -175,6 +175,24 @@ def test_offset_data_keeps_nearest_labels():
     assert ((got - d.min(1).values) <= 1e-5 * got).all()
 
 
+@pytest.mark.parametrize("k", [3, 10])
+def test_exact_ties_go_to_the_lower_center(backend, k):
+    """Points exactly halfway between two centers of their group take the lower index.
+
+    k = 3 takes the CPU kernel's directions form, k = 10 its explicit differences; with
+    max_iter = 0 the labels are those of the initial centers.
+    """
+    _, dev = backend
+    line = torch.stack([torch.arange(2 * k - 1, dtype=torch.float32), torch.zeros(2 * k - 1)], 1)
+    centers_g = line[::2]  # (0, 0), (2, 0), ...: the odd points are halfway between two of them
+    x = torch.cat([line + 100.0, line - 50.0]).to(dev)  # two groups, the same layout shifted
+    offsets = torch.tensor([0, 2 * k - 1, 4 * k - 2])
+    centers = torch.cat([centers_g + 100.0, centers_g - 50.0]).to(dev)
+    labels, _, _, _ = _run(x, offsets, centers, 0, 0.0)
+    local = torch.arange(2 * k - 1) // 2  # point 2j and the halfway point 2j + 1 -> center j
+    assert torch.equal(labels.cpu(), torch.cat([local, local + k]))
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, "low"])
 def test_dtypes(backend, dtype):
     name, dev = backend
