@@ -12,13 +12,15 @@ device, next to two floors: one small torch op, and a torch op's forward and bac
 from __future__ import annotations
 
 import argparse
-import statistics
+import os
 import sys
-import time
 
 import torch
 
-import clustr_fast
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import clustr_fast  # noqa: E402
+from report import time_call  # noqa: E402
 
 CALLS = {}
 
@@ -121,17 +123,10 @@ def _groups(t, gen):
 
 
 def median_us(fn, dev, reps):
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    """Median of ``reps`` synchronised calls (``report.time_call``) after 10 untimed ones."""
     for _ in range(10):
         fn()
-    times = []
-    for _ in range(reps):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e6
+    return time_call(fn, dev, min_reps=reps, max_reps=reps, budget_s=0.0) * 1e6
 
 
 def main(argv=None):

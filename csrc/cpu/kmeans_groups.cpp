@@ -96,11 +96,10 @@ inline __attribute__((always_inline)) int64_t assign_and_move(const T* x, int64_
   const bool directions = k - 1 <= kDirections;
   if (directions) prepare_directions<T>(c, k, D, s.w.data(), s.b.data());
   int64_t changed = 0;
-  T unused;  // the distance nearest_by_differences also returns
   for (int64_t i = 0; i < n; ++i) {
     const T* xi = x + i * D;
     const int64_t j = directions ? nearest_by_directions<T>(xi, s.w.data(), s.b.data(), k, D)
-                                 : nearest_by_differences<T>(xi, c, k, D, &unused);
+                                 : nearest_by_differences<T>(xi, c, k, D);
     const int64_t old = lab[i];
     if (j == old) continue;
     ++changed;

@@ -142,19 +142,17 @@ inline __attribute__((always_inline)) void sqdist_to_rows(const T* xi, const T* 
 }
 
 // argmin_j ||xi - c_j||^2 over the k rows of c [k, D] (the first minimum) by explicit differences,
-// 16 centers per pass over xi; *best gets the minimum.
+// 16 centers at a time (sqdist_to_rows); *best (when given) gets the minimum.
 template <typename T>
 inline __attribute__((always_inline)) int64_t nearest_by_differences(const T* xi, const T* c, int64_t k, int64_t D,
-                                                                     T* best) {
+                                                                     T* best = nullptr) {
   constexpr int64_t kPass = 16;
-  const T* cs[kPass];
   T dist[kPass];
   T low = std::numeric_limits<T>::infinity();
   int64_t arg = 0;
   for (int64_t j0 = 0; j0 < k; j0 += kPass) {
     const int64_t nc = std::min(kPass, k - j0);
-    for (int64_t j = 0; j < nc; ++j) cs[j] = c + (j0 + j) * D;
-    sqdist_to_many<T>(xi, cs, nc, D, dist);
+    sqdist_to_rows<T>(xi, c + j0 * D, nullptr, nc, D, dist);
     for (int64_t j = 0; j < nc; ++j) {
       if (dist[j] < low) {
         low = dist[j];
@@ -162,7 +160,7 @@ inline __attribute__((always_inline)) int64_t nearest_by_differences(const T* xi
       }
     }
   }
-  *best = low;
+  if (best != nullptr) *best = low;
   return arg;
 }
 
