@@ -5,7 +5,7 @@ Without a GPU the launchers take their interpreter branch (small blocks, IEEE pr
 branches a GPU takes (module-level configuration dicts, ``split_launch``, ``launch_for``, the
 3xTF32 product form) would otherwise first run on a GPU. Here ``interpreted()`` is patched to
 False in every kernel module while Triton still interprets, so those branches run on small
-inputs. It checks the Python side of the launch, not GPU code generation (benchmarks/sass_stats.py
+inputs. It checks the Python side of the launch, not GPU code generation (tools/sass_stats.py
 compiles the kernels for sm_90a; the GPU tests run them).
 """
 import importlib

@@ -1,6 +1,6 @@
 """Rules for the Triton kernels, checked on their sm_90a machine code (no GPU needed).
 
-``benchmarks/sass_stats.py`` compiles the kernels with their GPU launch parameters (in a
+``tools/sass_stats.py`` compiles the kernels with their GPU launch parameters (in a
 subprocess: the tests run Triton under the interpreter, whose kernels cannot be compiled).
 These tests keep three findings from coming back: fenced atomics, cross-lane sums inside
 the d loops of the distance kernels, and register spills in the tuned kernels.
@@ -14,7 +14,7 @@ import pytest
 
 triton = pytest.importorskip("triton")
 TOOLS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 if not os.path.exists(os.path.join(TOOLS, "cuobjdump")):
     pytest.skip("Triton's CUDA tools (ptxas, cuobjdump) are not installed", allow_module_level=True)
 
@@ -23,7 +23,7 @@ if not os.path.exists(os.path.join(TOOLS, "cuobjdump")):
 def sass():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "sass_stats.py"), "--json"],
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "sass_stats.py"), "--json"],
                          capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -1,6 +1,6 @@
 """TF32 ("high") correctness of the Triton matrix-product kernels on this GPU, shape by shape.
 
-    python benchmarks/tf32_diag.py
+    python tools/tf32_diag.py
 
 Run 10 (H200, Triton 3.6) found ``pairwise_sqdist`` "high", then plain TF32, off by
 0.17 of ||x||^2 + ||c||^2 on a 65 x 33 x 64 forward and 0.17 of the largest gradient
@@ -21,7 +21,7 @@ import contextlib
 import os
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks")
 sys.path.insert(0, HERE)
 
 import torch  # noqa: E402

@@ -7,7 +7,7 @@ is close to its host time. Each row times the public call (forward alone, or for
 through ``torch.autograd.grad`` as the "full" benchmark cases do) for each backend that runs on the
 device, next to two floors: one small torch op, and a torch op's forward and backward.
 
-    python benchmarks/host_overhead.py [--device cuda] [--reps 300] [--backends cuda reference]
+    python tools/host_overhead.py [--device cuda] [--reps 300] [--backends cuda reference]
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
 
 import clustr_fast  # noqa: E402
 from report import time_call  # noqa: E402

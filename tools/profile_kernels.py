@@ -1,6 +1,6 @@
 """Per-kernel GPU time of benchmark cases: where a slow case spends its time.
 
-    python benchmarks/profile_kernels.py --only soft_cluster_logits:full [--providers triton cuda]
+    python tools/profile_kernels.py --only soft_cluster_logits:full [--providers triton cuda]
 
 For each case whose id contains one of ``--only`` and each provider, runs the
 case once to warm up, then ``--reps`` times under ``torch.profiler`` and prints
@@ -15,7 +15,7 @@ import os
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks")
 sys.path.insert(0, HERE)
 
 import torch  # noqa: E402

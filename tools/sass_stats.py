@@ -16,7 +16,7 @@ the number of warps to compare designs. It is a model, not a timing: it found th
 per-chunk shuffles of the k-means++ eval (452 -> 118 warp instructions per row) and
 the fence before every Triton atomic (``sem="acq_rel"``, the default).
 
-    python benchmarks/sass_stats.py [--only NAME ...] [--json]
+    python tools/sass_stats.py [--only NAME ...] [--json]
 
 Run it without TRITON_INTERPRET=1 (interpreted kernels cannot be compiled).
 

@@ -1,6 +1,6 @@
 """A/B timings of Triton launcher switches, and a check of TF32 ``tl.dot`` on this GPU.
 
-    python benchmarks/ab_triton.py
+    python tools/ab_triton.py
 
 1. ``soft_cluster_logits`` (Triton): forward with and without the exact recompute of the
    selected distances under "highest" (``FORCE_RECOMPUTE``); forward+backward.
@@ -16,14 +16,14 @@
    the GPU time per step of each kernel; the rest of a step is launch and host time.
 Medians of synchronised wall-clock calls, as in ``report.py``. GPU only.
 
-    python benchmarks/ab_triton.py [--only soft_switches tf32_check config_sweep plusplus_anatomy]
+    python tools/ab_triton.py [--only soft_switches tf32_check config_sweep plusplus_anatomy]
 """
 from __future__ import annotations
 
 import os
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks")
 sys.path.insert(0, HERE)
 
 import torch  # noqa: E402
