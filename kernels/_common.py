@@ -11,8 +11,8 @@ import triton.language as tl
 # Triton 3.6 (benchmarks/RESULTS.md, runs 10-11, 2026-11-26): pairwise_sqdist "high" erred by up to
 # 0.15 of ||x||^2 + ||c||^2 on some shapes with software-pipelined launches (num_stages >= 2) and
 # was right with num_stages=1 or 3xTF32. "High" therefore means 3xTF32 in the Triton kernels until
-# benchmarks/tf32_diag.py shows a TF32 form right on every shape; then set DOT_PRECISION[1] to it.
-# "tf32r" (not a default; benchmarks/tf32_diag.py times and checks it) rounds both operands to
+# tools/tf32_diag.py shows a TF32 form right on every shape; then set DOT_PRECISION[1] to it.
+# "tf32r" (not a default; tools/tf32_diag.py times and checks it) rounds both operands to
 # TF32 in registers and then runs plain TF32 products, so the products do not read the
 # pipelined shared-memory tiles directly, the path run 11 found wrong.
 # A code mapped to plain "tf32" runs its launches unpipelined (TF32_ONE_STAGE below).
@@ -34,7 +34,7 @@ def tl_dtype(dtype: torch.dtype):
 def split_launch(config: dict) -> tuple[dict, dict]:
     """(kernel meta-parameters, launch options) of a GPU configuration dict such as
     ``dict(BLOCK_M=64, num_warps=4)``; the dicts are module-level so that
-    benchmarks/ab_triton.py can time alternatives."""
+    tools/ab_triton.py can time alternatives."""
     launch_keys = ("num_warps", "num_stages")
     return ({k: v for k, v in config.items() if k not in launch_keys},
             {k: v for k, v in config.items() if k in launch_keys})
@@ -42,7 +42,7 @@ def split_launch(config: dict) -> tuple[dict, dict]:
 
 # Plain TF32 products ("tf32") run in launches without software pipelining (num_stages=1): run 11
 # found them wrong in pipelined launches on Triton 3.6 and right in unpipelined ones (H200,
-# benchmarks/tf32_diag.py). Only matters while DOT_PRECISION maps a code to "tf32".
+# tools/tf32_diag.py). Only matters while DOT_PRECISION maps a code to "tf32".
 TF32_ONE_STAGE = True
 
 

@@ -23,7 +23,7 @@ _NONE = 2147483647
 def _tile_sqdist(X, MU, rows, mrow, cols, mcol, D_FEAT, sxn, sxd, smc, smd,
                  ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     # squares summed over d once per tile (BLOCK_D small, chunks held per thread): a sum per
-    # chunk cost 512 shuffles per chunk (sm_90a SASS, benchmarks/sass_stats.py)
+    # chunk cost 512 shuffles per chunk (sm_90a SASS, tools/sass_stats.py)
     acc3 = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_D), dtype=ACC)
     offs_d = tl.arange(0, BLOCK_D)
     for d0 in range(0, D_FEAT, BLOCK_D):

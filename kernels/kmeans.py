@@ -493,7 +493,7 @@ PP_EVAL_LOOP = dict(UNROLL=1, STAGES=3)
 PP_EVAL_WARPS = 4
 # The eval by the expansion on the tensor cores (_pp_eval_dot_kernel): not the default, since its
 # distances are exact only to 1e-7 of ||x||^2 + ||c||^2 and it has not run on a GPU yet
-# (benchmarks/ab_triton.py times it). (SUB, BLOCK_D, num_warps, stages) of that kernel:
+# (tools/ab_triton.py times it). (SUB, BLOCK_D, num_warps, stages) of that kernel:
 PP_EVAL_DOT = False
 PP_EVAL_DOT_TILE = dict(SUB=128, BLOCK_D=32, num_warps=4, STAGES=3)
 PP_BLOCK_ROWS = 512  # rows per program of the eval and update kernels (one partial potential each)

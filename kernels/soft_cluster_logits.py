@@ -237,7 +237,7 @@ def _soft_bwd_kernel(G, OUT, IDX, X, MU, CLS, GX, GMU, ABUF, N, D_FEAT, L, TOP_D
 
 
 # GPU launch configurations (float32/16 inputs; see split_launch). The backward with 4 warps
-# spills 1.2 kB (benchmarks/sass_stats.py). Forward with 2 stages: 0.94 / 0.98 ms against 1.05 / 1.11
+# spills 1.2 kB (tools/sass_stats.py). Forward with 2 stages: 0.94 / 0.98 ms against 1.05 / 1.11
 # ms with 3 (H200, runs 10-11, 50k x 200 x 512, D=20).
 FWD_GPU_FP32 = dict(BLOCK_N=64, BLOCK_D=32, BLOCK_L=32, num_warps=4, num_stages=2)
 BWD_GPU = dict(BLOCK_D=64, BLOCK_L=32, num_warps=8)
@@ -315,7 +315,7 @@ def recompute_selected(all_centers: bool, precision: int, acc: torch.dtype) -> b
     return not exact
 
 
-FORCE_RECOMPUTE = False  # always recompute (tests and benchmarks/ab_triton.py)
+FORCE_RECOMPUTE = False  # always recompute (tests and tools/ab_triton.py)
 
 
 def soft_cluster_logits_backward(grad, out, idx, feats, centers, center_classes, variance: float):
@@ -354,7 +354,7 @@ def soft_cluster_logits_backward(grad, out, idx, feats, centers, center_classes,
 # product's 2 N C d flops cost less than N D d atomic adds into grad_mu (run 7 profile: the
 # atomic backward kernel took 3.4 ms at 50k x 200 x 512, D=20, before relaxed atomics; 1.5 ms
 # after, runs 10-11). Deterministic, unlike the atomics. 0 turns it off outside deterministic mode
-# (benchmarks/ab_triton.py).
+# (tools/ab_triton.py).
 BWD_DENSE_MAX_RATIO = 16
 BWD_DENSE_CHUNK = 1 << 25  # entries of one row chunk of A (128 MiB in float32)
 
