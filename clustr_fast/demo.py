@@ -1,4 +1,4 @@
-"""``clustr-fast demo --out DIR``: the paper's synthetic experiment and digits, end to end, on the CPU.
+"""The paper's synthetic experiment and digits, end to end, on the CPU (``clustr-fast demo``).
 
 (1) Synthetic 2-D sets (moons, rings), 3-layer MLP with 20 hidden units, K = 1:
     Magnet loss from random initialisation vs ClusTR (cross-entropy warm start),
@@ -7,46 +7,53 @@
     clean accuracy, PGD (CE on log-space logits, restarts), the official-loss
     diagnostic, the accuracy-vs-eps curve, certified accuracy and the sanity checks.
 
-Writes ``DIR/report.json``, ``DIR/report.md`` and PNG plots, and prints the tables.
+``run_demo(options, out_dir)`` trains and evaluates, writes the PNG plots into
+``out_dir`` and returns the report; ``tables`` and ``markdown`` render it.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
 import torch
 
-from .robust.cli_common import fraction, fraction_list, positive_int, write_json
+from .robust.certify import certified_accuracy, radius_grid
 from .robust.evaluate import certificate_report, full_evaluation
 from .robust.plots import plot_certified, plot_eps_curves
 from .robust.sanity import majority_rate
-from .train.cli import UserError
 
 SYNTHETIC_SETS = ("moons", "rings")
 SYNTHETIC_METHODS = ("magnet", "clustr")
 DIGITS_METHODS = ("ce", "clustr", "clustr-qtrades")
-DEFAULT_CURVE = "0,0.02,0.05,0.1,0.15,0.2,0.3,0.5"
+DEFAULT_EPS_CURVE = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
 
 
-def add_arguments(p):
-    p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    p.add_argument("--sets", default=",".join(SYNTHETIC_SETS), help="synthetic sets (default moons,rings)")
-    p.add_argument("--no-digits", action="store_true", help="only the synthetic experiment")
-    p.add_argument("--eps", type=fraction, default=0.1, help="digits L-inf radius of the PGD table (default 0.1)")
-    p.add_argument("--steps", type=positive_int, default=20, help="PGD steps (default 20)")
-    p.add_argument("--restarts", type=positive_int, default=10, help="PGD restarts (default 10)")
-    p.add_argument("--eps-curve", type=fraction_list, default=fraction_list(DEFAULT_CURVE),
-                   help=f"digits radii of the accuracy-vs-eps curve (default {DEFAULT_CURVE})")
-    p.add_argument("--synthetic-epochs", type=positive_int,
-                   help="epochs per phase on the 2-D sets (default: the training defaults)")
-    p.add_argument("--digits-epochs", type=positive_int, help="epochs per phase on digits (default: training defaults)")
-    p.add_argument("--train-size", type=positive_int, help="train on random subsets of this size")
-    p.add_argument("--test-size", type=positive_int, help="evaluate on random subsets of this size")
-    p.add_argument("--sanity-size", type=positive_int, default=200, help="samples used by the costly sanity checks")
-    p.add_argument("--seed", type=int, default=0)
+@dataclasses.dataclass
+class DemoOptions:
+    """What the demo runs; each field is the ``clustr-fast demo`` flag of the same name.
+
+    ``sets``: synthetic sets (of ``SYNTHETIC_SETS``); ``digits``: run the digits part;
+    ``eps``, ``steps``, ``restarts``: the digits PGD table; ``eps_curve``: digits radii of
+    the accuracy-vs-eps curve; ``*_epochs``: epochs per phase (None: the training
+    defaults); ``train_size``/``test_size``: random subsets; ``sanity_size``: samples of
+    the costly sanity checks.
+    """
+    sets: tuple = SYNTHETIC_SETS
+    digits: bool = True
+    eps: float = 0.1
+    steps: int = 20
+    restarts: int = 10
+    eps_curve: tuple = DEFAULT_EPS_CURVE
+    synthetic_epochs: int | None = None
+    digits_epochs: int | None = None
+    train_size: int | None = None
+    test_size: int | None = None
+    sanity_size: int = 200
+    seed: int = 0
 
 
-def _train(data, method, args, epochs):
+def _train(data, method, options, epochs):
     from .train import TrainConfig, fit
 
     kw = {}
@@ -55,42 +62,36 @@ def _train(data, method, args, epochs):
                   epochs_magnet=0 if method == "ce" else (2 * epochs if method == "magnet" else epochs))
     if data in SYNTHETIC_SETS:
         kw.update(k=1, model="mlp")
-    cfg = TrainConfig(data=data, method=method, seed=args.seed, train_size=args.train_size,
-                      test_size=args.test_size, **kw)
-    try:
-        return fit(cfg)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    cfg = TrainConfig(data=data, method=method, seed=options.seed, train_size=options.train_size,
+                      test_size=options.test_size, **kw)
+    return fit(cfg)
 
 
-def _test_set(data, args):
+def _test_set(data, options):
     from .data import load_dataset
 
-    _, test = load_dataset(data, seed=args.seed)
-    if args.test_size is not None and args.test_size < len(test):
-        test = test.subset(args.test_size, args.seed)
+    _, test = load_dataset(data, seed=options.seed)
+    if options.test_size is not None and options.test_size < len(test):
+        test = test.subset(options.test_size, options.seed)
     return test
 
 
-def synthetic(args, out_dir, log):
+def synthetic(options, out_dir, log):
     """``{set: {method: {...}}}`` and one certified-accuracy plot per set."""
     report = {}
-    sets = [s for s in args.sets.split(",") if s]
-    for s in sets:
+    for s in options.sets:
         if s not in SYNTHETIC_SETS:
-            raise UserError(f"--sets: unknown synthetic set {s!r}; choose from {', '.join(SYNTHETIC_SETS)}")
-    for s in sets:
-        test = _test_set(s, args)
+            raise ValueError(f"demo: `sets`: unknown synthetic set {s!r}; choose from {', '.join(SYNTHETIC_SETS)}")
+    for s in options.sets:
+        test = _test_set(s, options)
         trained, certs = {}, {}
         for method in SYNTHETIC_METHODS:
             t0 = time.perf_counter()
-            res = _train(s, method, args, args.synthetic_epochs)
+            res = _train(s, method, options, options.synthetic_epochs)
             clf = res.classifier
-            certs[method] = certificate_report(clf, test.x, test.y, attack_steps=args.steps, seed=args.seed)
+            certs[method] = certificate_report(clf, test.x, test.y, attack_steps=options.steps, seed=options.seed)
             trained[method] = (clf, time.perf_counter() - t0)
         # one radius grid per set, so the two methods' curves share their x axis
-        from .robust.certify import certified_accuracy, radius_grid
-
         rmax = max(radius_grid(c["_certificate"].radii, c["_certificate"].correct)[-1] for c in certs.values())
         grid = [rmax * i / 49 for i in range(50)]
         report[s] = {}
@@ -119,16 +120,16 @@ def synthetic(args, out_dir, log):
     return report
 
 
-def digits(args, out_dir, log):
+def digits(options, out_dir, log):
     """``{method: {...}}`` for cross-entropy, ClusTR and ClusTR+QTRADES on digits."""
     report, curves, cert_curves = {}, {}, {}
-    test = _test_set("digits", args)
+    test = _test_set("digits", options)
     for method in DIGITS_METHODS:
         t0 = time.perf_counter()
-        clf = _train("digits", method, args, args.digits_epochs).classifier
-        ev = full_evaluation(clf, test.x, test.y, num_classes=test.num_classes, eps=args.eps, attack="pgd",
-                             steps=args.steps, restarts=args.restarts, eps_values=args.eps_curve,
-                             sanity_size=args.sanity_size, seed=args.seed)
+        clf = _train("digits", method, options, options.digits_epochs).classifier
+        ev = full_evaluation(clf, test.x, test.y, num_classes=test.num_classes, eps=options.eps, attack="pgd",
+                             steps=options.steps, restarts=options.restarts, eps_values=options.eps_curve,
+                             sanity_size=options.sanity_size, seed=options.seed)
         cert = ev["certificate"]
         report[method] = {
             "clean_acc": ev["clean_acc"],
@@ -136,7 +137,7 @@ def digits(args, out_dir, log):
             "margin_acc": ev["margin_acc"],
             "worst_case_acc": ev["worst_case_acc"],
             "pgd_acc_official_loss": ev["official_loss_acc"],
-            "eps": args.eps,
+            "eps": options.eps,
             "eps_curve": ev["eps_curve"],
             "certified_radii": cert["radii"],
             "certified_acc": cert["certified_acc"],
@@ -154,7 +155,7 @@ def digits(args, out_dir, log):
             f"official-loss {100 * ev['official_loss_acc']:6.2f}%  ({report[method]['seconds']:.1f} s)")
     plot_eps_curves(curves, os.path.join(out_dir, "digits_eps_curve.png"),
                     chance=majority_rate(test.y, test.num_classes),
-                    title=f"digits: accuracy under PGD-{args.steps} (CE, log-space logits)")
+                    title=f"digits: accuracy under PGD-{options.steps} (CE, log-space logits)")
     plot_certified(cert_curves, os.path.join(out_dir, "digits_certified.png"), title="digits: certified accuracy")
     return report
 
@@ -163,7 +164,7 @@ def _pct(v):
     return f"{100 * v:.1f}"
 
 
-def tables(report, args) -> str:
+def tables(report, options) -> str:
     """The markdown tables of ``report``."""
     lines = []
     if report.get("synthetic"):
@@ -182,7 +183,8 @@ def tables(report, args) -> str:
     if report.get("digits"):
         d = report["digits"]
         eps = next(iter(d.values()))["eps"]
-        lines += [f"### Digits (small CNN), L-inf eps = {eps:.3g}, PGD-{args.steps} x {args.restarts} restarts", "",
+        lines += [f"### Digits (small CNN), L-inf eps = {eps:.3g}, "
+                  f"PGD-{options.steps} x {options.restarts} restarts", "",
                   "| method | clean % | PGD % (log-space CE) | margin (top-3 targets) % | worst case % | "
                   "official-loss % (diagnostic) | cert. % at r = median radius | certified & attacked | "
                   "sanity | seconds |",
@@ -199,36 +201,37 @@ def tables(report, args) -> str:
     return "\n".join(lines)
 
 
-def run(args) -> int:
+def _quiet(msg):
+    pass
+
+
+def run_demo(options: DemoOptions, out_dir: str, log=_quiet) -> dict:
+    """Train and evaluate as ``options`` says; PNG plots go to ``out_dir``, progress lines to ``log``.
+
+    Returns ``{"synthetic": {set: {method: ...}}, "digits": {method: ...}, "seconds", "threads"}``.
+    """
     t0 = time.perf_counter()
-    out_dir = os.path.abspath(args.out)
     os.makedirs(out_dir, exist_ok=True)
-
-    def log(msg):
-        print(msg, flush=True)
-
     report = {"synthetic": {}, "digits": {}}
     log("synthetic experiment (Magnet from scratch vs ClusTR, K=1):")
-    report["synthetic"] = synthetic(args, out_dir, log)
-    if not args.no_digits:
-        log(f"digits (eps {args.eps:.3g}, PGD-{args.steps}, {args.restarts} restarts):")
-        report["digits"] = digits(args, out_dir, log)
+    report["synthetic"] = synthetic(options, out_dir, log)
+    if options.digits:
+        log(f"digits (eps {options.eps:.3g}, PGD-{options.steps}, {options.restarts} restarts):")
+        report["digits"] = digits(options, out_dir, log)
     report["seconds"] = time.perf_counter() - t0
     report["threads"] = torch.get_num_threads()
-    text = tables(report, args)
-    write_json(report, os.path.join(out_dir, "report.json"))
-    with open(os.path.join(out_dir, "report.md"), "w") as fh:
-        fh.write("# clustr-fast demo\n\n" + text + "\n"
-                 "Plots: " + ", ".join(sorted(f for f in os.listdir(out_dir) if f.endswith(".png"))) + ".\n\n"
-                 "PGD reads the log-space logits of `soft_cluster_logits`; the margin attack targets "
-                 "each of the 3 classes ranked highest (as AutoAttack's APGD-T), and the worst case "
-                 "counts the samples that survive it and PGD; the official-loss column "
-                 "(cross-entropy on raw probability sums) is a gradient-masking diagnostic, not a "
-                 "robustness number. Certified radii are L2 in input space (Theorem 1 with a "
-                 "product-of-spectral-norms Lipschitz bound); `certified & attacked` counts certified "
-                 "points an L2 PGD within their radius flipped (must be 0).\n"
-                 f"\nTotal {report['seconds']:.0f} s on {report['threads']} threads.\n")
-    print()
-    print(text)
-    print(f"report: {os.path.join(out_dir, 'report.md')} (and report.json, PNG plots) in {report['seconds']:.0f} s")
-    return 0
+    return report
+
+
+def markdown(report, options: DemoOptions, plots) -> str:
+    """``report.md``: the tables, the PNG files ``plots`` and how to read the numbers."""
+    return ("# clustr-fast demo\n\n" + tables(report, options) + "\n"
+            "Plots: " + ", ".join(plots) + ".\n\n"
+            "PGD reads the log-space logits of `soft_cluster_logits`; the margin attack targets "
+            "each of the 3 classes ranked highest (as AutoAttack's APGD-T), and the worst case "
+            "counts the samples that survive it and PGD; the official-loss column "
+            "(cross-entropy on raw probability sums) is a gradient-masking diagnostic, not a "
+            "robustness number. Certified radii are L2 in input space (Theorem 1 with a "
+            "product-of-spectral-norms Lipschitz bound); `certified & attacked` counts certified "
+            "points an L2 PGD within their radius flipped (must be 0).\n"
+            f"\nTotal {report['seconds']:.0f} s on {report['threads']} threads.\n")

@@ -135,7 +135,7 @@ def test_eval_and_certify_commands_write_json_and_png(digits_checkpoint, tmp_pat
     import json
     import os
 
-    from clustr_fast.train.cli import main
+    from clustr_fast.cli import main
 
     out = str(tmp_path)
     assert main(["eval", digits_checkpoint, "--steps", "3", "--restarts", "1", "--test-size", "30",
@@ -154,7 +154,7 @@ def test_eval_and_certify_commands_write_json_and_png(digits_checkpoint, tmp_pat
 
 
 def test_eval_command_errors_are_one_line(digits_checkpoint, tmp_path, capsys):
-    from clustr_fast.train.cli import main
+    from clustr_fast.cli import main
 
     assert main(["eval", str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt" in capsys.readouterr().err

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from clustr_fast.train.cli import main
+from clustr_fast.cli import main
 
 SMALL = ["--sets", "moons", "--synthetic-epochs", "2", "--digits-epochs", "1", "--train-size", "200",
          "--test-size", "40", "--steps", "3", "--restarts", "2", "--sanity-size", "30",

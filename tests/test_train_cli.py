@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from clustr_fast.train.cli import main
+from clustr_fast.cli import main
 
 TINY = ["--epochs-ce", "1", "--epochs-magnet", "1", "--max-steps", "3", "--m", "2", "--d", "5", "--quiet"]
 

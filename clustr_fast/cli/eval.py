@@ -5,11 +5,11 @@ import os
 
 from tqdm.auto import tqdm
 
-from ..train.cli import UserError
-from .cli_common import fraction, fraction_list, load_for_eval, positive_int, write_json
-from .evaluate import ATTACKS, DEFAULT_TARGETS, full_evaluation
-from .plots import plot_eps_curves
-from .sanity import majority_rate
+from ..robust.evaluate import ATTACKS, DEFAULT_TARGETS, full_evaluation
+from ..robust.plots import plot_eps_curves
+from ..robust.sanity import majority_rate
+from ._common import fraction, fraction_list, load_for_eval, positive_int, write_json
+from .errors import UserError
 
 DEFAULT_CURVE = "0,1/255,2/255,4/255,8/255,16/255,32/255,64/255,0.5"
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import os
 
-from ..train.cli import UserError
-from .cli_common import fraction, load_for_eval, positive_int, write_json
-from .evaluate import certificate_report
-from .plots import plot_certified
-from .sanity import certified_attack_check
+from ..robust.evaluate import certificate_report
+from ..robust.plots import plot_certified
+from ..robust.sanity import certified_attack_check
+from ._common import fraction, load_for_eval, positive_int, write_json
+from .errors import UserError
 
 
 def add_arguments(p):

@@ -5,11 +5,16 @@ import os
 import runpy
 import sys
 
+from .errors import UserError
+
+# The source checkout this package runs from, when installed in editable mode.
+_CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 
 def _benchmarks_dir(explicit: str | None) -> str | None:
     candidates = [explicit] if explicit else [
         os.path.join(os.getcwd(), "benchmarks"),
-        os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"),
+        os.path.join(_CHECKOUT, "benchmarks"),
     ]
     for c in candidates:
         if c and os.path.exists(os.path.join(c, "report.py")):
@@ -25,8 +30,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from .train.cli import UserError
-
     where = _benchmarks_dir(args.benchmarks)
     if where is None:
         raise UserError("benchmarks/report.py not found: run from a source checkout or pass --benchmarks DIR")

@@ -9,9 +9,9 @@ from tqdm.auto import tqdm
 
 from ..data import DATASETS, DataError
 from ..models import MODELS
-from .cli import UserError
-from .config import METHODS, ConfigError, TrainConfig
-from .fit import fit
+from ..train.config import METHODS, ConfigError, TrainConfig
+from ..train.fit import fit
+from .errors import UserError
 
 # TrainConfig fields set from flags of the same name (underscores as dashes).
 FIELDS = ("data", "method", "model", "epochs_ce", "epochs_magnet", "k", "alpha", "lr", "lr_ce", "m", "d",

@@ -1,8 +1,9 @@
 """``clustr-fast``: the command line (train, eval, certify, bench, demo).
 
-Each subcommand lives in its own module, which provides ``add_arguments(parser)``
-and ``run(args) -> int``; they are imported only when used. Errors the user can
-fix (bad arguments, missing data files) print one line, not a traceback.
+Each subcommand lives in its own module of this package, which provides
+``add_arguments(parser)`` and ``run(args) -> int``. Errors the user can fix (bad
+arguments, missing data files: ``UserError`` and the library's ``ConfigError`` and
+``DataError``) print one line, not a traceback. The library imports nothing from here.
 """
 from __future__ import annotations
 
@@ -10,16 +11,15 @@ import argparse
 import importlib
 import sys
 
+from .errors import ONE_LINE_ERRORS, UserError
+
 COMMANDS = {
-    "train": ("clustr_fast.train.commands", "train a model (ce, magnet, clustr, clustr-qtrades)"),
-    "eval": ("clustr_fast.robust.commands_eval", "attack a checkpoint (PGD, margin, magnet, AutoAttack)"),
-    "certify": ("clustr_fast.robust.commands_certify", "certified accuracy of a checkpoint (Theorem 1)"),
-    "demo": ("clustr_fast.demo", "the synthetic experiment and digits, end to end, on the CPU"),
-    "bench": ("clustr_fast.bench", "print the benchmark table of every op on this machine"),
+    "train": ("clustr_fast.cli.train", "train a model (ce, magnet, clustr, clustr-qtrades)"),
+    "eval": ("clustr_fast.cli.eval", "attack a checkpoint (PGD, margin, magnet, AutoAttack)"),
+    "certify": ("clustr_fast.cli.certify", "certified accuracy of a checkpoint (Theorem 1)"),
+    "demo": ("clustr_fast.cli.demo", "the synthetic experiment and digits, end to end, on the CPU"),
+    "bench": ("clustr_fast.cli.bench", "print the benchmark table of every op on this machine"),
 }
-
-
-from clustr_fast.train.errors import UserError  # noqa: E402  (one class, also under `python -m`)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
         return 2
     try:
         return int(args._run(args) or 0)
-    except UserError as exc:
+    except ONE_LINE_ERRORS as exc:
         print(f"clustr-fast {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -55,5 +55,4 @@ def main(argv=None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+__all__ = ["COMMANDS", "UserError", "build_parser", "main"]

@@ -1,5 +1,5 @@
-"""Shared pieces of ``clustr-fast eval`` / ``certify``: numbers like ``8/255``, loading
-a checkpoint and its test set, and writing JSON."""
+"""Shared pieces of the commands: argparse types (numbers like ``8/255``), loading a
+checkpoint and its test set with one-line errors, and writing JSON."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,7 @@ import os
 
 import torch
 
-from ..train.cli import UserError
+from .errors import UserError
 
 
 def fraction(text: str) -> float:
