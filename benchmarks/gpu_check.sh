@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
-# The GPU check: build in place, run the GPU tests, print the benchmark table.
+# The GPU check: build in place, run the GPU tests, print the benchmark table and
+# save it as data (benchmarks/report.py --save: benchmarks/results/<card>.json, the
+# card's latest measurement per case; copied to $OUT).
 # Made for one H100/H200 machine with torch + Triton + nvcc and no network;
 # finishes inside 8 minutes. Logs and JSON go to $OUT when it is set.
 #   bash benchmarks/gpu_check.sh
+# Knobs (environment): GPU_TEST_JOBS, GPU_TEST_TIMEOUT (s per test file), REPORT_TIMEOUT (s),
+# REPORT_ARGS (report.py's --only / --skip / --no-compiled), CLUSTR_FAST_COMMIT (the commit the
+# saved measurements record, where this tree has no git metadata).
+# Back on a checkout: copy the card file into benchmarks/results/, then
+#   python benchmarks/report.py --render
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$(mktemp -d /tmp/clustr_fast_gpu_check.XXXX)}
@@ -37,9 +44,16 @@ cat "$SHARDS"/*.log >"$OUT/gpu_tests.log"
 grep -hE "^[0-9]+ (passed|failed|deselected|skipped)|^=+ .*(passed|failed|error|deselected)" "$SHARDS"/*.log
 grep -hE "^(FAILED|ERROR)" "$OUT/gpu_tests.log" | head -40
 
-stage "benchmark table (benchmarks/report.py)"
-timeout ${REPORT_TIMEOUT:-240} $PY benchmarks/report.py --json "$OUT/report.json" ${REPORT_ARGS:-} \
+stage "benchmark table (benchmarks/report.py --save)"
+STAMP=$(mktemp /tmp/clustr_fast_report_start.XXXX)
+# --save merges after every case, so a run cut short by the timeout keeps what it measured
+timeout ${REPORT_TIMEOUT:-240} $PY benchmarks/report.py --json "$OUT/report.json" --save ${REPORT_ARGS:-} \
   2>"$OUT/report_progress.log" | tee "$OUT/report.md"
 echo "report exit code: ${PIPESTATUS[0]}"
 tail -5 "$OUT/report_progress.log"
+for f in $(find benchmarks/results -maxdepth 1 -name '*.json' -newer "$STAMP"); do
+  cp "$f" "$OUT/" && echo "saved: $f (copied to $OUT)"
+done
+$PY benchmarks/report.py --render --results-md "$OUT/RESULTS.md" --readme-table "$OUT/readme_table.md" >/dev/null \
+  || echo "render failed"
 stage "done; logs in $OUT"

@@ -77,8 +77,12 @@ def load_cases(only=None):
 
 
 
-def run(cases, device, providers, *, verbose=True, skip=()):
-    """Time every (case, provider); a pair whose ``"case.id[provider]"`` contains one of ``skip`` is left out."""
+def run(cases, device, providers, *, verbose=True, skip=(), on_case=None):
+    """Time every (case, provider); a pair whose ``"case.id[provider]"`` contains one of ``skip`` is left out.
+
+    ``on_case(rows)``, when given, is called with the rows so far after each case (``--save`` keeps
+    them as it goes, so a run cut short by a time limit still leaves what it measured).
+    """
     rows = []
     for case in cases:
         if device.type not in case.devices:
@@ -123,6 +127,8 @@ def run(cases, device, providers, *, verbose=True, skip=()):
         del inputs
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        if on_case is not None:
+            on_case(rows)
     # speed-up over the case's reference provider
     ref = {r["case"]: r["ms"] for r in rows if r.get("provider") == "reference" and "ms" in r}
     for r in rows:
@@ -325,9 +331,10 @@ def read_card(path):
 
 def write_card(path, doc):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
+    with open(path + ".tmp", "w") as f:  # whole or not at all, should the run be killed meanwhile
         json.dump(doc, f, indent=1)
         f.write("\n")
+    os.replace(path + ".tmp", path)
 
 
 def save(rows, device, results_dir=RESULTS_DIR, card=None):
@@ -545,7 +552,8 @@ def main(argv=None):
         providers.discard("compiled_reference")
     cases = load_cases(args.only)
     t0 = time.time()
-    rows = run(cases, device, providers, verbose=not args.quiet, skip=tuple(args.skip))
+    on_case = (lambda so_far: save(so_far, device, args.results_dir, args.card)) if args.save else None
+    rows = run(cases, device, providers, verbose=not args.quiet, skip=tuple(args.skip), on_case=on_case)
     header = (f"Device: {device_name(device)}; torch {torch.__version__}; "
               f"{time.strftime('%Y-%m-%d')}; {time.time() - t0:.0f} s")
     print(header)
