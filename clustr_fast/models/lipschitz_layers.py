@@ -48,17 +48,27 @@ def _self_correlation_rowsums(kernel: torch.Tensor, q: torch.Tensor | None = Non
     return (a @ q) / q
 
 
-def aol_scale(weight: torch.Tensor) -> torch.Tensor:
-    """AOL column scale of a dense ``weight [out, in]``: ``d_j = (sum_i |W^T W|_ij)^(-1/2)``, ``[in]``."""
-    gram = weight.T @ weight
+def aol_scale(weight: torch.Tensor, side: str = "in") -> torch.Tensor:
+    """AOL scale of a dense ``weight [out, in]``. ``side="in"``: ``d_j = (sum_i |W^T W|_ij)^(-1/2)``
+    ``[in]`` (applied as ``W diag(d)``); ``side="out"``: ``d_i = (sum_j |W W^T|_ij)^(-1/2)`` ``[out]``
+    (applied as ``diag(d) W``)."""
+    gram = weight.T @ weight if side == "in" else weight @ weight.T
     return gram.abs().sum(1).clamp_min(EPS).rsqrt()
 
 
-def aol_conv_scale(weight: torch.Tensor) -> torch.Tensor:
-    """AOL input-channel scale of a conv kernel ``weight [out, in, kh, kw]``:
-    ``d_c = (sum_{c', D} |P[c, c', D]|)^(-1/2)``, ``P`` the kernel's self-correlation over the
-    output channels (``conv2d`` of the transposed kernel with itself), ``[in]``."""
-    return _self_correlation_rowsums(weight.transpose(0, 1)).clamp_min(EPS).rsqrt()
+def aol_conv_scale(weight: torch.Tensor, side: str = "in") -> torch.Tensor:
+    """AOL channel scale of a conv kernel ``weight [out, in, kh, kw]``. ``side="in"``: ``d_c = (sum_{c', D}
+    |P[c, c', D]|)^(-1/2)`` ``[in]``, ``P`` the self-correlation over the output channels (``conv2d`` of
+    the transposed kernel with itself); ``side="out"``: the same over ``P'``, the self-correlation
+    over the input channels, ``[out]``."""
+    kernel = weight.transpose(0, 1) if side == "in" else weight
+    return _self_correlation_rowsums(kernel).clamp_min(EPS).rsqrt()
+
+
+def _side(in_size: int, out_size: int) -> str:
+    """Rescale the smaller side: its Gram is the smaller one, and the Gershgorin bound of a
+    low-rank Gram (the larger side's) is loose, which would shrink a wide layer needlessly."""
+    return "in" if in_size <= out_size else "out"
 
 
 class LipschitzModule(nn.Module):
@@ -69,12 +79,14 @@ class LipschitzModule(nn.Module):
 
 
 class AOLLinear(LipschitzModule):
-    """``y = W diag(d) x + b``, ``d_j = (sum_i |W^T W|_ij)^(-1/2)``; ``x [N, in] -> y [N, out]``. L = 1.
+    """``y = W diag(d) x + b``, ``d_j = (sum_i |W^T W|_ij)^(-1/2)`` when ``in <= out``; ``y = diag(d) W x + b``,
+    ``d_i = (sum_j |W W^T|_ij)^(-1/2)`` when ``in > out``; ``x [N, in] -> y [N, out]``. L = 1.
 
     Proof: ``||W D||^2 = ||D W^T W D||``. By weighted Gershgorin (``q = 1``), ``W^T W <= diag(sum_i
-    |W^T W|_ij) = D^-2``, so ``D W^T W D <= I``. Flooring the sums at ``EPS`` only enlarges
-    ``D^-2``. Orthogonal initialisation: ``W^T W = I`` when ``out >= in``, so ``d = 1`` and the
-    layer starts as an isometry.
+    |W^T W|_ij) = D^-2``, so ``D W^T W D <= I``. The row form is the same for ``W^T`` (``||D W|| =
+    ||W^T D||``). Flooring the sums at ``EPS`` only enlarges ``D^-2``. Orthogonal initialisation:
+    the Gram of the smaller side is ``I``, so ``d = 1`` and the layer starts with all singular
+    values 1.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
@@ -85,8 +97,10 @@ class AOLLinear(LipschitzModule):
         self.bias = nn.Parameter(torch.zeros(self.out_features)) if bias else None
 
     def effective_weight(self) -> torch.Tensor:
-        """The matrix the layer applies, ``W diag(d)`` ``[out, in]``; spectral norm <= 1."""
-        return self.weight * aol_scale(self.weight)[None, :]
+        """The matrix the layer applies, ``W diag(d)`` or ``diag(d) W`` ``[out, in]``; spectral norm <= 1."""
+        if _side(self.in_features, self.out_features) == "in":
+            return self.weight * aol_scale(self.weight, "in")[None, :]
+        return self.weight * aol_scale(self.weight, "out")[:, None]
 
     def forward(self, x):
         return F.linear(x, self.effective_weight(), self.bias)
@@ -97,15 +111,18 @@ class AOLLinear(LipschitzModule):
 
 class AOLConv2d(LipschitzModule):
     """``y = conv2d(x, K diag_in(d)) + b``, ``d_c = (sum_{c', D} |P[c, c', D]|)^(-1/2)``, ``P[c, c', D] =
-    sum_{o,u} K[o, c, u] K[o, c', u + D]``; ``[N, in, H, W] -> [N, out, H', W']``. L = 1.
+    sum_{o,u} K[o, c, u] K[o, c', u + D]`` when ``in <= out``; when ``in > out`` the output channels
+    are scaled instead, ``d_o = (sum_{o', D} |P'[o, o', D]|)^(-1/2)``, ``P'[o, o', D] = sum_{c,u}
+    K[o, c, u] K[o', c, u + D]``; ``[N, in, H, W] -> [N, out, H', W']``. L = 1.
 
-    Proof: the layer is ``A D`` with ``A`` the zero-padded convolution and ``D`` the channel scale
-    repeated over positions. By the Toeplitz restriction, ``A = S A_full``, and ``A_full^T
-    A_full`` has row sums of absolute values at most ``d_c^-2`` (the full self-correlation sums),
-    so weighted Gershgorin gives ``A_full^T A_full <= D^-2`` and ``||A D|| <= ||A_full D|| <= 1``.
-    Valid for any stride and zero padding ``p <= k - 1``. Initialisation: the centre tap is an
-    orthogonal ``[out, in]`` matrix and the rest zero, so with ``out >= in`` the layer starts as an
-    isometry (``d = 1``).
+    Proof (input side): the layer is ``A D`` with ``A`` the zero-padded convolution and ``D`` the
+    channel scale repeated over positions. By the Toeplitz restriction, ``A = S A_full``, and
+    ``A_full^T A_full`` has row sums of absolute values at most ``d_c^-2`` (the full
+    self-correlation sums), so weighted Gershgorin gives ``A_full^T A_full <= D^-2`` and ``||A D||
+    <= ||A_full D|| <= 1``. Valid for any stride and zero padding ``p <= k - 1``. Output side: ``D
+    A`` with ``A A^T = S (R C E)(R C E)^T S^T <= S R C C^T R^T S^T``, whose weighted row sums are at
+    most ``d_o^-2``; so ``||D A|| <= 1``. Initialisation: the centre tap is an orthogonal ``[out,
+    in]`` matrix and the rest zero, so ``d = 1`` and every singular value of the tap is 1.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
@@ -128,8 +145,10 @@ class AOLConv2d(LipschitzModule):
         self.bias = nn.Parameter(torch.zeros(self.out_channels)) if bias else None
 
     def effective_weight(self) -> torch.Tensor:
-        """The kernel the layer applies, ``K * d`` over input channels ``[out, in, k, k]``."""
-        return self.weight * aol_conv_scale(self.weight)[None, :, None, None]
+        """The kernel the layer applies, ``K * d`` over input or output channels ``[out, in, k, k]``."""
+        if _side(self.in_channels, self.out_channels) == "in":
+            return self.weight * aol_conv_scale(self.weight, "in")[None, :, None, None]
+        return self.weight * aol_conv_scale(self.weight, "out")[:, None, None, None]
 
     def forward(self, x):
         return F.conv2d(x, self.effective_weight(), self.bias, self.stride, self.padding)

@@ -1,6 +1,8 @@
 """Upper bounds on the L2 Lipschitz constant of a network's outputs.
 
-``lipschitz_bound(net, example, output=1)`` traces ``net`` with ``torch.fx`` and
+A network with a ``lipschitz_bound(output=...)`` method (the Lipschitz-bounded models of
+``clustr_fast.models.lipschitz``, chains of layers with proven constants) gives its own bound.
+For any other network, ``lipschitz_bound(net, example, output=1)`` traces ``net`` with ``torch.fx`` and
 propagates a bound ``L(node)`` through its graph (``||node(x) - node(y)|| <=
 L(node) ||x - y||``):
 
@@ -338,6 +340,9 @@ def lipschitz_bound(net: nn.Module, example: torch.Tensor, output: int | None = 
         raise TypeError(f"lipschitz_bound: `example` must be a torch.Tensor, got {type(example).__name__}")
     if net.training:
         raise ValueError("lipschitz_bound: `net` must be in eval mode (call net.eval())")
+    own = getattr(net, "lipschitz_bound", None)
+    if callable(own) and output is not None:  # Lipschitz-bounded models (models/lipschitz.py) prove their own
+        return float(own(output=output))
     try:
         tracer = _Tracer()
         gm = fx.GraphModule(net, tracer.trace(net))
