@@ -226,14 +226,3 @@ def pick(op: str, device: torch.device, implemented: tuple[str, ...], kernel: st
         if cand in implemented and _can_run(cand, op, device, kernel) and not _nondeterministic(op, cand, device):
             return cand
     return "reference"
-
-
-PRECISIONS = {"highest": 0, "high": 1, "medium": 2}
-
-
-def precision_code(precision: str) -> int:
-    """Map "highest" | "high" | "medium" to the extension's integer code."""
-    try:
-        return PRECISIONS[precision]
-    except (KeyError, TypeError):
-        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}") from None

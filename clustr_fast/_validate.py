@@ -1,4 +1,6 @@
-"""Input checks shared by the plain-PyTorch references and the fused-op wrappers.
+"""Input checks and argument conventions shared by the plain-PyTorch references, the
+fused-op wrappers and the kernels: the accumulation dtype, the precision names and their
+integer codes, the radius modes, a given variance as a tensor.
 
 Every check raises before any kernel runs:
 
@@ -18,14 +20,35 @@ import numbers
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# The names of torch.set_float32_matmul_precision; a name's position is the integer code the
+# kernels take (0 highest, 1 high, 2 medium).
 PRECISIONS = ("highest", "high", "medium")
 REDUCTIONS = ("mean", "sum", "none")
-RADIUS_MODES = ("sound", "paper")
+RADIUS_MODES = ("sound", "paper")  # position = the kernels' mode code
 
 
 def acc_dtype(dtype):
     """Accumulation dtype: float64 stays float64, everything else computes in float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def precision_code(precision):
+    """The kernels' integer code of "highest" | "high" | "medium"."""
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return PRECISIONS.index(precision)
+
+
+def precision_name(code):
+    """The precision name of a kernel code (the inverse of ``precision_code``)."""
+    return PRECISIONS[code]
+
+
+def variance_tensor(variance, like):
+    """A given variance as a constant (detached) 0-d tensor on ``like``'s device and dtype."""
+    if isinstance(variance, torch.Tensor):
+        return variance.detach().to(device=like.device, dtype=like.dtype)
+    return torch.tensor(float(variance), device=like.device, dtype=like.dtype)
 
 
 def _p(op):

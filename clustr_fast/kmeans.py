@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from . import _backend
-from ._validate import acc_dtype, check_finite, check_float, check_ids, check_int, check_matrix, check_real
+from ._validate import (acc_dtype, check_finite, check_float, check_ids, check_int, check_matrix, check_real,
+                        precision_code)
 from .ops.kmeans import (default_trials, kmeans_assign_op, kmeans_fit_groups_op, kmeans_lloyd_groups_op,
                          kmeans_lloyd_step_op, kmeans_update_op, lloyd_groups_runs_here, lloyd_groups_stepwise,
                          lloyd_step_runs_here, plusplus_draws, plusplus_segments)
@@ -98,7 +98,7 @@ class KMeans:
         if self.tol < 0:
             raise ValueError(f"KMeans: `tol` must be >= 0, got {self.tol}")
         self.init, self.seed, self.n_local_trials = init, seed, n_local_trials
-        self._precision = _backend.precision_code(precision)
+        self._precision = precision_code(precision)
 
     def _prepare(self, x):
         x = torch.as_tensor(x)
@@ -134,7 +134,7 @@ class KMeans:
 
 
 def kmeans_per_group(x, groups, k, *, max_iter=20, tol=1e-4, generator=None, n_local_trials=None,
-                     precision="highest"):
+                     precision="highest", n_init=1):
     """k clusters in each group (class) of ``x [N,d]``, every group in the same launches.
 
     ``groups [N]`` holds group ids in ``[0, G)``; every group needs at least ``k`` rows. Rows are
@@ -145,6 +145,11 @@ def kmeans_per_group(x, groups, k, *, max_iter=20, tol=1e-4, generator=None, n_l
     cache, one thread per group. Other devices: one assignment (row i only sees its group's
     centers) and one update launch per iteration for all groups (CUDA: that loop runs inside
     the extension; Triton: from Python).
+
+    ``n_init``: seedings per group; each group keeps the one whose fit has the lowest inertia (the
+    first on ties), as scikit-learn's ``n_init``. The seedings are drawn one after the other, each as
+    a call with ``n_init=1`` would draw it, and fitted together as ``n_init`` copies of every group in
+    the same launches (memory: ``n_init`` copies of ``x``). ``n_init=1`` is exactly the single fit.
 
     Returns ``(labels int64 [N] = group * k + j, centers [G*k, d])`` with the centers of group g in
     rows ``[g*k, (g+1)*k)`` (accumulation dtype: float32 for half inputs).
@@ -157,6 +162,7 @@ def kmeans_per_group(x, groups, k, *, max_iter=20, tol=1e-4, generator=None, n_l
     k = check_int(k, "k", low=1, op=op)
     max_iter = check_int(max_iter, "max_iter", low=0, op=op)
     tol = check_real(tol, "tol", op=op)
+    n_init = check_int(n_init, "n_init", low=1, op=op)
     check_finite(x, "x", op=op)
     if x.shape[0] == 0:
         raise ValueError(f"{op}: `x` has no rows")
@@ -172,21 +178,45 @@ def kmeans_per_group(x, groups, k, *, max_iter=20, tol=1e-4, generator=None, n_l
     order = None if in_order else torch.argsort(groups, stable=True)
     xs = (x.detach() if in_order else x.detach()[order]).to(acc_dtype(x.dtype)).contiguous()
     offsets = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)])
-    prec = _backend.precision_code(precision)
+    prec = precision_code(precision)
+    # n_init > 1: copy c of group g is group c*G + g of one fit over n_init copies of the rows.
+    shifts = [c * xs.shape[0] for c in range(n_init)]
+    xr = xs if n_init == 1 else xs.repeat(n_init, 1)
+    offsets_r = offsets if n_init == 1 else torch.cat([offsets[:-1] + s for s in shifts] + [offsets[-1:] + shifts[-1]])
     if lloyd_step_runs_here(xs.device):  # seeding and iterations of each group in one pass over it
-        first, draws = plusplus_draws(sizes, k, _trials(k, n_local_trials), generator, xs.device)
-        lab_sorted, _, centers, _ = kmeans_fit_groups_op(xs, offsets, k, first + offsets[:-1], draws, max_iter,
-                                                         tol, prec)
+        seeds = [plusplus_draws(sizes, k, _trials(k, n_local_trials), generator, xs.device) for _ in shifts]
+        first = torch.cat([f for f, _ in seeds]) if n_init > 1 else seeds[0][0]
+        draws = torch.cat([d for _, d in seeds], dim=1) if n_init > 1 else seeds[0][1]
+        lab_sorted, sq, centers, _ = kmeans_fit_groups_op(xr, offsets_r, k, first + offsets_r[:-1], draws, max_iter,
+                                                          tol, prec)
     else:
-        idx = plusplus_segments(xs, offsets, k, generator=generator, n_local_trials=n_local_trials)
+        idx = torch.cat([plusplus_segments(xs, offsets, k, generator=generator, n_local_trials=n_local_trials) + s
+                         for s in shifts])
         if lloyd_groups_runs_here(xs.device):  # CUDA: the Lloyd loop inside the extension
-            lab_sorted, _, centers, _ = kmeans_lloyd_groups_op(xs, offsets, xs[idx.reshape(-1)], max_iter, tol, prec)
+            lab_sorted, sq, centers, _ = kmeans_lloyd_groups_op(xr, offsets_r, xr[idx.reshape(-1)], max_iter, tol, prec)
         else:
-            lab_sorted, _, centers, _ = lloyd_groups_stepwise(xs, offsets, xs[idx.reshape(-1)], max_iter, tol,
-                                                              prec, kmeans_assign_op, kmeans_update_op,
-                                                              torch.are_deterministic_algorithms_enabled())
+            lab_sorted, sq, centers, _ = lloyd_groups_stepwise(xr, offsets_r, xr[idx.reshape(-1)], max_iter, tol,
+                                                               prec, kmeans_assign_op, kmeans_update_op,
+                                                               torch.are_deterministic_algorithms_enabled())
+    if n_init > 1:
+        lab_sorted, centers = _best_copies(lab_sorted, sq, centers, sizes, n_init, k)
     if in_order:
         return lab_sorted, centers
     labels = torch.empty_like(lab_sorted)
     labels[order] = lab_sorted
+    return labels, centers
+
+
+def _best_copies(labels, sq, centers, sizes, n_init, k):
+    """Of the ``n_init`` fitted copies of every group, the one with the lowest inertia (float64 sum of
+    its rows' squared distances; the first copy on ties): ``(labels [N], centers [G*k, d])``."""
+    g = sizes.numel()
+    n = labels.shape[0] // n_init
+    dev = labels.device
+    copy_of_row = torch.repeat_interleave(torch.arange(n_init * g, device=dev), sizes.repeat(n_init))
+    inertia = torch.zeros(n_init * g, dtype=torch.float64, device=dev).index_add_(0, copy_of_row, sq.to(torch.float64))
+    best = inertia.view(n_init, g).argmin(0)                                  # [G], first minimum on ties
+    centers = centers.view(n_init, g, k, -1)[best, torch.arange(g, device=dev)].reshape(g * k, -1)
+    pick = best[torch.repeat_interleave(torch.arange(g, device=dev), sizes)]  # chosen copy of each row
+    labels = labels.view(n_init, n)[pick, torch.arange(n, device=dev)] - pick * (g * k)
     return labels, centers

@@ -14,7 +14,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, interpreted, split_launch, tl_dtype
+from clustr_fast._backend import triton_interpreted
+from clustr_fast._validate import acc_dtype
+
+from ._common import split_launch, tl_dtype
 
 _NONE = 2147483647
 
@@ -88,9 +91,8 @@ def _radius_kernel(X, MU, CLS, GAP, OUT, N, C, D_FEAT, lip2, sxn, sxd, smc, smd,
     tl.store(OUT + rows, r, mask=mrow)
 
 
-# float32/16 inputs; see split_launch. H200, run 11, 50k x 200 x 512: 64 x 32 tile, d chunks of 4,
-# 8 warps 2.70 ms; 32 x 32, 4 warps 2.87 ms. (64 x 32 with chunks of 8 and 4 warps took 2.50 ms
-# but spills 16 B on sm_90a: tests/test_sass_rules.py.)
+# float32/16 inputs; see split_launch. The fastest tile timed at 50k x 200 x 512 that does not
+# spill on sm_90a (tests/tools/test_sass_rules.py; docs/decisions.md).
 GPU_TILE_FP32 = dict(BLOCK_M=64, BLOCK_N=32, BLOCK_D=4, num_warps=8)
 
 
@@ -103,7 +105,7 @@ def certified_radius(feats, centers, center_classes, lipschitz: float, mode: int
     if N == 0:
         return out
     gap = torch.cdist(centers.to(acc), centers.to(acc), compute_mode="donot_use_mm_for_euclid_dist").contiguous()
-    if interpreted():
+    if triton_interpreted():
         meta, launch = dict(BLOCK_M=max(16, min(64, triton.next_power_of_2(N))), BLOCK_N=64, BLOCK_D=32), {}
     elif acc == torch.float64:
         meta, launch = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=4), dict(num_warps=4)

@@ -3,7 +3,7 @@
 assign (dense): one program owns BLOCK_M rows and sweeps all K centers in
     BLOCK_N tiles; each tile's ``||c||^2 - 2 x.c`` is reduced to a running
     (min, first argmin) in registers, so no [N, K] buffer exists.
-    sqdist = max(||x||^2 + min, 0). fp32 products: _common.DOT_PRECISION (3xTF32 at present).
+    sqdist = max(||x||^2 + min, 0). fp32 products: 3xTF32 (_common.DOT_PRECISION); bf16 for "medium".
 assign (grouped): row i sees only centers [g_i*k, (g_i+1)*k), by explicit differences.
 update: per-cluster sums by atomics (summed per row block through one-hot masks first
     when k <= 32), or, when deterministic, an ordered sum over each cluster's
@@ -18,7 +18,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, dot_precision, launch_for, interpreted, mma, split_launch, tl_dtype
+from clustr_fast._backend import triton_interpreted
+from clustr_fast._validate import acc_dtype
+
+from ._common import dot_precision, mma, split_launch, tl_dtype
 
 
 # --------------------------------------------------------------------------- assign
@@ -101,9 +104,8 @@ def _assign_grouped_kernel(X, C, GRP, LAB, SQ, N, D, GK, sxn, sxd, scn, scd,
     tl.store(SQ + offs_m, best, mask=mask_m)
 
 
-# GPU launch configuration of the dense assignment (float32/16 inputs; see split_launch).
-# H200, 1M x 1024 x 128 (run 11): 64x128 / 4 warps 4.82 ms "highest", 1.88 ms plain TF32;
-# 128x128 / 8 warps 5.30 / 2.08 ms. 1M x 20000 x 256, plain TF32: 53.7 against 61.2 ms.
+# GPU launch configuration of the dense assignment (float32/16 inputs; see split_launch): the
+# fastest of those timed at 1M x 1024 x 128 (docs/decisions.md).
 ASSIGN_GPU_FP32 = dict(BLOCK_M=64, BLOCK_N=128, BLOCK_D=32, num_warps=4, num_stages=3)
 
 
@@ -117,7 +119,7 @@ def kmeans_assign(x, centers, precision=0, groups=None, group_k=0):
         return labels, sq
     if groups is not None:
         groups = groups.to(torch.int64).contiguous()
-        bm, bd = (32, 32) if interpreted() else (64, 32)  # d chunks of 64 spill 936 B (sm_90a)
+        bm, bd = (32, 32) if triton_interpreted() else (64, 32)  # d chunks of 64 spill 936 B (sm_90a)
         _assign_grouped_kernel[(triton.cdiv(N, bm),)](
             x, centers, groups, labels, sq, N, D, group_k,
             x.stride(0), x.stride(1), centers.stride(0), centers.stride(1),
@@ -126,7 +128,7 @@ def kmeans_assign(x, centers, precision=0, groups=None, group_k=0):
     if D == 0:
         return labels, sq.zero_()
     cn = centers.to(acc).square().sum(1).contiguous()
-    if interpreted():
+    if triton_interpreted():
         meta, launch = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_D=32), {}
     elif acc == torch.float64:
         meta, launch = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_D=8), dict(num_warps=4, num_stages=2)
@@ -137,8 +139,8 @@ def kmeans_assign(x, centers, precision=0, groups=None, group_k=0):
         x, centers, cn, labels, sq, N, centers.shape[0], D,
         x.stride(0), x.stride(1), centers.stride(0), centers.stride(1),
         ACC=tl_dtype(acc), DOT_PREC=prec,
-        CAST_BF16=(precision == 2 and x.dtype == torch.float32 and not interpreted()),
-        USE_DOT=acc != torch.float64, **meta, **launch_for(launch, prec))
+        CAST_BF16=(precision == 2 and x.dtype == torch.float32 and not triton_interpreted()),
+        USE_DOT=acc != torch.float64, **meta, **launch)
     return labels, sq
 
 
@@ -167,8 +169,8 @@ def _update_smallk_kernel(X, LAB, SUMS, CNT, N, D, K, sxn, sxd, ROWS,
                           BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """Per program: ROWS rows x BLOCK_D dims summed per cluster (one-hot products), then one atomic per sum.
 
-    On an H200 (Triton 3.6, 2026-11-26) the float32 sums as a [KP, BM, BD] masked reduction took
-    1.9 ms per call at 50000 x 512, k = 20; the one-hot product is a small IEEE tl.dot.
+    The float32 sums are a small IEEE tl.dot of the one-hot matrix: a [KP, BM, BD] masked
+    reduction is slow on the GPU (docs/decisions.md).
     """
     pid_m = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -253,12 +255,12 @@ def kmeans_update(x, labels, k, prev_centers=None, deterministic=False):
         if k <= 32:
             kp = max(16, triton.next_power_of_2(k))  # tl.dot tiles are at least 16 wide
             bm, bd = 32, 32
-            rows = 4 * bm if interpreted() else 1024
+            rows = 4 * bm if triton_interpreted() else 1024
             grid = (triton.cdiv(N, rows), triton.cdiv(D, bd))
             _update_smallk_kernel[grid](x, labels, sums, cnt, N, D, k, x.stride(0), x.stride(1), rows,
                                         ACC=tl_dtype(acc), KP=kp, BLOCK_M=bm, BLOCK_D=bd, num_warps=4)
         else:
-            bm, bd = (32, 32) if interpreted() else (64, 64)
+            bm, bd = (32, 32) if triton_interpreted() else (64, 64)
             grid = (triton.cdiv(N, bm), triton.cdiv(D, bd))
             _update_atomic_kernel[grid](x, labels, sums, cnt, N, D, x.stride(0), x.stride(1),
                                         ACC=tl_dtype(acc), BLOCK_M=bm, BLOCK_D=bd, num_warps=4)
@@ -301,8 +303,7 @@ def _pp_eval_kernel(X, CAND, CLOSEST, DC, PART, BSTART, BEND, BGROUP, N, D, T, s
     """dc[t, i] = ||x_i - x_{cand_t}||^2 over one block; PART[b, t] = sum_i min(closest_i, dc[t, i]).
 
     The squared differences accumulate in a [SUB, TP, BLOCK_D] tile over the whole row and are
-    summed over d once per row tile. Summing every d chunk cost 5 shuffles per product (sm_90a
-    SASS); by that count, most of the 1 ms per step that run 8 measured at 1M x 128.
+    summed over d once per row tile: a sum per d chunk costs 5 shuffles per product (sm_90a SASS).
     """
     s, e, offs_t, mask_t, cand = _pp_block(BSTART, BEND, BGROUP, CAND, T, TP)
     offs_d = tl.arange(0, BLOCK_D)
@@ -321,45 +322,6 @@ def _pp_eval_kernel(X, CAND, CLOSEST, DC, PART, BSTART, BEND, BGROUP, N, D, T, s
             diff = xt[:, None, :] - ct[None, :, :]
             acc3 += diff * diff
         part += _pp_tile_out(tl.sum(acc3, axis=2), rows, mask_r, offs_t, mask_t, DC, CLOSEST, N)
-    tl.store(PART + tl.program_id(0) * TP + offs_t, part)
-
-
-@triton.jit
-def _pp_eval_dot_kernel(X, XN, CAND, CLOSEST, DC, PART, BSTART, BEND, BGROUP, N, D, T, sxn, sxd,
-                        ACC: tl.constexpr, DOT_PREC: tl.constexpr, TP: tl.constexpr, SUB: tl.constexpr,
-                        BLOCK_D: tl.constexpr, STAGES: tl.constexpr):
-    """``_pp_eval_kernel`` by the expansion: dc[t, i] = max(||x_i||^2 + ||c_t||^2 - 2 x_i.c_t, 0).
-
-    The products run on the tensor cores (``tl.dot``, 3xTF32 for float32: float32-exact
-    products), so a step costs about one read of x; TP >= 16 (padded candidates give
-    distances that are never stored or selected). The expansion cancels: errors are about
-    1e-7 of ||x||^2 + ||c||^2, where the direct differences are exact to 1e-7 of the distance.
-    """
-    s, e, offs_t, mask_t, cand = _pp_block(BSTART, BEND, BGROUP, CAND, T, TP)
-    offs_d = tl.arange(0, BLOCK_D)
-    csq = tl.zeros((BLOCK_D, TP), dtype=ACC)
-    for d0 in range(0, D, BLOCK_D):
-        dd = d0 + offs_d
-        ct = tl.load(X + cand[None, :] * sxn + dd[:, None] * sxd,
-                     mask=mask_t[None, :] & (dd < D)[:, None], other=0.0).to(ACC)
-        csq += ct * ct
-    cn = tl.sum(csq, axis=0)
-    part = tl.zeros((TP,), dtype=tl.float64)
-    for r0 in range(s, e, SUB):
-        rows = r0 + tl.arange(0, SUB)
-        mask_r = rows < e
-        acc = tl.zeros((SUB, TP), dtype=ACC)
-        for d0 in tl.range(0, D, BLOCK_D, num_stages=STAGES):
-            dd = d0 + offs_d
-            mask_d = dd < D
-            xt = tl.load(X + rows[:, None] * sxn + dd[None, :] * sxd,
-                         mask=mask_r[:, None] & mask_d[None, :], other=0.0)
-            ct = tl.load(X + cand[None, :] * sxn + dd[:, None] * sxd,
-                         mask=mask_t[None, :] & mask_d[:, None], other=0.0)
-            acc = mma(xt.to(ACC), ct.to(ACC), acc, DOT_PREC)
-        xn = tl.load(XN + rows, mask=mask_r, other=0.0)
-        dist = tl.maximum(xn[:, None] + cn[None, :] - 2.0 * acc, 0.0)
-        part += _pp_tile_out(dist, rows, mask_r, offs_t, mask_t, DC, CLOSEST, N)
     tl.store(PART + tl.program_id(0) * TP + offs_t, part)
 
 
@@ -485,17 +447,10 @@ def _segment_blocks(offsets, bs, device):
 
 PP_EVAL_ELEMS = 8192  # entries of the k-means++ eval's [SUB, TP, BLOCK_D] tile (float32; half for float64)
 PP_EVAL_BLOCK_D = 8  # d per chunk: each thread holds whole chunks, so the final sum over d needs few shuffles
-# d loop of the k-means++ eval: unroll factor and software-pipelining stages (None: Triton's choice).
-# Each chunk loads only SUB x BLOCK_D entries; pipelining keeps more loads in flight. H200, run 11,
-# 1M x 128, k=64: 3 stages with d chunks of 8 took 23.5 ms, the loop as it was (chunks of 4) 30.0 ms;
-# unrolling did not help (27-30 ms).
+# d loop of the k-means++ eval: unroll factor and software-pipelining stages. Each chunk loads only
+# SUB x BLOCK_D entries; 3 stages keep more loads in flight (unrolling did not pay).
 PP_EVAL_LOOP = dict(UNROLL=1, STAGES=3)
 PP_EVAL_WARPS = 4
-# The eval by the expansion on the tensor cores (_pp_eval_dot_kernel): not the default, since its
-# distances are exact only to 1e-7 of ||x||^2 + ||c||^2 and it has not run on a GPU yet
-# (tools/ab_triton.py times it). (SUB, BLOCK_D, num_warps, stages) of that kernel:
-PP_EVAL_DOT = False
-PP_EVAL_DOT_TILE = dict(SUB=128, BLOCK_D=32, num_warps=4, STAGES=3)
 PP_BLOCK_ROWS = 512  # rows per program of the eval and update kernels (one partial potential each)
 
 
@@ -515,11 +470,11 @@ def kmeans_plusplus(x, offsets, k, first, draws):
     acc = acc_dtype(x.dtype)
     G = offsets.numel() - 1
     T = draws.shape[2]
-    TP = max(16 if PP_EVAL_DOT else 2, triton.next_power_of_2(T))
+    TP = max(2, triton.next_power_of_2(T))
     idx = torch.empty((G, k), device=dev, dtype=torch.int64)
     if G == 0 or k == 0:
         return idx
-    interp = interpreted()
+    interp = triton_interpreted()
     bs = 64 if interp else PP_BLOCK_ROWS
     bstart, bend, bgroup, gblk = _segment_blocks(offsets, bs, dev)
     NB = bstart.numel()
@@ -533,24 +488,14 @@ def kmeans_plusplus(x, offsets, k, first, draws):
     best = torch.empty(G, device=dev, dtype=torch.int64)
     draws = draws.to(device=dev, dtype=torch.float64).contiguous()
     sub, bd = pp_eval_tile(TP, acc, interp)
-    if PP_EVAL_DOT:
-        xn = x.to(acc).square().sum(1)
-        dot_meta, dot_launch = split_launch(PP_EVAL_DOT_TILE)
-        if interp:
-            dot_meta, dot_launch = dict(dot_meta, SUB=16, BLOCK_D=16), {}
     sub_scan = 64 if interp else 512
     for s in range(k):
         if s > 0:
             _pp_sample_kernel[(G, T)](draws[s - 1], wsum, wfree, closest, chosen, bstart, bend, gblk, cand, T,
                                       BLOCK_B=64 if interp else 1024, SUB=sub_scan)
-        if PP_EVAL_DOT:
-            _pp_eval_dot_kernel[(NB,)](x, xn, cand, closest, dc, part, bstart, bend, bgroup, N, D, T,
-                                       x.stride(0), x.stride(1), ACC=tl_dtype(acc),
-                                       DOT_PREC=dot_precision(acc, 0), TP=TP, **dot_meta, **dot_launch)
-        else:
-            _pp_eval_kernel[(NB,)](x, cand, closest, dc, part, bstart, bend, bgroup, N, D, T, x.stride(0),
-                                   x.stride(1), ACC=tl_dtype(acc), TP=TP, SUB=sub, BLOCK_D=bd, **PP_EVAL_LOOP,
-                                   num_warps=PP_EVAL_WARPS)
+        _pp_eval_kernel[(NB,)](x, cand, closest, dc, part, bstart, bend, bgroup, N, D, T, x.stride(0),
+                               x.stride(1), ACC=tl_dtype(acc), TP=TP, SUB=sub, BLOCK_D=bd, **PP_EVAL_LOOP,
+                               num_warps=PP_EVAL_WARPS)
         _pp_select_kernel[(G,)](part, cand, gblk, best, idx, chosen, s, k, T, TP=TP,
                                 BLOCK_B=64 if interp else 256)
         if s + 1 < k:

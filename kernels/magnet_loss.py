@@ -19,7 +19,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import logaddexp as _logaddexp, acc_dtype, dot_precision, interpreted, mma, tl_dtype
+from clustr_fast._backend import triton_interpreted
+from clustr_fast._validate import acc_dtype
+
+from ._common import logaddexp as _logaddexp, dot_precision, mma, tl_dtype
 
 P_BLOCK_ELEMS = 1 << 22  # rows per backward block: at most this many P entries (16 MB in fp32)
 
@@ -161,7 +164,7 @@ def _magnet_p_kernel(F, MU, CN, ASSIGN, CLS, VALID, VAR, COEF_A, COEF_L, LSE, P,
 
 
 def _config(dtype):
-    if interpreted():
+    if triton_interpreted():
         return dict(BLOCK_M=16, BLOCK_C=16, BLOCK_D=32), {}
     if dtype == torch.float64:
         return dict(BLOCK_M=32, BLOCK_C=32, BLOCK_D=16), dict(num_warps=4, num_stages=2)

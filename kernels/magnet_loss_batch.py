@@ -14,8 +14,6 @@ only wide axis (M = batch clusters, padded to BM <= 64; BD columns per program):
 3. ``_batch_grad_kernel`` (WITH_GRAD), a program per d chunk: gmu_k = 2 (colsum_k mu_k -
    sum_i P_ik f_i) / n_k, then grad f_i = 2 (R_i f_i - sum_k P_ik mu_k) + gmu_{a_i} +
    cv (f_i - mu_{a_i}) for its columns (cv = 0 unless the batch variance is used).
-
-A single program walking every phase (the previous design) ran its d loops serially on one SM.
 """
 import math
 
@@ -23,7 +21,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import logaddexp as _logaddexp, acc_dtype, interpreted, tl_dtype
+from clustr_fast._backend import triton_interpreted
+from clustr_fast._validate import acc_dtype
+
+from ._common import logaddexp as _logaddexp, tl_dtype
 
 MAX_CLUSTERS = 64  # BM: every batch cluster sits in one register tile
 
@@ -191,8 +192,8 @@ def _batch_grad_kernel(F, IDS, GRAD, MU, PS, RS, COLS, N, D, sfn, sfd,
         pm = tl.load(PS + rows[:, None] * BM + ks[None, :], mask=mask_n[:, None], other=0.0)
         rs = tl.load(RS + rows, mask=mask_n, other=0.0)
         f = tl.load(F + rows[:, None] * sfn + dd[None, :] * sfd, mask=m2, other=0.0).to(ACC)
-        # [BM, BN, BD] products summed over their leading axis: on an H200 (Triton 3.6)
-        # the same sums over the middle axis of [BN, BM, BD] gave wrong gradients.
+        # [BM, BN, BD] products summed over their leading axis: Triton 3.6 sums over the middle
+        # axis of [BN, BM, BD] wrongly on an H200.
         pm_t = tl.trans(pm)[:, :, None]
         oh_t = tl.trans(onehot.to(ACC))[:, :, None]
         p_mu = tl.sum(pm_t * mu[:, None, :], axis=0)
@@ -210,7 +211,7 @@ BATCH_WARPS = 4
 
 def _config(m):
     bm = max(2, triton.next_power_of_2(m))
-    if interpreted():
+    if triton_interpreted():
         return dict(BM=bm, BN=16, BD=32), {}
     bn = 16
     bd = max(4, min(64, BATCH_TILE_ELEMS // (bn * bm)))
@@ -259,7 +260,7 @@ def magnet_loss_batch(feats, ids, classes, variance, variance_value, alpha, eps,
         float(variance_value), float(weight), float(alpha), math.log(eps) if eps > 0 else 0.0,
         VAR_MODE=var_mode, HAS_W=row_weight is not None, USE_EPS=eps > 0, WITH_GRAD=bool(with_grad),
         ACC=tl_dtype(acc), BM=bm, BN=meta["BN"], BCH=min(16, triton.next_power_of_2(chunks)),
-        **({} if interpreted() else dict(num_warps=8)))
+        **({} if triton_interpreted() else dict(num_warps=8)))
     if with_grad and D > 0:
         _batch_grad_kernel[(chunks,)](feats, ids, grad, mu, ps, rs, cols, N, D, feats.stride(0), feats.stride(1),
                                       ACC=tl_dtype(acc), **meta, **launch)

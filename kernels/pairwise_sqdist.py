@@ -19,7 +19,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import acc_dtype, dot_precision, launch_for, interpreted, mma, split_launch, tl_dtype
+from clustr_fast._backend import triton_interpreted
+from clustr_fast._validate import acc_dtype
+
+from ._common import dot_precision, mma, split_launch, tl_dtype
 
 
 @triton.jit
@@ -111,9 +114,7 @@ def _sqdist_bwd_kernel(G, A, B, OUT, M, K, D, k_per_split,
         tl.store(ptrs, out.to(OUT.dtype.element_ty), mask=mask)
 
 
-# GPU launch configurations (module-level so that benchmarks can time alternatives). With plain
-# TF32 products these software-pipelined launches gave wrong results on an H200 (Triton 3.6; see
-# _common.DOT_PRECISION); with 3xTF32 they are right.
+# GPU launch configurations (module-level so that tools/ab_triton.py can time alternatives).
 FWD_GPU_FP32 = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_D=32, GROUP_M=8, num_warps=8, num_stages=3)
 FWD_GPU_FP64 = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=16, GROUP_M=8, num_warps=4, num_stages=2)
 BWD_GPU_FP32 = dict(BLOCK_M=128, BLOCK_K=32, BLOCK_D=64, num_warps=8, num_stages=3)
@@ -121,7 +122,7 @@ BWD_GPU_FP64 = dict(BLOCK_M=64, BLOCK_K=16, BLOCK_D=64, num_warps=4, num_stages=
 
 
 def _fwd_config(dtype: torch.dtype):
-    if interpreted():
+    if triton_interpreted():
         return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_D=32, GROUP_M=4), {}
     return split_launch(FWD_GPU_FP64 if dtype == torch.float64 else FWD_GPU_FP32)
 
@@ -142,8 +143,8 @@ def pairwise_sqdist(x: torch.Tensor, c: torch.Tensor, precision: int = 0) -> tor
     _sqdist_fwd_kernel[grid](
         x, c, out, N, K, D, x.stride(0), x.stride(1), c.stride(0), c.stride(1),
         ACC=tl_dtype(acc), DOT_PREC=prec,
-        CAST_BF16=(precision == 2 and x.dtype == torch.float32 and not interpreted()),
-        **meta, **launch_for(launch, prec))
+        CAST_BF16=(precision == 2 and x.dtype == torch.float32 and not triton_interpreted()),
+        **meta, **launch)
     return out
 
 
@@ -154,7 +155,7 @@ def _bwd_one(g: torch.Tensor, a: torch.Tensor, b: torch.Tensor, precision: int) 
     acc = acc_dtype(a.dtype)
     if M == 0 or D == 0 or K == 0:
         return torch.zeros((M, D), device=a.device, dtype=a.dtype)
-    if interpreted():
+    if triton_interpreted():
         meta, launch = dict(BLOCK_M=32, BLOCK_K=32, BLOCK_D=32), {}
     else:
         meta, launch = split_launch(BWD_GPU_FP64 if acc == torch.float64 else BWD_GPU_FP32)
@@ -172,7 +173,7 @@ def _bwd_one(g: torch.Tensor, a: torch.Tensor, b: torch.Tensor, precision: int) 
     _sqdist_bwd_kernel[grid](
         g, a, b, out, M, K, D, k_per_split,
         g.stride(0), g.stride(1), a.stride(0), a.stride(1), b.stride(0), b.stride(1),
-        ACC=tl_dtype(acc), DOT_PREC=prec, ATOMIC=atomic, **meta, **launch_for(launch, prec))
+        ACC=tl_dtype(acc), DOT_PREC=prec, ATOMIC=atomic, **meta, **launch)
     return out.to(a.dtype)
 
 

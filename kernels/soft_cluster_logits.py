@@ -1,8 +1,8 @@
 """Triton kernels for ``soft_cluster_logits`` (ClusTR Eq. 4 over the top-D nearest centers).
 
 Forward, one program per BLOCK_M rows:
-1. distance tiles ``[BLOCK_M, BLOCK_N]`` from ``tl.dot`` (3xTF32 for "highest" and, at
-   present, "high": _common.DOT_PRECISION; bf16 for "medium"), merged into a running top-D list held in registers:
+1. distance tiles ``[BLOCK_M, BLOCK_N]`` from ``tl.dot`` (3xTF32 for "highest" and "high":
+   _common.DOT_PRECISION; bf16 for "medium"), merged into a running top-D list held in registers:
    while a tile holds a pair (value, index) lexicographically below the list's worst,
    the tile's best replaces it (so ties go to the lower index, as a stable sort);
 2. for reduced-precision products (and top_d = C) the D selected distances recomputed exactly by
@@ -26,7 +26,10 @@ import triton
 import triton.language as tl
 
 from . import _common
-from ._common import acc_dtype, dot_precision, launch_for, interpreted, logaddexp, mma, split_launch, tl_dtype
+from clustr_fast._backend import triton_interpreted
+from clustr_fast._validate import acc_dtype
+
+from ._common import dot_precision, logaddexp, mma, split_launch, tl_dtype
 
 _INIT = 1 << 30  # index of the empty list slots (plus the slot number): above every center
 _NONE = 2147483647  # index of masked-out tile columns: never enters the list
@@ -163,8 +166,8 @@ def _class_logits(OUT, IDX, CLS, ZBUF, rows, mrow, L, TOP_D, szn,
     """out[i, c] = log sum_{s: class_s = c} exp(zbuf[i, s]) from the rows' IDX and ZBUF (z - lse).
 
     The row is set to -inf, then each selected slot, in slot order, adds itself to its class by
-    a logaddexp in memory. O(D) per row; a sweep of [BLOCK_M, BLOCK_L] accumulators per slot
-    was O(D * L) exps.
+    a logaddexp in memory: O(D) per row, where a sweep of [BLOCK_M, BLOCK_L] accumulators per slot
+    would take O(D * L) exps.
     """
     for l0 in range(0, L, BLOCK_L):
         lc = l0 + tl.arange(0, BLOCK_L)
@@ -236,9 +239,8 @@ def _soft_bwd_kernel(G, OUT, IDX, X, MU, CLS, GX, GMU, ABUF, N, D_FEAT, L, TOP_D
         tl.store(GX + rows[:, None] * D_FEAT + dd[None, :], gx, mask=md)
 
 
-# GPU launch configurations (float32/16 inputs; see split_launch). The backward with 4 warps
-# spills 1.2 kB (tools/sass_stats.py). Forward with 2 stages: 0.94 / 0.98 ms against 1.05 / 1.11
-# ms with 3 (H200, runs 10-11, 50k x 200 x 512, D=20).
+# GPU launch configurations (float32/16 inputs; see split_launch). The forward runs 2 stages (faster
+# than 3 at 50k x 200 x 512, D=20); the backward 8 warps (with 4 it spills: tools/sass_stats.py).
 FWD_GPU_FP32 = dict(BLOCK_N=64, BLOCK_D=32, BLOCK_L=32, num_warps=4, num_stages=2)
 BWD_GPU = dict(BLOCK_D=64, BLOCK_L=32, num_warps=8)
 
@@ -248,7 +250,7 @@ def _pow2(n: int) -> int:
 
 
 def _block_m(dp: int, n: int, acc: torch.dtype) -> int:
-    if interpreted():  # numpy per op: few large programs
+    if triton_interpreted():  # numpy per op: few large programs
         return max(16, min(128, _pow2(n)))
     if acc == torch.float64:  # the float64 tl.dot wants 64x64 tiles (as in pairwise_sqdist)
         return 64
@@ -277,7 +279,7 @@ def soft_cluster_logits(feats, centers, center_classes, num_classes: int, varian
     cls = center_classes.to(torch.int64).contiguous()
     dp = _pow2(top_d)
     bm = _block_m(dp, N, acc)
-    if interpreted():
+    if triton_interpreted():
         meta, launch = dict(BLOCK_N=64, BLOCK_D=64, BLOCK_L=64), {}
     elif acc == torch.float64:
         meta, launch = dict(BLOCK_N=64, BLOCK_D=16, BLOCK_L=32), dict(num_warps=4, num_stages=2)
@@ -291,31 +293,26 @@ def soft_cluster_logits(feats, centers, center_classes, num_classes: int, varian
         feats, centers, cn, cls, out, idx, zbuf, N, C, D_FEAT, num_classes, top_d, 0.5 / variance,
         feats.stride(0), feats.stride(1), centers.stride(0), centers.stride(1), zbuf.stride(0),
         ACC=tl_dtype(acc), DOT_PREC=prec,
-        CAST_BF16=(precision == 2 and feats.dtype == torch.float32 and not interpreted()),
+        CAST_BF16=(precision == 2 and feats.dtype == torch.float32 and not triton_interpreted()),
         ALL=(top_d == C), RECOMPUTE=recompute_selected(top_d == C, precision, acc),
-        BLOCK_M=bm, DP=dp, INIT=_INIT, NONE=_NONE, **meta, **launch_for(launch, prec))
+        BLOCK_M=bm, DP=dp, INIT=_INIT, NONE=_NONE, **meta, **launch)
     return out, idx
 
 
 def recompute_selected(all_centers: bool, precision: int, acc: torch.dtype) -> bool:
     """Whether the forward recomputes the D selected distances by direct differences.
 
-    "highest" keeps the selection's own distances: 3xTF32 products (IEEE in float64 and under
-    the interpreter) are float32-exact, and the gather of D center rows per row (N*D*d loads)
-    is skipped; on an H200 this took the forward at N=50,000, C=200, d=512, D=20 from 1.67 to
-    0.88 ms (benchmarks/RESULTS.md, run 8). "high"/"medium" select with reduced-precision
-    products and so recompute, as does top_d = C, whose selection computes no distances.
-    "high" selects with 3xTF32 at present (_common.DOT_PRECISION), so it needs no recompute.
+    A selection by float32-exact products ("highest", and "high" while _common.DOT_PRECISION
+    maps it to 3xTF32; IEEE in float64 and under the interpreter) keeps its own distances, which
+    skips the gather of D center rows per row (N*D*d loads, half of the forward's time).
+    Reduced-precision products recompute, as does top_d = C, whose selection computes no distances.
     """
-    if FORCE_RECOMPUTE or all_centers:
+    if all_centers:
         return True
     if acc == torch.float64:
         return False
     exact = precision == 0 or (precision == 1 and _common.DOT_PRECISION[1] == "tf32x3")
     return not exact
-
-
-FORCE_RECOMPUTE = False  # always recompute (tests and tools/ab_triton.py)
 
 
 def soft_cluster_logits_backward(grad, out, idx, feats, centers, center_classes, variance: float):
@@ -331,7 +328,7 @@ def soft_cluster_logits_backward(grad, out, idx, feats, centers, center_classes,
     dp = _pow2(top_d)
     bm = _block_m(dp, N, acc)
     abuf = torch.empty((N, top_d), device=feats.device, dtype=acc)  # the coefficients a_ij
-    if interpreted():
+    if triton_interpreted():
         meta, launch = dict(BLOCK_D=64, BLOCK_L=64), {}
     else:
         meta, launch = split_launch(BWD_GPU)
@@ -349,12 +346,9 @@ def soft_cluster_logits_backward(grad, out, idx, feats, centers, center_classes,
 
 # The center gradient grad_mu_j = -sum_i a_ij (f_i - mu_j) = colsum(A)_j mu_j - (A^T F)_j, with
 # a_ij = 2 dL/dd_ij (the kernel's ABUF) and A [N, C] those scattered by idx, is formed by dense
-# products over row chunks of
-# A (at most BWD_DENSE_CHUNK entries each) when C <= BWD_DENSE_MAX_RATIO * D: then the
-# product's 2 N C d flops cost less than N D d atomic adds into grad_mu (run 7 profile: the
-# atomic backward kernel took 3.4 ms at 50k x 200 x 512, D=20, before relaxed atomics; 1.5 ms
-# after, runs 10-11). Deterministic, unlike the atomics. 0 turns it off outside deterministic mode
-# (tools/ab_triton.py).
+# products over row chunks of A (at most BWD_DENSE_CHUNK entries each) when
+# C <= BWD_DENSE_MAX_RATIO * D: then the products' 2 N C d flops cost less than N D d atomic adds
+# into grad_mu. Deterministic, unlike the atomics.
 BWD_DENSE_MAX_RATIO = 16
 BWD_DENSE_CHUNK = 1 << 25  # entries of one row chunk of A (128 MiB in float32)
 

@@ -370,32 +370,6 @@ def test_plusplus_matches_reference_algorithm(backend, trials):
         assert idx.tolist() == want.tolist()
 
 
-def test_plusplus_dot_eval_matches_reference_algorithm(backend):
-    """The tensor-core eval (kernels.kmeans.PP_EVAL_DOT, off by default): float64 gives the
-    reference's choices; float32 gives distinct rows inside their segments."""
-    name, dev = backend
-    if name != "triton":
-        pytest.skip("a switch of the Triton kernels")
-    from clustr_fast.kernels import kmeans as kernels_kmeans
-    old = kernels_kmeans.PP_EVAL_DOT
-    kernels_kmeans.PP_EVAL_DOT = True
-    try:
-        for n, d in ((127, 3), (300, 40)):  # fewer rows than a program's block; d not a multiple of the chunk
-            x = _points(n, d, F64, dev, seed=26)
-            _, idx = clustr_fast.kmeans_plusplus(x, 9, generator=_gen(n))
-            first, draws = plusplus_draws(torch.tensor([n]), 9, 2 + int(np.log(9)), _gen(n), "cpu")
-            want = _reference_plusplus(x.cpu(), torch.tensor([0, n]), 9, first, draws)[0]
-            assert idx.tolist() == want.tolist()
-        x = _points(90, 33, torch.float32, dev, seed=27)
-        offsets = torch.tensor([0, 7, 40, 90])
-        got = plusplus_segments(x, offsets, 7, generator=_gen(5))
-        for g in range(3):
-            row = got[g].cpu()
-            assert ((row >= offsets[g]) & (row < offsets[g + 1])).all() and len(set(row.tolist())) == 7
-    finally:
-        kernels_kmeans.PP_EVAL_DOT = old
-
-
 @pytest.mark.parametrize("case", ["u=0", "u=0, zero-weight blocks", "u=1-"])
 def test_plusplus_extreme_draws_pick_rows_of_positive_weight(backend, case):
     """A draw u in [0, 1) picks the first row whose running D^2 weight exceeds u * total: with

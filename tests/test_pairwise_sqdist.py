@@ -194,17 +194,3 @@ def test_gpu_large_forward_backward(name, precision, tol):
     for got, want in ((gx, rgx), (gc, rgc)):
         gerr = ((got.double() - want).abs().max() / want.abs().max()).item()
         assert gerr < max(tol, 1e-5) * 10, f"gradient error {gerr:.2e} ({precision})"
-
-
-def test_plain_tf32_launches_are_unpipelined(monkeypatch):
-    """Plain TF32 products gave wrong results in software-pipelined launches on an H200
-    (Triton 3.6); launches with "tf32" products therefore run with num_stages=1."""
-    from clustr_fast.kernels import _common
-    monkeypatch.setattr(_common, "interpreted", lambda: False)
-    launch = dict(num_warps=8, num_stages=3)
-    assert _common.launch_for(launch, "tf32") == dict(num_warps=8, num_stages=1)
-    assert _common.launch_for(dict(num_warps=4), "tf32") == dict(num_warps=4, num_stages=1)
-    for prec in ("tf32x3", "tf32r", "ieee"):
-        assert _common.launch_for(launch, prec) == launch
-    monkeypatch.setattr(_common, "TF32_ONE_STAGE", False)
-    assert _common.launch_for(launch, "tf32") == launch

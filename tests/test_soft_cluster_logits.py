@@ -192,18 +192,14 @@ def test_triton_backward_is_deterministic_in_deterministic_mode(backend, determi
     _check_grads_f64(f, mu, cls, nc, var, 2, gout, runs[0])
 
 
-def test_triton_recompute_under_highest_matches_float64(backend):
-    """The exact recompute of the selected distances, which "highest" skips on Triton (it runs
-    for "high"/"medium" and top_d = C), forced on a "highest" call."""
+def test_triton_recompute_matches_float64(backend):
+    """The forward's exact recompute of the selected distances, which "highest" skips on Triton
+    and "medium" runs: values and gradients against float64."""
     K, f, mu, cls, nc, var = _triton_leaves(backend, 127, 65, 130, 2, seed=44)
-    old = K.FORCE_RECOMPUTE
-    K.FORCE_RECOMPUTE = True
-    try:
-        out = clustr_fast.soft_cluster_logits(f, mu, cls, nc, variance=var, top_d=5)
-        gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(4)).to(f.device)
-        gf, gm = torch.autograd.grad(out, (f, mu), gout)
-    finally:
-        K.FORCE_RECOMPUTE = old
+    assert K.recompute_selected(False, 2, torch.float32) and not K.recompute_selected(False, 0, torch.float32)
+    out = clustr_fast.soft_cluster_logits(f, mu, cls, nc, variance=var, top_d=5, precision="medium")
+    gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(4)).to(f.device)
+    gf, gm = torch.autograd.grad(out, (f, mu), gout)
     ref = _check_grads_f64(f, mu, cls, nc, var, 5, gout, (gf, gm))
     _check_values(out.detach(), ref, torch.float32)
 

@@ -2,10 +2,9 @@
 run on the CPU under the interpreter against the float64 reference.
 
 Without a GPU the launchers take their interpreter branch (small blocks, IEEE products), so the
-branches a GPU takes (module-level configuration dicts, ``split_launch``, ``launch_for``, the
-3xTF32 product form) would otherwise first run on a GPU. Here ``interpreted()`` is patched to
-False in every kernel module while Triton still interprets, so those branches run on small
-inputs. It checks the Python side of the launch, not GPU code generation (tools/sass_stats.py
+branches a GPU takes (module-level configuration dicts, ``split_launch``, the 3xTF32 product
+form) would otherwise first run on a GPU. Here ``triton_interpreted()`` is patched to False in
+every kernel module while Triton still interprets, so those branches run on small inputs. It checks the Python side of the launch, not GPU code generation (tools/sass_stats.py
 compiles the kernels for sm_90a; the GPU tests run them).
 """
 import importlib
@@ -36,7 +35,7 @@ def gpu_branches(monkeypatch):
 
     for name in _MODULES:
         mod = importlib.import_module(f"clustr_fast.kernels.{name}")
-        monkeypatch.setattr(mod, "interpreted", not_interpreted)
+        monkeypatch.setattr(mod, "triton_interpreted", not_interpreted)
     with clustr_fast.use_backend("triton"):
         yield
     assert asked, "no launcher asked for its branch: the test ran no Triton launcher"

@@ -1,22 +1,20 @@
-"""A/B timings of Triton launcher switches, and a check of TF32 ``tl.dot`` on this GPU.
+"""A/B timings of Triton launch configurations, and a check of TF32 ``tl.dot`` on this GPU.
 
     python tools/ab_triton.py
 
-1. ``soft_cluster_logits`` (Triton): forward with and without the exact recompute of the
-   selected distances under "highest" (``FORCE_RECOMPUTE``); forward+backward.
-2. TF32: ``pairwise_sqdist``, ``kmeans_assign`` and ``soft_cluster_logits`` (Triton) with
-   "high" as plain TF32 (``DOT_PRECISION[1] = "tf32"``; not the default: plain TF32 gave wrong
+1. TF32: ``pairwise_sqdist``, ``kmeans_assign`` and ``soft_cluster_logits`` (Triton) with
+   "high" as plain TF32 (``DOT_PRECISION[1] = "tf32"``; not the default: plain TF32 gives wrong
    products on Triton 3.6, see tf32_diag.py)
    against float64: the distance error relative to ||x||^2 + ||c||^2 (TF32 rounding gives
    about 1e-3), the share of labels (selections) equal to the float64 ones; then times.
-3. Launch configurations (module-level dicts of the Triton wrappers): the current one
+2. Launch configurations (module-level dicts of the Triton wrappers): the current one
    against alternatives, for the soft-logits forward and backward, the k-means++ eval
    tile, the dense k-means assignment and the certified-radius tile.
-4. k-means++ anatomy: time per step (the slope between two k) and, under torch.profiler,
+3. k-means++ anatomy: time per step (the slope between two k) and, under torch.profiler,
    the GPU time per step of each kernel; the rest of a step is launch and host time.
 Medians of synchronised wall-clock calls, as in ``report.py``. GPU only.
 
-    python tools/ab_triton.py [--only soft_switches tf32_check config_sweep plusplus_anatomy]
+    python tools/ab_triton.py [--only tf32_check config_sweep plusplus_anatomy]
 """
 from __future__ import annotations
 
@@ -46,38 +44,6 @@ if DEV.type == "cpu":  # smoke run of the script itself under the interpreter: t
 
 def _ms(fn):
     return 1e3 * time_call(fn, DEV)
-
-
-def soft_switches():
-    print("| case | default ms | switched ms | switch |\n|---|---:|---:|---|")
-    for n, c, d, top_d in SOFT_GPU:
-        prec = "high" if c >= 2000 else "highest"
-        f = randn(n, d, device=DEV, seed=0, requires_grad=True)
-        mu = randn(c, d, device=DEV, seed=1, requires_grad=True)
-        nc = max(1, c // 20)
-        cls = torch.arange(c, device=DEV) % nc
-        g = randn(n, nc, device=DEV, seed=2)
-
-        def fwd():
-            with torch.no_grad():
-                return clustr_fast.soft_cluster_logits(f, mu, cls, nc, variance=200.0, top_d=top_d, precision=prec)
-
-        def full():
-            out = clustr_fast.soft_cluster_logits(f, mu, cls, nc, variance=200.0, top_d=top_d, precision=prec)
-            return torch.autograd.grad(out, (f, mu), g)
-
-        with clustr_fast.use_backend("triton"):
-            fwd()
-            base = _ms(fwd)
-            soft_k.FORCE_RECOMPUTE = True
-            try:
-                fwd()
-                other = _ms(fwd)
-            finally:
-                soft_k.FORCE_RECOMPUTE = False
-            print(f"| soft fwd N={n},C={c},d={d},D={top_d},{prec} | {base:.3f} | {other:.3f} | FORCE_RECOMPUTE=True |")
-            full()
-            print(f"| soft fwd+bwd N={n},C={c},d={d},D={top_d},{prec} | {_ms(full):.3f} | | |")
 
 
 def tf32_check():
@@ -206,15 +172,6 @@ def config_sweep():
                        [("8", 8), ("16", 16)], seed64)
             finally:
                 kmeans_k.PP_EVAL_LOOP = loop
-        _sweep(f"k-means++ {PP_ROWS} x 128, k=64", kmeans_k, "PP_EVAL_DOT", [("tensor-core eval", True)], seed64)
-        dot_tile = dict(kmeans_k.PP_EVAL_DOT_TILE)
-        kmeans_k.PP_EVAL_DOT = True
-        try:
-            _sweep(f"k-means++ {PP_ROWS} x 128, k=64, tensor-core eval", kmeans_k, "PP_EVAL_DOT_TILE",
-                   [("64 rows", dict(dot_tile, SUB=64)), ("256 rows, 8 warps", dict(dot_tile, SUB=256, num_warps=8)),
-                    ("d chunks of 64", dict(dot_tile, BLOCK_D=64)), ("2 stages", dict(dot_tile, STAGES=2))], seed64)
-        finally:
-            kmeans_k.PP_EVAL_DOT = False
         _sweep(f"k-means++ {PP_ROWS} x 128, k=64", kmeans_k, "PP_BLOCK_ROWS", [(str(b), b) for b in (256, 1024, 2048)],
                seed64)
         elems = kmeans_k.PP_EVAL_ELEMS
@@ -313,7 +270,7 @@ def plusplus_anatomy():
                 print(f"  {e.device_time_total / 32 / 1e3:8.4f} ms per step  x{e.count:<4d} {e.key[:90]}")
 
 
-STEPS = (plusplus_anatomy, config_sweep, tf32_check, soft_switches)  # most wanted first
+STEPS = (plusplus_anatomy, config_sweep, tf32_check)  # most wanted first
 
 if __name__ == "__main__":
     import argparse

@@ -12,9 +12,9 @@ backward branch) with the instructions of its body, innermost loops first:
     HGMMA  tensor-core (wgmma) ops
 
 Counts are per thread of one trip: multiply by the trip count (from the shapes) and by
-the number of warps to compare designs. It is a model, not a timing: it found the
-per-chunk shuffles of the k-means++ eval (452 -> 118 warp instructions per row) and
-the fence before every Triton atomic (``sem="acq_rel"``, the default).
+the number of warps to compare designs. It is a model, not a timing: it shows, for
+example, cross-lane sums inside a d loop and the fence before every Triton atomic of
+``sem="acq_rel"`` (Triton's default).
 
     python tools/sass_stats.py [--only NAME ...] [--json]
 
@@ -43,7 +43,7 @@ from triton.compiler import ASTSource
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from clustr_fast.kernels import certified_radius as _radius  # noqa: E402
-from clustr_fast.kernels._common import launch_for, split_launch  # noqa: E402
+from clustr_fast.kernels._common import split_launch  # noqa: E402
 from clustr_fast.kernels import kmeans as _kmeans  # noqa: E402
 from clustr_fast.kernels import magnet_loss as _magnet  # noqa: E402
 from clustr_fast.kernels import magnet_loss_batch as _batch  # noqa: E402
@@ -131,7 +131,6 @@ def cases() -> list[KernelCase]:
                       scale="fp32")
     fwd_meta, fwd_launch = split_launch(_soft.FWD_GPU_FP32)
     assign_meta, assign_launch = split_launch(_kmeans.ASSIGN_GPU_FP32)
-    pp_dot_meta, pp_dot_launch = split_launch(_kmeans.PP_EVAL_DOT_TILE)
     radius_meta, radius_launch = split_launch(_radius.GPU_TILE_FP32)
     bwd_meta, bwd_launch = split_launch(_soft.BWD_GPU)
     batch_meta, batch_launch = _batch._config(12)
@@ -143,11 +142,6 @@ def cases() -> list[KernelCase]:
                         BEND="*i64", BGROUP="*i64"),
                    dict(ACC=f32, TP=8, SUB=pp_tile[0], BLOCK_D=pp_tile[1], **_kmeans.PP_EVAL_LOOP), unit=("sxd",),
                    note="1M x 128, k=1024: T=8 candidates; one trip of the outer loop per SUB rows"),
-        KernelCase("kmeans_plusplus.eval_dot", _kmeans._pp_eval_dot_kernel,
-                   dict(X="*fp32", XN="*fp32", CAND="*i64", CLOSEST="*fp32", DC="*fp32", PART="*fp64",
-                        BSTART="*i64", BEND="*i64", BGROUP="*i64"),
-                   dict(ACC=f32, DOT_PREC="tf32x3", TP=16, **pp_dot_meta), **pp_dot_launch, unit=("sxd",),
-                   note="the tensor-core eval (PP_EVAL_DOT, not the default); 8 candidates padded to 16"),
         KernelCase("kmeans.assign", _kmeans._assign_dense_kernel,
                    dict(X="*fp32", C="*fp32", CN="*fp32", LAB="*i64", SQ="*fp32"),
                    dict(ACC=f32, DOT_PREC="tf32x3", CAST_BF16=False, USE_DOT=True, **assign_meta), **assign_launch,
@@ -162,8 +156,8 @@ def cases() -> list[KernelCase]:
         KernelCase("soft_cluster_logits.fwd", _soft._soft_fwd_kernel, soft_types, soft_fwd, **fwd_launch,
                    unit=("sxd", "smd"), note='"highest", D=20 (DP=32)'),
         KernelCase("soft_cluster_logits.fwd_recompute", _soft._soft_fwd_kernel, soft_types,
-                   dict(soft_fwd, DOT_PREC="tf32", RECOMPUTE=True), **launch_for(fwd_launch, "tf32"),
-                   unit=("sxd", "smd"), note='plain TF32 and the recompute (not shipped: "high" is 3xTF32), 1 stage'),
+                   dict(soft_fwd, CAST_BF16=True, RECOMPUTE=True), **fwd_launch,
+                   unit=("sxd", "smd"), note='"medium": bf16 products and the recompute of the selected distances'),
         KernelCase("soft_cluster_logits.bwd", _soft._soft_bwd_kernel,
                    dict(G="*fp32", OUT="*fp32", IDX="*i64", X="*fp32", MU="*fp32", CLS="*i64", GX="*fp32",
                         GMU="*fp32", ABUF="*fp32", scale="fp32"),

@@ -2,22 +2,17 @@
 
     python tools/tf32_diag.py
 
-Run 10 (H200, Triton 3.6) found ``pairwise_sqdist`` "high", then plain TF32, off by
-0.17 of ||x||^2 + ||c||^2 on a 65 x 33 x 64 forward and 0.17 of the largest gradient
-on a 20011 x 65 x 130 backward, while TF32 rounding gives about 1e-3. Run 11 found
-the error only with software-pipelined launches (num_stages >= 2), so "high" is now
-3xTF32 (``_common.DOT_PRECISION``), and plain TF32, where a code maps to it, runs
-unpipelined (``_common.TF32_ONE_STAGE``). This script prints the largest error against
-float64 on the shapes of the tests, for the pairwise forward and backward,
-``kmeans_assign`` and ``soft_cluster_logits``, with "high" as: plain TF32 in the
-pipelined launches as configured, plain TF32 unpipelined, TF32 rounded in registers
-("tf32r"), and as shipped; then times each form. Errors above 2e-2 are marked BAD.
-"high" may become plain TF32 again (``DOT_PRECISION[1] = "tf32"``) once one of the TF32
-forms is right on every shape and faster than 3xTF32. GPU only.
+"high" runs 3xTF32 in the Triton kernels (``_common.DOT_PRECISION``): on an H200 with
+Triton 3.6, plain TF32 products in software-pipelined launches (num_stages >= 2) are off
+by up to 0.17 of ||x||^2 + ||c||^2 on some shapes, where TF32 rounding gives about 1e-3
+(docs/decisions.md). This script prints the largest error against float64 on the shapes
+of the tests, for the pairwise forward and backward (also with other launch
+configurations), ``kmeans_assign`` and ``soft_cluster_logits``, with "high" as plain TF32
+and as shipped; then times each form. Errors above 2e-2 are marked BAD. "high" can map to
+plain TF32 (``DOT_PRECISION[1] = "tf32"``) once it is right on every shape. GPU only.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 
@@ -38,9 +33,6 @@ SHAPES = [(7, 3, 3), (33, 65, 1), (65, 33, 64), (127, 65, 130), (128, 128, 64), 
 if DEV.type == "cpu":  # a smoke run of the script itself (interpreter): small shapes, no times
     SHAPES = SHAPES[:4]
 BAD = 2e-2
-# The launch configurations as written (software-pipelined), unless a form below asks for one stage:
-# the library runs plain TF32 unpipelined (_common.TF32_ONE_STAGE), which would hide the fault.
-_common.TF32_ONE_STAGE = False
 
 
 def _inputs(n, k, d, seed=0):
@@ -86,21 +78,11 @@ def _with(obj, **attrs):
 
 
 def _high_as(form):
-    """"high" as ``form`` ("tf32": plain TF32, the form run 10 found wrong; "tf32r": TF32 rounded
-    in registers; None: as shipped) while the block runs."""
+    """"high" as ``form`` ("tf32": plain TF32; None: as shipped) while the block runs."""
     return _with(_common, DOT_PRECISION={**_common.DOT_PRECISION, **({1: form} if form else {})})
 
 
-FORMS = (("plain TF32", "tf32", False), ("plain TF32, 1 stage", "tf32", True),
-         ("TF32 rounded in registers", "tf32r", False), ("as shipped (3xTF32)", None, False))
-
-
-def _form(form, one_stage):
-    """"high" as ``form``, plain TF32 launches unpipelined (``one_stage``) or as configured."""
-    stack = contextlib.ExitStack()
-    stack.enter_context(_high_as(form))
-    stack.enter_context(_with(_common, TF32_ONE_STAGE=one_stage))
-    return stack
+FORMS = (("plain TF32", "tf32"), ("as shipped (3xTF32)", None))
 
 
 def _k_major(t):
@@ -127,7 +109,6 @@ def pairwise_forward():
         ("plain TF32, 1 stage", dict(FWD_GPU_FP32=dict(f32, num_stages=1)), "tf32", 1),
         ("plain TF32, 2 stages", dict(FWD_GPU_FP32=dict(f32, num_stages=2)), "tf32", 1),
         ("plain TF32, 64x64, 4 warps", dict(FWD_GPU_FP32=dict(f32, BLOCK_M=64, BLOCK_N=64, num_warps=4)), "tf32", 1),
-        ("TF32 rounded in registers (tf32r), as launched", {}, "tf32r", 1),
         ("high as shipped (3xTF32)", {}, None, 1),
     ]
     def cell(n, k, d, prec):
@@ -151,7 +132,6 @@ def pairwise_backward():
         ("plain TF32, 1 stage", dict(BWD_GPU_FP32=dict(b32, num_stages=1)), "tf32", as_is),
         ("plain TF32, BLOCK_K 16", dict(BWD_GPU_FP32=dict(b32, BLOCK_K=16)), "tf32", as_is),
         ("plain TF32, operands with the reduction axis contiguous", {}, "tf32", k_major),
-        ("TF32 rounded in registers (tf32r), as launched", {}, "tf32r", as_is),
         ("high as shipped (3xTF32)", {}, None, as_is),
     ]
     def cell(n, k, d, fn):
@@ -163,8 +143,8 @@ def pairwise_backward():
 
 
 def other_kernels():
-    for label, form, one_stage in FORMS:
-        with _form(form, one_stage):
+    for label, form in FORMS:
+        with _high_as(form):
             _other_kernels(label)
 
 
@@ -209,8 +189,8 @@ def times():
     cls = torch.arange(2000, device=DEV) % 100
     print(f"\n## times (ms), H200 medians\n\n| \"high\" as | pairwise fwd {n}x{k}x{d} | pairwise bwd | "
           f"kmeans_assign {n}x{k}x{d} | soft fwd 200000x2000x512, D=32 |\n|---|---:|---:|---:|---:|")
-    for label, form, one_stage in FORMS:
-        with _form(form, one_stage), clustr_fast.use_backend("triton"):
+    for label, form in FORMS:
+        with _high_as(form), clustr_fast.use_backend("triton"):
             cells = [1e3 * time_call(lambda: pw.pairwise_sqdist(x, c, 1), DEV),
                      1e3 * time_call(lambda: pw.pairwise_sqdist_backward(w, x, c, 1), DEV),
                      1e3 * time_call(lambda: clustr_fast.kmeans_assign(x, c, precision="high"), DEV),

@@ -19,16 +19,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._validate import acc_dtype, check_certified_radius
+from .._validate import RADIUS_MODES, acc_dtype, check_certified_radius
 from ..reference import certified_radius as _reference
 from ._dispatch import extension_kernel, run, triton_kernel
 
-MODES = {"sound": 0, "paper": 1}
-_MODE_NAMES = {v: k for k, v in MODES.items()}
-
-
 def _reference_impl(feats, centers, classes, lipschitz, mode):
-    return _reference(feats, centers, classes, lipschitz, mode=_MODE_NAMES[mode])
+    return _reference(feats, centers, classes, lipschitz, mode=RADIUS_MODES[mode])
 
 
 _IMPLS = {
@@ -79,4 +75,4 @@ def certified_radius(feats: Tensor, centers: Tensor, center_classes: Tensor, lip
     lip = float(lipschitz.detach().item() if isinstance(lipschitz, Tensor) else lipschitz)
     classes = center_classes.to(torch.int64).contiguous()
     with torch.no_grad():
-        return certified_radius_op(feats.detach(), centers.detach(), classes, lip, MODES[mode])
+        return certified_radius_op(feats.detach(), centers.detach(), classes, lip, RADIUS_MODES.index(mode))

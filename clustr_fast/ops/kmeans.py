@@ -26,18 +26,17 @@ import torch
 from torch import Tensor
 
 from .. import _backend
-from .._validate import acc_dtype, check_ids, check_kmeans_assign, check_kmeans_plusplus, check_kmeans_update
+from .._validate import (acc_dtype, check_ids, check_kmeans_assign, check_kmeans_plusplus, check_kmeans_update,
+                         precision_code, precision_name)
 from ..reference import kmeans as _ref
 from ._dispatch import extension_kernel, run, triton_kernel
-
-_NAMES = {0: "highest", 1: "high", 2: "medium"}
 
 # --------------------------------------------------------------------------- reference backend
 
 
 def _reference_assign(x, centers, precision, groups, group_k):
     if groups is None:
-        return _ref.kmeans_assign(x, centers, precision=_NAMES[precision])
+        return _ref.kmeans_assign(x, centers, precision=precision_name(precision))
     acc = acc_dtype(x.dtype)
     xa, ca = x.to(acc), centers.to(acc)
     base = groups.long() * group_k
@@ -337,7 +336,7 @@ def kmeans_assign(x: Tensor, centers: Tensor, *, precision: str = "highest"):
     or "medium" (bf16 products on the GPU).
     """
     check_kmeans_assign(x, centers, precision)
-    return kmeans_assign_op(x, centers, _backend.precision_code(precision), None, 0)
+    return kmeans_assign_op(x, centers, precision_code(precision), None, 0)
 
 
 def kmeans_update(x: Tensor, labels: Tensor, k: int, *, prev_centers: Optional[Tensor] = None):
@@ -363,7 +362,7 @@ def kmeans_lloyd_step(x: Tensor, centers: Tensor, *, groups: Optional[Tensor] = 
         if int(group_k) < 1:
             raise ValueError(f"kmeans_lloyd_step: `group_k` must be >= 1 with `groups`, got {group_k}")
         check_ids(groups, "groups", centers.shape[0] // int(group_k), n=x.shape[0], op="kmeans_lloyd_step")
-    return kmeans_lloyd_step_op(x, centers, _backend.precision_code(precision), groups, int(group_k))
+    return kmeans_lloyd_step_op(x, centers, precision_code(precision), groups, int(group_k))
 
 
 def kmeans_plusplus(x: Tensor, k: int, *, generator: Optional[torch.Generator] = None,

@@ -55,7 +55,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend
-from .._validate import acc_dtype, check_magnet_loss, check_magnet_loss_batch
+from .._validate import acc_dtype, check_magnet_loss, check_magnet_loss_batch, variance_tensor
 from ..reference.cluster_means import _cluster_means, _cluster_variance
 from .cluster_means import cluster_variance_core
 from ..reference.pairwise_sqdist import _sqdist
@@ -446,12 +446,6 @@ def _magnet_loss_batch_fused(feats, cluster_ids, cluster_classes, alpha, varianc
 # --------------------------------------------------------------------------- public functions
 
 
-def _variance_tensor(variance, like):
-    if isinstance(variance, torch.Tensor):
-        return variance.detach().to(device=like.device, dtype=like.dtype)
-    return torch.tensor(float(variance), device=like.device, dtype=like.dtype)
-
-
 def _batch_means(f, ids, m):
     """(means [M, d], counts [M]) of ``f`` by ``ids``, with static shapes (no bincount)."""
     ids = ids.long()
@@ -488,7 +482,7 @@ def magnet_loss(feats, centers, assign, center_classes, *, alpha=1.0, variance=N
     if variance is None:
         var = cluster_variance_core(feats.to(acc), centers.to(acc), assign)
     else:
-        var = _variance_tensor(variance, feats.to(acc))
+        var = variance_tensor(variance, feats.to(acc))
     if fused_global_applies(feats, centers, var, reduction):
         return magnet_loss_fused_op(feats, centers, assign, center_classes, None, var, float(alpha), float(eps),
                                     weight)[0]
@@ -516,7 +510,7 @@ def magnet_loss_batch(feats, cluster_ids, cluster_classes, *, alpha=1.0, varianc
     if variance is None:
         var = cluster_variance_core(f, mu, cluster_ids)
     else:
-        var = _variance_tensor(variance, f)
+        var = variance_tensor(variance, f)
     loss, _ = magnet_loss_fwd_op(f, mu, cluster_ids, cluster_classes, counts > 0, var,
                                  float(alpha), float(eps))
     return _reduce(loss, reduction)

@@ -10,21 +10,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import _backend
-from .._validate import check_pairwise_sqdist
+from .._validate import acc_dtype, check_pairwise_sqdist, precision_code, precision_name
 from ..reference import pairwise_sqdist as _reference
 from ._dispatch import extension_kernel, run, triton_kernel
 
-_NAMES = {0: "highest", 1: "high", 2: "medium"}
-
-
 def _reference_fwd(x, c, precision):
-    return _reference(x, c, precision=_NAMES[precision])
+    return _reference(x, c, precision=precision_name(precision))
 
 
 def _reference_bwd(grad, x, c, precision):
     """Plain-PyTorch backward: grad_x = 2 (rowsum(g) x - g c), grad_c = 2 (colsum(g) c - g^T x)."""
-    acc = _acc(x.dtype)
+    acc = acc_dtype(x.dtype)
     g, xa, ca = grad.to(acc), x.to(acc), c.to(acc)
     gx = 2.0 * (g.sum(1, keepdim=True) * xa - g @ ca)
     gc = 2.0 * (g.sum(0).unsqueeze(1) * ca - g.t() @ xa)
@@ -45,10 +41,6 @@ _BWD = {
 }
 
 
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 @torch.library.custom_op("clustr_fast::pairwise_sqdist", mutates_args=())
 def pairwise_sqdist_op(x: Tensor, c: Tensor, precision: int) -> Tensor:
     return run("pairwise_sqdist", x.device, _FWD, x, c, precision)
@@ -56,7 +48,7 @@ def pairwise_sqdist_op(x: Tensor, c: Tensor, precision: int) -> Tensor:
 
 @pairwise_sqdist_op.register_fake
 def _(x, c, precision):
-    return x.new_empty((x.shape[0], c.shape[0]), dtype=_acc(x.dtype))
+    return x.new_empty((x.shape[0], c.shape[0]), dtype=acc_dtype(x.dtype))
 
 
 @torch.library.custom_op("clustr_fast::pairwise_sqdist_backward", mutates_args=())
@@ -92,6 +84,6 @@ def pairwise_sqdist(x: Tensor, c: Tensor, *, precision: str = "highest") -> Tens
     ``precision``: "highest" (float32-exact), "high" (TF32 products allowed on the
     GPU) or "medium" (bf16 products allowed). Differentiable in ``x`` and ``c``.
     """
-    code = _backend.precision_code(precision)
+    code = precision_code(precision)
     check_pairwise_sqdist(x, c)
     return pairwise_sqdist_op(x, c, code)

@@ -32,8 +32,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import _backend
-from .._validate import acc_dtype, check_soft_cluster_logits
+from .._validate import acc_dtype, check_soft_cluster_logits, precision_code
 from ..reference import soft_cluster_logits as _reference
 from ..reference.pairwise_sqdist import _sqdist
 from ._dispatch import extension_kernel, run, triton_kernel
@@ -148,7 +147,7 @@ def soft_cluster_logits(feats: Tensor, centers: Tensor, center_classes: Tensor, 
     GPU select with TF32/bf16 products (the Triton kernels run "high" as 3xTF32 at present),
     and the returned values then come from distances exact for the selected centers. Differentiable in ``feats`` and ``centers``.
     """
-    code = _backend.precision_code(precision)
+    code = precision_code(precision)
     if torch.compiler.is_compiling():  # the value checks read tensors back; they run in eager mode
         top_d = centers.shape[0] if top_d is None else int(top_d)
     else:

@@ -4,16 +4,9 @@ import math
 
 import torch
 
-from .._validate import acc_dtype, check_magnet_loss, check_magnet_loss_batch
+from .._validate import acc_dtype, check_magnet_loss, check_magnet_loss_batch, variance_tensor
 from .cluster_means import _cluster_means, _cluster_variance
 from .pairwise_sqdist import _sqdist
-
-
-def _variance_tensor(variance, like):
-    """A given variance as a constant (detached) 0-d tensor on ``like``'s device and dtype."""
-    if isinstance(variance, torch.Tensor):
-        return variance.detach().to(device=like.device, dtype=like.dtype)
-    return torch.tensor(float(variance), device=like.device, dtype=like.dtype)
 
 
 def _magnet_core(f, mu, assign, classes, alpha, variance, eps, reduction, valid=None):
@@ -25,7 +18,7 @@ def _magnet_core(f, mu, assign, classes, alpha, variance, eps, reduction, valid=
     if variance is None:
         var = _cluster_variance(f, mu, assign)
     else:
-        var = _variance_tensor(variance, f)
+        var = variance_tensor(variance, f)
     s = 0.5 / var
     diff = f - mu[assign]
     own = (diff * diff).sum(1)                                   # [N]

@@ -2,8 +2,7 @@
 
 import torch
 
-from .._validate import acc_dtype, check_soft_cluster_logits
-from .magnet_loss import _variance_tensor
+from .._validate import acc_dtype, check_soft_cluster_logits, variance_tensor
 from .pairwise_sqdist import _sqdist
 
 
@@ -24,7 +23,7 @@ def soft_cluster_logits(feats, centers, center_classes, num_classes, *, variance
     f, mu = feats.to(acc), centers.to(acc)
     n, c, nc = f.shape[0], mu.shape[0], int(num_classes)
     d = _sqdist(f, mu)
-    z = d * (-0.5 / _variance_tensor(variance, f))
+    z = d * (-0.5 / variance_tensor(variance, f))
     cls = center_classes.long()
     if top_d < c:
         idx = torch.sort(d.detach(), dim=1, stable=True).indices[:, :top_d]
