@@ -277,3 +277,48 @@ def test_a_group_stopped_by_its_tolerance_keeps_its_centers(backend):
         lab1, _, cen1, it1 = _run(x[r0:r1], torch.tensor([0, r1 - r0]), centers[2 * grp:2 * grp + 2].to(dev), 30, tol)
         assert torch.equal(labels[r0:r1].cpu() - 2 * grp, lab1.cpu()) and int(n_iter[grp]) == int(it1[0])
         torch.testing.assert_close(cen[2 * grp:2 * grp + 2].cpu(), cen1.cpu(), rtol=1e-6, atol=1e-6)
+
+
+def _inertia_per_group(x, groups, labels, centers, num_groups):
+    own = (x.double() - centers.double()[labels]).square().sum(1)
+    return torch.zeros(num_groups, dtype=torch.float64).index_add_(0, groups, own)
+
+
+@pytest.mark.parametrize("in_order", [True, False])
+def test_n_init_keeps_the_best_seeding_of_each_group(backend, in_order):
+    """n_init seedings in one call = per group, the lowest-inertia fit among n_init calls with n_init=1
+    drawing from the same generator one after the other (same labels, same centers)."""
+    _, dev = backend
+    k, n_init, sizes = 4, 4, [60, 9, 75, 40]
+    x = torch.rand(sum(sizes), 3, generator=_gen(3)).to(dev)    # no cluster structure: many local optima
+    groups = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)).to(dev)
+    if not in_order:
+        perm = torch.randperm(x.shape[0], generator=_gen(4)).to(dev)
+        x, groups = x[perm], groups[perm]
+    labels, centers = clustr_fast.kmeans_per_group(x, groups, k, max_iter=20, generator=_gen(5), n_init=n_init)
+    gen = _gen(5)
+    runs = [clustr_fast.kmeans_per_group(x, groups, k, max_iter=20, generator=gen) for _ in range(n_init)]
+    inertia = torch.stack([_inertia_per_group(x.cpu(), groups.cpu(), lab.cpu(), cen.cpu(), len(sizes))
+                           for lab, cen in runs])                               # [n_init, G]
+    best = inertia.argmin(0)
+    assert bool((best > 0).any()), "some group should keep a later seeding"
+    for g in range(len(sizes)):
+        lab_b, cen_b = runs[int(best[g])]
+        rows = (groups == g)
+        assert torch.equal(labels[rows], lab_b[rows])
+        # a copy's center sums may run in another order than the lone fit's (GPU atomics, tiling)
+        torch.testing.assert_close(centers[g * k:(g + 1) * k].cpu(), cen_b[g * k:(g + 1) * k].cpu(),
+                                   rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(_inertia_per_group(x.cpu(), groups.cpu(), labels.cpu(), centers.cpu(), len(sizes)),
+                               inertia.min(0).values)
+
+
+def test_n_init_one_is_the_single_fit(backend):
+    _, dev = backend
+    x, offsets = _grouped_points(SIZES, 4, device=dev, seed=6)
+    groups = torch.repeat_interleave(torch.arange(len(SIZES)), torch.tensor(SIZES)).to(dev)
+    a = clustr_fast.kmeans_per_group(x, groups, 3, generator=_gen(7))
+    b = clustr_fast.kmeans_per_group(x, groups, 3, generator=_gen(7), n_init=1)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    with pytest.raises(ValueError, match="n_init"):
+        clustr_fast.kmeans_per_group(x, groups, 3, n_init=0)
