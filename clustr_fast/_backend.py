@@ -29,15 +29,14 @@ _CHOICES = ("auto",) + NAMES
 _override: list[str] = []  # stack of use_backend() choices, innermost last
 _override_lock = threading.Lock()
 
-# ``auto`` order on CUDA tensors, per op: the faster backend first. Measured by
-# benchmarks/report.py; see benchmarks/RESULTS.md for the card and date.
+# ``auto`` order on CUDA tensors, per op: the faster backend first, as timed by
+# benchmarks/report.py on an H200 (torch 2.11, Triton 3.6, 2026-11-26).
 # Ops not listed use _DEFAULT_CUDA_ORDER.
 _DEFAULT_CUDA_ORDER = ("cuda", "triton", "reference")
 AUTO_CUDA_ORDER: dict[str, tuple[str, ...]] = {
-    # H200, torch 2.11, Triton 3.6, 2026-11-26 (benchmarks/RESULTS.md, runs 1-8):
     # pairwise_sqdist fwd 1M x 1024 x 128: Triton 6.0 ms (tensor cores, 3xTF32), CUDA 13.7 ms (SIMT).
     "pairwise_sqdist": ("triton", "cuda", "reference"),
-    # pairwise_sqdist backward 50k x 200 x 512 (run 11, fwd+bwd minus fwd): CUDA about 0.9 ms,
+    # pairwise_sqdist backward 50k x 200 x 512 (fwd+bwd minus fwd): CUDA about 0.9 ms,
     # Triton about 3.7 ms. Any backward takes any forward's inputs.
     "pairwise_sqdist_backward": ("cuda", "triton", "reference"),
     # kmeans_assign 1M x 1024 x 128 "highest": Triton 5.1 ms, CUDA 14.1 ms.
@@ -46,12 +45,11 @@ AUTO_CUDA_ORDER: dict[str, tuple[str, ...]] = {
     # k-means++ 1M x 1024 x 128: Triton 1006 ms, CUDA 1672-1896 ms.
     "kmeans_plusplus": ("triton", "cuda", "reference"),
     # soft_cluster_logits 50k x 200 x 512, D=20: fwd Triton 0.76-0.88 / CUDA 2.3 ms; backward
-    # kernel (run-7 profile) CUDA 1.07 / Triton 3.4 ms. The two passes pick separately: any
+    # kernel (profiled) CUDA 1.07 / Triton 1.5 ms. The two passes pick separately: any
     # backward takes any forward's (out, idx).
     "soft_cluster_logits": ("triton", "cuda", "reference"),
     "soft_cluster_logits_backward": ("cuda", "triton", "reference"),
-    # certified_radius 50k x 200 x 512: run 8 CUDA 5.4 / Triton 8.2 ms; run 10 (d summed once per
-    # tile) Triton 2.95 / CUDA 5.56 ms.
+    # certified_radius 50k x 200 x 512: Triton 2.95 / CUDA 5.56 ms.
     "certified_radius": ("triton", "cuda", "reference"),
     # magnet_loss (global form) 50k x 200 x 512: fwd Triton 0.71 / CUDA 1.40 ms, fwd+bwd
     # Triton 3.36 / CUDA 3.70 ms.

@@ -13,8 +13,8 @@ PyObject* PyInit__C(void) {
 }
 }
 
-// Precision codes used by every schema below: 0 = highest (IEEE fp32 or 3xTF32),
-// 1 = high (TF32 products allowed), 2 = medium (bf16 products allowed).
+// Precision codes used by every schema below (positions in clustr_fast._validate.PRECISIONS):
+// 0 = highest (IEEE fp32 or 3xTF32), 1 = high (TF32 products allowed), 2 = medium (bf16 products allowed).
 TORCH_LIBRARY(clustr_fast_C, m) {
   // ---- pairwise_sqdist ----------------------------------------------------
   // out[i,k] = max(||x_i||^2 + ||c_k||^2 - 2 x_i.c_k, 0); float32 out for half inputs.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The project on the GPU machine's versions (DESIGN.md, "GPU checks": torch 2.11, Triton 3.6),
-# without a GPU: a mismatch found here does not cost the GPU machine's scarce minutes.
+# The project on the GPU machine's versions (torch 2.11, Triton 3.6: docs/architecture.md,
+# "Tests, benchmarks, GPU checks"), without a GPU: a mismatch found here does not cost the GPU
+# machine's scarce minutes.
 # In a venv over the installed packages (build/gpu-versions/venv) with torch==2.11.0,
 # triton==3.6.0 and numpy<2.3 in place of the installed ones, on a copy of the tracked tree
 # (build/gpu-versions/src), it

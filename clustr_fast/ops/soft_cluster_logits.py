@@ -12,8 +12,8 @@ for float64 inputs). The fused kernels stream the distance tiles through a runni
 top-D selection (no [N,C] buffer), then recompute the D selected distances exactly
 (direct differences in the accumulation dtype), so ``precision="high"`` only affects
 which centers are selected, never the values. (Where the selection's products are
-float32-exact, as the Triton forward's 3xTF32 under "highest" and, at present, "high",
-it keeps the selection's distances instead: docs/decisions.md.)
+float32-exact, as the Triton forward's 3xTF32 under "highest" and "high", it keeps the
+selection's distances instead: docs/decisions.md.)
 
 Forward op returns ``(out, idx)``; ``idx [N,D]`` int64 holds the selected centers and
 is all the backward saves besides its inputs. Any backend's backward accepts any backend's
@@ -144,8 +144,9 @@ def soft_cluster_logits(feats: Tensor, centers: Tensor, center_classes: Tensor, 
     ``variance`` sigma^2 > 0 (float or 0-d tensor, a constant), ``top_d`` in ``[1, C]`` or
     None (all centers). A class with no selected center is ``-inf`` with zero gradient.
     ``precision``: "highest" selects with float32-exact distances; "high"/"medium" let the
-    GPU select with TF32/bf16 products (the Triton kernels run "high" as 3xTF32 at present),
-    and the returned values then come from distances exact for the selected centers. Differentiable in ``feats`` and ``centers``.
+    GPU select with TF32/bf16 products (the Triton kernels run "high" as 3xTF32), and the
+    returned values then come from distances exact for the selected centers. Differentiable in
+    ``feats`` and ``centers``.
     """
     code = precision_code(precision)
     if torch.compiler.is_compiling():  # the value checks read tensors back; they run in eager mode

@@ -51,7 +51,7 @@ struct Vec32<double> {
 // out[t] = ||xi - c[t]||^2 (Dot = false) or xi . c[t] (Dot = true) for NT rows c[t] at once:
 // each chunk of xi is loaded once and the sums stay in registers; one horizontal sum per row c[t]
 // at the end. Few rows get U interleaved partial sums each, so that about 8 independent FMA
-// chains hide the FMA latency (with 2 rows and one sum each, a long row was latency-bound).
+// chains hide the FMA latency (with 2 rows and one sum each, a long row is latency-bound).
 template <typename T, int NT, bool Dot>
 inline __attribute__((always_inline)) void row_to_few(const T* xi, const T* const* c, int64_t D, T* out) {
   using V = typename Vec32<T>::type;
