@@ -1,6 +1,6 @@
 """clustr_fast: fused kernels for clustering-based robust training (ClusTR).
 
-Public API (see README.md and shared DESIGN): distances, Magnet loss, soft
+Public API (see README.md and docs/architecture.md): distances, Magnet loss, soft
 nearest-cluster classification (Eq. 4), the certified radius of Theorem 1,
 k-means, and backend selection.
 """
