@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 from ..data import DATASETS, DataError
 from ..models import MODELS
-from ..train.config import METHODS, ConfigError, TrainConfig
+from ..train.config import BATCH_VARIANCES, METHODS, ConfigError, TrainConfig
 from ..train.fit import fit
 from .errors import UserError
 
@@ -17,7 +17,7 @@ from .errors import UserError
 FIELDS = ("data", "method", "model", "epochs_ce", "epochs_magnet", "k", "alpha", "lr", "lr_ce", "m", "d",
           "top_d", "qtrades_lambda", "qtrades_eps", "qtrades_step", "batch_size", "weight_decay", "augment",
           "kmeans_iters", "seed", "device", "data_root", "out_dir", "max_steps", "train_size", "test_size",
-          "dry_run")
+          "dry_run", "batch_variance")
 
 
 def _one_line_errors(parser: argparse.ArgumentParser) -> None:
@@ -60,6 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="random 32x32 images of the data set's size (cifar10 by default): time an epoch")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if --out-dir holds a checkpoint")
+    p.add_argument("--batch-variance", choices=BATCH_VARIANCES, default="local",
+                   help="under torchrun: sigma^2 of the Magnet loss from each rank's batch (local, default) "
+                        "or from every rank's batches (global)")
     p.add_argument("--quiet", action="store_true", help="no progress bars and no per-epoch lines")
 
 
@@ -89,7 +92,7 @@ def config_from_args(args) -> TrainConfig:
         if not args.dry_run:
             raise UserError("--data is required (one of " + ", ".join(DATASETS) + ")")
         values["data"] = "cifar10"
-    progress = not args.quiet and sys.stderr.isatty()
+    progress = not args.quiet and sys.stderr.isatty()       # fit shows bars on rank 0 only
     return TrainConfig(**values, progress=progress, resume=not args.no_resume)
 
 
@@ -109,6 +112,8 @@ def run(args) -> int:
         result = fit(config, callback=report)
     except (ConfigError, DataError) as exc:
         raise UserError(_flag_names(str(exc))) from None
+    if result.rank != 0:                    # under torchrun rank 0 reports for every rank
+        return 0
     last = result.history[-1] if result.history else {}
     data = f"synthetic {cfg.data}" if cfg.dry_run else cfg.data
     acc = f"test acc {100 * last['test_acc']:.2f}%" if last else "nothing left to train"

@@ -10,6 +10,8 @@ from ..data import CIFAR_SHAPES, DATASETS
 from ..models import MODELS, default_model
 
 METHODS = ("ce", "magnet", "clustr", "clustr-qtrades")
+# sigma^2 of the Magnet batch loss under several processes: each rank's batch, or all of them.
+BATCH_VARIANCES = ("local", "global")
 
 # Per-data-set defaults for the fields left as None. CIFAR/SVHN follow the paper
 # (appendix D: CE warm start Adam 1e-2 for 90 epochs, decayed x0.1 at 1/3 and 2/3;
@@ -51,7 +53,9 @@ class TrainConfig:
     top_d nearest centers at prediction (None: all). lr is the Magnet phase's
     learning rate, lr_ce the warm start's. max_steps caps the steps per epoch;
     train_size / test_size subsample the data; dry_run trains on random
-    32x32 images with the size of ``data`` (or CIFAR-10's).
+    32x32 images with the size of ``data`` (or CIFAR-10's). Under torchrun,
+    batch_size, m and d are per process and batch_variance is "local" (sigma^2
+    of each rank's Magnet batch) or "global" (of every rank's batches together).
     """
 
     data: str = "digits"
@@ -83,6 +87,7 @@ class TrainConfig:
     dry_run: bool = False
     progress: bool = False
     resume: bool = True
+    batch_variance: str = "local"
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -161,6 +166,9 @@ def _check(c: TrainConfig):
         _positive_float(c, name)
     for name in ("qtrades_lambda", "qtrades_eps", "qtrades_step", "weight_decay"):
         _positive_float(c, name, allow_zero=True)
+    if c.batch_variance not in BATCH_VARIANCES:
+        raise ConfigError(f"TrainConfig: `batch_variance` must be one of {', '.join(BATCH_VARIANCES)}, "
+                         f"got {c.batch_variance!r}")
     try:
         dev = torch.device(c.device)
     except (RuntimeError, TypeError) as exc:

@@ -15,6 +15,8 @@ from .ce import ce_epoch, ce_lr
 from .checkpoint import CHECKPOINT_NAME, FORMAT, head_state, read_state, save_atomic
 from .classifier import ClusterClassifier
 from .config import RESUME_FREE, ConfigError, TrainConfig
+from .distributed import (barrier, ddp_model, from_rank0, mean_stats, rank_generator, setup, sync_buffers,
+                          teardown)
 from .magnet import magnet_epoch, refresh
 from .metrics import write_metrics
 from .refresh import Clustering, accuracy
@@ -32,6 +34,8 @@ class TrainResult:
     seconds: float
     checkpoint: str | None
     config: TrainConfig
+    rank: int = 0
+    world_size: int = 1
 
 
 def _datasets(cfg, train_set, test_set):
@@ -104,7 +108,8 @@ def _resume_state(cfg, path, spec, n_train):
     except ValueError as exc:
         raise ConfigError(f"fit: cannot resume from {path}: {exc}; use another `out_dir` or resume=False") from None
     old, new = state["config"], cfg.to_dict()
-    diff = [k for k in new if k not in RESUME_FREE and old.get(k) != new[k]]
+    defaults = TrainConfig().to_dict()      # a field added since that checkpoint was written
+    diff = [k for k in new if k not in RESUME_FREE and old.get(k, defaults.get(k)) != new[k]]
     if diff or state["model"] != spec or state.get("num_train") != n_train:
         what = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in diff) or "model or data set"
         raise ConfigError(f"fit: {path} holds a run with another configuration ({what}); "
@@ -127,18 +132,33 @@ def fit(config: TrainConfig, train_set: ArrayDataset | None = None, test_set: Ar
     later call with the same config resumes after the last finished epoch (an
     interrupted epoch is redone from its start). ``callback(record)`` is called
     after each epoch's record is saved.
+
+    Under torchrun (or in an initialised default process group) every rank calls ``fit``
+    with the same config: training runs in DistributedDataParallel, each rank on its share
+    (docs/training.md, "More than one process"); rank 0 alone reads and writes the
+    checkpoint and metrics and calls ``callback``; every rank returns the same classifier.
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"fit: `config` must be a TrainConfig, got {type(config).__name__}")
     t0 = time.perf_counter()
     cfg = config.resolved()
-    device = torch.device(cfg.device)
+    world, device = setup(cfg.device)
+    try:
+        return _fit(cfg, world, device, train_set, test_set, callback, t0)
+    finally:
+        teardown(world)
+
+
+def _fit(cfg, world, device, train_set, test_set, callback, t0):
     train, test = _datasets(cfg, train_set, test_set)
+    if len(train) < world.size:
+        raise ConfigError(f"fit: {world.size} processes need >= {world.size} training examples, got {len(train)}")
     num_classes = train.num_classes
     _check_clusters(cfg, train, num_classes)
     spec = _model_spec(cfg, train)
     path = os.path.join(cfg.out_dir, CHECKPOINT_NAME) if cfg.out_dir else None
-    state = _resume_state(cfg, path, spec, len(train))
+    state = from_rank0(lambda: _resume_state(cfg, path, spec, len(train)), world)
+    progress = cfg.progress and world.main
 
     torch.manual_seed(cfg.seed)
     net = build_model(spec["name"], spec["num_classes"], **spec["kwargs"]).to(device)
@@ -162,7 +182,7 @@ def fit(config: TrainConfig, train_set: ArrayDataset | None = None, test_set: Ar
         if sampler is not None and state["sampler"] is not None:
             sampler.load_state_dict(state["sampler"])
 
-    optimizer, phase_now = None, None
+    optimizer, phase_now, model, frozen = None, None, net, []
     for global_epoch, (phase, epoch) in enumerate(schedule, 1):
         if global_epoch <= done:
             continue
@@ -172,6 +192,14 @@ def fit(config: TrainConfig, train_set: ArrayDataset | None = None, test_set: Ar
             if opt_state is not None and schedule[done - 1][0] == phase:
                 optimizer.load_state_dict(opt_state)
             opt_state, phase_now = None, phase
+            model, frozen = ddp_model(net, world, device, features_of=None if phase == "ce" else train.x[:1].to(device))
+        # one process: the run's generators; several: each rank's own draws (augmentation, sampler,
+        # QTRADES noise) from generators keyed on (seed, epoch, rank); the shuffle and the
+        # k-means++ seeding stay on the shared generators, which advance alike on every rank
+        own_cpu, own_dev = cpu_gen, dev_gen
+        if world.sharded:
+            own_cpu = rank_generator(cfg.seed, global_epoch, world.rank)
+            own_dev = rank_generator(cfg.seed, global_epoch, world.rank, device)
         timer = Timer(device)
         desc = f"{phase} {epoch}/{cfg.epochs_ce if phase == 'ce' else cfg.epochs_magnet}"
         with timer("epoch"):
@@ -180,25 +208,31 @@ def fit(config: TrainConfig, train_set: ArrayDataset | None = None, test_set: Ar
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 with timer("train"):
-                    stats = ce_epoch(net, optimizer, train, batch_size=cfg.batch_size, device=device,
+                    stats = ce_epoch(model, optimizer, train, batch_size=cfg.batch_size, device=device,
                                      generator=cpu_gen, augment=cfg.augment, max_steps=cfg.max_steps,
-                                     progress=cfg.progress, desc=desc)
+                                     progress=progress, desc=desc, world=world, aug_generator=own_cpu)
             else:
                 lr = cfg.lr
-                refresh_kw = dict(k=cfg.k, iters=cfg.kmeans_iters, alpha=cfg.alpha, device=device, generator=dev_gen, timer=timer)
+                refresh_kw = dict(k=cfg.k, iters=cfg.kmeans_iters, alpha=cfg.alpha, device=device, generator=dev_gen,
+                                  timer=timer, world=world)
                 start_loss = None
                 if clustering is None:
                     clustering = refresh(net, train, sampler, **refresh_kw)
                     start_loss = clustering.loss
+                sampler.gen = own_cpu
                 with timer("train"):
-                    stats = magnet_epoch(net, optimizer, train, sampler, alpha=cfg.alpha, device=device,
-                                         cpu_gen=cpu_gen, dev_gen=dev_gen, timer=timer, augment=cfg.augment,
-                                         qtrades=qtrades, max_steps=cfg.max_steps, progress=cfg.progress,
-                                         desc=desc)
+                    stats = magnet_epoch(model, optimizer, train, sampler, alpha=cfg.alpha, device=device,
+                                         cpu_gen=own_cpu, dev_gen=own_dev, timer=timer, augment=cfg.augment,
+                                         qtrades=qtrades, max_steps=cfg.max_steps, progress=progress,
+                                         desc=desc, world=world, batch_variance=cfg.batch_variance)
+                sync_buffers(net, world)
                 clustering = refresh(net, train, sampler, **refresh_kw)
                 classifier.head = _head(clustering, num_classes, cfg.top_d).to(device)
+            if phase == "ce":
+                sync_buffers(net, world)
+            stats = mean_stats(stats, ("train_loss", "magnet_loss", "qtrades_loss"), world)
             with timer("eval"):
-                test_acc = accuracy(classifier, test.x, test.y, device)
+                test_acc = accuracy(classifier, test.x, test.y, device, world=world)
         record = _record(phase, epoch, global_epoch, lr, stats, test_acc, timer.seconds, clustering)
         if phase == "magnet":
             record["full_loss"] = clustering.loss
@@ -206,21 +240,24 @@ def fit(config: TrainConfig, train_set: ArrayDataset | None = None, test_set: Ar
                 record["full_loss_start"] = start_loss
         history.append(record)
         done = global_epoch
-        if path is not None:
+        if path is not None and world.main:
             _save(path, cfg, spec, net, optimizer, cpu_gen, dev_gen, sampler, clustering, history, done,
                   len(schedule), len(train))
             write_metrics(history, cfg.out_dir)
-        if callback is not None:
+        if callback is not None and world.main:
             callback(record)
+    for p in frozen:
+        p.requires_grad_(True)
 
     if cfg.method != "ce" and clustering is None:      # no Magnet epoch: cluster the warm-start features
         clustering = refresh(net, train, sampler, k=cfg.k, iters=cfg.kmeans_iters, alpha=cfg.alpha, device=device,
-                             generator=dev_gen, timer=Timer(device))
+                             generator=dev_gen, timer=Timer(device), world=world)
         classifier.head = _head(clustering, num_classes, cfg.top_d).to(device)
-        if path is not None:
+        if path is not None and world.main:
             _save(path, cfg, spec, net, optimizer, cpu_gen, dev_gen, sampler, clustering, history, done,
                   len(schedule), len(train))
-    return TrainResult(classifier.eval(), history, time.perf_counter() - t0, path, cfg)
+    barrier(world)
+    return TrainResult(classifier.eval(), history, time.perf_counter() - t0, path, cfg, world.rank, world.size)
 
 
 def _record(phase, epoch, global_epoch, lr, stats, test_acc, sec, clustering):

@@ -17,13 +17,20 @@ from tqdm.auto import tqdm
 import clustr_fast
 
 from .augment import random_crop_flip
+from .distributed import gather_losses, global_sum, sharded_refresh
 from .qtrades import qtrades_term
 from .refresh import cluster, embed
 
 
-def refresh(net, train, sampler, *, k, iters, alpha, device, generator, timer):
+def refresh(net, train, sampler, *, k, iters, alpha, device, generator, timer, world=None):
     """Embed ``train``, cluster it per class, measure the full-set loss, hand the clusters to
-    ``sampler``; returns the Clustering (with ``.loss``)."""
+    ``sampler``; returns the Clustering (with ``.loss``). ``world`` with several ranks: each
+    embeds its share and the clusters are those of every rank's rows (``sharded_refresh``)."""
+    if world is not None and world.sharded:
+        clustering = sharded_refresh(net, train, k=k, iters=iters, alpha=alpha, device=device,
+                                     generator=generator, timer=timer, world=world)
+        sampler.set_clusters(clustering.assign, clustering.centers, clustering.center_classes)
+        return clustering
     with timer("embed"):
         feats = embed(net, train.x, device)
     with timer("kmeans"):
@@ -32,6 +39,20 @@ def refresh(net, train, sampler, *, k, iters, alpha, device, generator, timer):
         clustering.loss = full_magnet_loss(feats, clustering, alpha)
     sampler.set_clusters(clustering.assign, clustering.centers, clustering.center_classes)
     return clustering
+
+
+def global_variance_scaled(feats, ids, num_clusters, world):
+    """``feats / sigma`` with ``sigma^2 = sum_r S_r / (sum_r B_r - 1)`` over every rank's batch
+    (``S_r``: squared distances of rank r's rows to their batch cluster means), differentiable
+    through the sum over the ranks. The Magnet loss depends on sigma^2 only through
+    ``d / (2 sigma^2)``, so the loss of the scaled features with sigma^2 = 1 is the loss with
+    the global sigma^2, and its gradient flows through sigma^2 to every rank's features."""
+    centers, _ = clustr_fast.cluster_means(feats, ids, num_clusters)
+    own = (feats - centers[ids]).pow(2).sum().reshape(1)
+    count = torch.tensor([float(feats.shape[0])], dtype=own.dtype, device=own.device)
+    total = global_sum(torch.cat([own, count]), world)
+    variance = total[0] / (total[1].detach() - 1)
+    return feats / variance.sqrt()
 
 
 @torch.no_grad()
@@ -44,12 +65,19 @@ def full_magnet_loss(feats, clustering, alpha) -> float:
 
 
 def magnet_epoch(net, optimizer, train, sampler, *, alpha, device, cpu_gen, dev_gen, timer,
-                 augment=False, qtrades=None, max_steps=None, progress=False, desc="magnet"):
+                 augment=False, qtrades=None, max_steps=None, progress=False, desc="magnet",
+                 world=None, batch_variance="local"):
     """``planned = ceil(N / (m d))`` steps (one epoch passes as many examples as the set has),
     capped by ``max_steps``. ``qtrades``: None or ``{"lambda", "eps", "step"}``.
-    Returns ``{"train_loss", "magnet_loss", "qtrades_loss", "steps", "planned_steps"}``."""
+    Returns ``{"train_loss", "magnet_loss", "qtrades_loss", "steps", "planned_steps"}``.
+
+    ``world`` with several ranks: each rank takes ``ceil(N / (m d size))`` steps on its own
+    batches, and every rank's sampler records every rank's losses. ``batch_variance``:
+    "local" (sigma^2 of this rank's batch) or "global" (of the union of the ranks' batches,
+    differentiable through an all_reduce)."""
     net.train()
-    planned = math.ceil(len(train) / (sampler.m * sampler.d))
+    size = world.size if world is not None else 1
+    planned = math.ceil(len(train) / (sampler.m * sampler.d * size))
     steps = planned if max_steps is None else min(planned, max_steps)
     sums = {"train_loss": 0.0, "magnet_loss": 0.0, "qtrades_loss": 0.0}
     bar = tqdm(range(steps), desc=desc, leave=False, disable=not progress)
@@ -62,7 +90,11 @@ def magnet_epoch(net, optimizer, train, sampler, *, alpha, device, cpu_gen, dev_
         feats = net(x)[1]
         leaf = feats.detach().requires_grad_(True)
         with timer("loss"):
-            losses = clustr_fast.magnet_loss_batch(leaf, ids, classes, alpha=alpha, reduction="none")
+            if batch_variance == "global" and size > 1:
+                losses = clustr_fast.magnet_loss_batch(global_variance_scaled(leaf, ids, classes.shape[0], world),
+                                                       ids, classes, alpha=alpha, variance=1.0, reduction="none")
+            else:
+                losses = clustr_fast.magnet_loss_batch(leaf, ids, classes, alpha=alpha, reduction="none")
             magnet = losses.mean()
             grad, = torch.autograd.grad(magnet, leaf)
         surrogate = (feats * grad.to(feats.dtype)).sum()   # d surrogate / d theta = d magnet / d theta
@@ -76,7 +108,10 @@ def magnet_epoch(net, optimizer, train, sampler, *, alpha, device, cpu_gen, dev_
         optimizer.zero_grad(set_to_none=True)
         surrogate.backward()
         optimizer.step()
-        sampler.update_losses(batch.indices, losses.detach())
+        if size > 1:
+            sampler.update_losses(*gather_losses(batch.indices, losses, sampler.m * sampler.d, world))
+        else:
+            sampler.update_losses(batch.indices, losses.detach())
         sums["magnet_loss"] += magnet.item()
         sums["train_loss"] += total
         bar.set_postfix(loss=f"{total:.4f}", refresh=False)

@@ -8,6 +8,8 @@ import torch
 
 import clustr_fast
 
+from .distributed import all_reduce_sum, batches
+
 EMBED_BATCH = 1024
 
 
@@ -54,15 +56,23 @@ def cluster(feats, y, k: int, iters: int, generator) -> Clustering:
 
 
 @torch.no_grad()
-def accuracy(model, x, y, device, batch_size: int = EMBED_BATCH) -> float:
-    """Fraction of ``x`` that ``model`` (returning class scores) labels ``y``, in eval mode."""
+def accuracy(model, x, y, device, batch_size: int = EMBED_BATCH, world=None) -> float:
+    """Fraction of ``x`` that ``model`` (returning class scores) labels ``y``, in eval mode.
+
+    ``world`` with several ranks: each rank scores its batches (:func:`.distributed.batches`,
+    the batches of one process) and the hits are summed, so every rank returns the same
+    fraction as one process."""
     was_training = model.training
     model.eval()
     try:
         hits = 0
-        for s in range(0, x.shape[0], batch_size):
-            pred = model(x[s:s + batch_size].to(device)).argmax(1)
-            hits += int((pred.cpu() == y[s:s + batch_size]).sum())
+        spans = [(s, s + batch_size) for s in range(0, x.shape[0], batch_size)] if world is None else \
+            batches(x.shape[0], batch_size, world)
+        for s, e in spans:
+            pred = model(x[s:e].to(device)).argmax(1)
+            hits += int((pred.cpu() == y[s:e]).sum())
+        if world is not None:
+            hits = int(all_reduce_sum(torch.tensor([hits], dtype=torch.int64), world))
         return hits / max(x.shape[0], 1)
     finally:
         model.train(was_training)
