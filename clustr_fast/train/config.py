@@ -49,6 +49,13 @@ class TrainConfig:
     method: "ce" (cross-entropy only), "magnet" (Magnet loss from random init),
     "clustr" (CE warm start then Magnet), "clustr-qtrades" (clustr plus the
     one-step adversary, loss = magnet + qtrades_lambda * CE(p(x), p(x_adv))).
+    kmeans_iters / kmeans_n_init: Lloyd iterations and k-means++ seedings per class
+    at every refresh (the seeding of least inertia kept). qtrades_centers: p(.) of
+    QTRADES against the batch's cluster means ("batch") or the last refresh's
+    centers, training sigma^2, every class and top_d nearest ("global"). init_from:
+    a finished warm-start (method "ce") checkpoint whose network starts the Magnet
+    phase (no CE epochs). magnet_lr_milestones: Magnet epochs after which lr is
+    multiplied by 0.1.
     k clusters per class, Magnet margin alpha, sampler of m clusters x d samples,
     top_d nearest centers at prediction (None: all). lr is the Magnet phase's
     learning rate, lr_ce the warm start's. max_steps caps the steps per epoch;
@@ -77,6 +84,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     augment: bool | None = None
     kmeans_iters: int = 20
+    kmeans_n_init: int = 1
+    qtrades_centers: str = "batch"
+    init_from: str | None = None
+    magnet_lr_milestones: tuple = ()
     seed: int = 0
     device: str = "cpu"
     data_root: str | None = None
@@ -124,6 +135,9 @@ class TrainConfig:
                 setattr(c, name, base[name])
         if c.qtrades_step is None:
             c.qtrades_step = c.qtrades_eps
+        if c.init_from is not None:
+            c.epochs_ce = 0                       # the warm start is the checkpoint's
+        c.magnet_lr_milestones = tuple(c.magnet_lr_milestones)
         _check(c)
         return c
 
@@ -166,6 +180,7 @@ def _check(c: TrainConfig):
         _positive_float(c, name)
     for name in ("qtrades_lambda", "qtrades_eps", "qtrades_step", "weight_decay"):
         _positive_float(c, name, allow_zero=True)
+    _check_reproduction(c)
     if c.batch_variance not in BATCH_VARIANCES:
         raise ConfigError(f"TrainConfig: `batch_variance` must be one of {', '.join(BATCH_VARIANCES)}, "
                          f"got {c.batch_variance!r}")
@@ -177,3 +192,23 @@ def _check(c: TrainConfig):
         raise ConfigError(f"TrainConfig: `device` {c.device!r} is not available (no CUDA GPU here)")
     if dev.type not in ("cpu", "cuda"):
         raise ConfigError(f"TrainConfig: `device` must be cpu or cuda, got {c.device!r}")
+
+
+QTRADES_CENTERS = ("global", "batch")
+
+
+def _check_reproduction(c: TrainConfig):
+    """The fields that run the paper's recipes: seedings, QTRADES centers, warm start, lr milestones."""
+    _positive_int(c, "kmeans_n_init", 1)
+    if c.qtrades_centers not in QTRADES_CENTERS:
+        raise ConfigError(f"TrainConfig: `qtrades_centers` must be one of {', '.join(QTRADES_CENTERS)}, "
+                          f"got {c.qtrades_centers!r}")
+    m = c.magnet_lr_milestones
+    if not isinstance(m, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in m):
+        raise ConfigError(f"TrainConfig: `magnet_lr_milestones` must be a list of ints >= 1, got {m!r}")
+    if c.init_from is not None:
+        if not isinstance(c.init_from, str) or not c.init_from:
+            raise ConfigError(f"TrainConfig: `init_from` must be a checkpoint path, got {c.init_from!r}")
+        if c.method not in ("clustr", "clustr-qtrades"):
+            raise ConfigError(f"TrainConfig: `init_from` starts the Magnet phase of clustr or clustr-qtrades "
+                              f"from a warm start; method {c.method!r} has none")

@@ -167,8 +167,11 @@ def _fit(cfg, world, device, train_set, test_set, callback, t0):
     dev_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     schedule = _schedule(cfg)
     sampler = NeighbourhoodSampler(len(train), cfg.m, cfg.d, cpu_gen) if cfg.method != "ce" else None
-    qtrades = ({"lambda": cfg.qtrades_lambda, "eps": cfg.qtrades_eps, "step": cfg.qtrades_step}
+    qtrades = ({"lambda": cfg.qtrades_lambda, "eps": cfg.qtrades_eps, "step": cfg.qtrades_step,
+                "centers": cfg.qtrades_centers, "num_classes": num_classes, "top_d": cfg.top_d}
                if cfg.method == "clustr-qtrades" else None)
+    if state is None and cfg.init_from is not None:     # the Magnet phase starts from the warm start
+        net.load_state_dict(_warm_start(cfg, spec))
     history, done, clustering, opt_state = [], 0, None, None
     if state is not None:
         net.load_state_dict(state["net"])
@@ -212,13 +215,18 @@ def _fit(cfg, world, device, train_set, test_set, callback, t0):
                                      generator=cpu_gen, augment=cfg.augment, max_steps=cfg.max_steps,
                                      progress=progress, desc=desc, world=world, aug_generator=own_cpu)
             else:
-                lr = cfg.lr
-                refresh_kw = dict(k=cfg.k, iters=cfg.kmeans_iters, alpha=cfg.alpha, device=device, generator=dev_gen,
+                lr = _magnet_lr(cfg.lr, epoch, cfg.magnet_lr_milestones)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                refresh_kw = dict(k=cfg.k, iters=cfg.kmeans_iters, n_init=cfg.kmeans_n_init, alpha=cfg.alpha,
+                                  device=device, generator=dev_gen,
                                   timer=timer, world=world)
                 start_loss = None
                 if clustering is None:
                     clustering = refresh(net, train, sampler, **refresh_kw)
                     start_loss = clustering.loss
+                if qtrades is not None:
+                    qtrades["clustering"] = clustering     # "global" QTRADES measures p(.) against it
                 sampler.gen = own_cpu
                 with timer("train"):
                     stats = magnet_epoch(model, optimizer, train, sampler, alpha=cfg.alpha, device=device,
@@ -250,7 +258,8 @@ def _fit(cfg, world, device, train_set, test_set, callback, t0):
         p.requires_grad_(True)
 
     if cfg.method != "ce" and clustering is None:      # no Magnet epoch: cluster the warm-start features
-        clustering = refresh(net, train, sampler, k=cfg.k, iters=cfg.kmeans_iters, alpha=cfg.alpha, device=device,
+        clustering = refresh(net, train, sampler, k=cfg.k, iters=cfg.kmeans_iters, n_init=cfg.kmeans_n_init,
+                             alpha=cfg.alpha, device=device,
                              generator=dev_gen, timer=Timer(device), world=world)
         classifier.head = _head(clustering, num_classes, cfg.top_d).to(device)
         if path is not None and world.main:
@@ -290,3 +299,31 @@ def _save(path, cfg, spec, net, optimizer, cpu_gen, dev_gen, sampler, clustering
         "history": history,
     }
     save_atomic(state, path)
+
+
+def _magnet_lr(base_lr: float, epoch: int, milestones) -> float:
+    """The Magnet phase's lr in (1-based) ``epoch``: x0.1 after each milestone epoch (MultiStepLR)."""
+    return base_lr * 0.1 ** sum(epoch > m for m in milestones)
+
+
+def _warm_start(cfg, spec) -> dict:
+    """The network weights of ``cfg.init_from``, a finished warm-start (method ce) checkpoint of
+    the same model and data set; ConfigError naming ``init_from`` otherwise."""
+    path = cfg.init_from
+    if not os.path.isfile(path):
+        raise ConfigError(f"fit: `init_from` {path} is not a file (give a finished warm-start checkpoint.pt)")
+    try:
+        state = read_state(path)
+    except ValueError:
+        raise ConfigError(f"fit: `init_from` {path} is not a clustr_fast checkpoint") from None
+    old, theirs = state["config"], state["model"]
+    if old.get("method") != "ce":
+        raise ConfigError(f"fit: `init_from` {path} holds a {old.get('method')!r} run; a warm start is a 'ce' run")
+    if not state.get("finished"):
+        raise ConfigError(f"fit: `init_from` {path} is unfinished ({state.get('epochs_done')} of "
+                          f"{state.get('epochs_total')} epochs): finish the warm start first")
+    if (old.get("data"), old.get("dry_run", False), theirs["name"], theirs["num_classes"]) != (
+            cfg.data, cfg.dry_run, spec["name"], spec["num_classes"]):
+        raise ConfigError(f"fit: `init_from` {path} is a {theirs['name']} trained on {old.get('data')}; "
+                          f"this run trains a {spec['name']} on {cfg.data}")
+    return state["net"]

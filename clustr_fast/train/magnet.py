@@ -22,7 +22,7 @@ from .qtrades import qtrades_term
 from .refresh import cluster, embed
 
 
-def refresh(net, train, sampler, *, k, iters, alpha, device, generator, timer, world=None):
+def refresh(net, train, sampler, *, k, iters, alpha, device, generator, timer, world=None, n_init=1):
     """Embed ``train``, cluster it per class, measure the full-set loss, hand the clusters to
     ``sampler``; returns the Clustering (with ``.loss``). ``world`` with several ranks: each
     embeds its share and the clusters are those of every rank's rows (``sharded_refresh``)."""
@@ -34,7 +34,7 @@ def refresh(net, train, sampler, *, k, iters, alpha, device, generator, timer, w
     with timer("embed"):
         feats = embed(net, train.x, device)
     with timer("kmeans"):
-        clustering = cluster(feats, train.y.to(device), k, iters, generator)
+        clustering = cluster(feats, train.y.to(device), k, iters, generator, n_init=n_init)
     with timer("monitor"):
         clustering.loss = full_magnet_loss(feats, clustering, alpha)
     sampler.set_clusters(clustering.assign, clustering.centers, clustering.center_classes)
@@ -68,7 +68,9 @@ def magnet_epoch(net, optimizer, train, sampler, *, alpha, device, cpu_gen, dev_
                  augment=False, qtrades=None, max_steps=None, progress=False, desc="magnet",
                  world=None, batch_variance="local"):
     """``planned = ceil(N / (m d))`` steps (one epoch passes as many examples as the set has),
-    capped by ``max_steps``. ``qtrades``: None or ``{"lambda", "eps", "step"}``.
+    capped by ``max_steps``. ``qtrades``: None or ``{"lambda", "eps", "step"}`` and, for p(.)
+    against the last refresh (``qtrades_term``), ``"centers": "global"``, ``"clustering"``,
+    ``"num_classes"``, ``"top_d"``.
     Returns ``{"train_loss", "magnet_loss", "qtrades_loss", "steps", "planned_steps"}``.
 
     ``world`` with several ranks: each rank takes ``ceil(N / (m d size))`` steps on its own
@@ -101,7 +103,9 @@ def magnet_epoch(net, optimizer, train, sampler, *, alpha, device, cpu_gen, dev_
         total = magnet.item()
         if qtrades is not None and qtrades["lambda"] > 0:
             q = qtrades_term(net, x, feats, ids, classes, eps=qtrades["eps"], step=qtrades["step"],
-                             generator=dev_gen)
+                             generator=dev_gen, centers=qtrades.get("centers", "batch"),
+                             clustering=qtrades.get("clustering"), num_classes=qtrades.get("num_classes"),
+                             top_d=qtrades.get("top_d"))
             surrogate = surrogate + qtrades["lambda"] * q
             sums["qtrades_loss"] += q.item()
             total += qtrades["lambda"] * q.item()

@@ -47,9 +47,10 @@ def embed(net, x, device, batch_size: int = EMBED_BATCH):
         net.train(was_training)
 
 
-def cluster(feats, y, k: int, iters: int, generator) -> Clustering:
-    """k clusters per class of ``feats [N, F]`` (labels ``y [N]``); cluster ``c*k + j`` is class c's j-th."""
-    assign, centers = clustr_fast.kmeans_per_group(feats, y, k, max_iter=iters, generator=generator)
+def cluster(feats, y, k: int, iters: int, generator, n_init: int = 1) -> Clustering:
+    """k clusters per class of ``feats [N, F]`` (labels ``y [N]``); cluster ``c*k + j`` is class c's j-th.
+    ``n_init`` k-means++ seedings per class, the fit of least inertia kept."""
+    assign, centers = clustr_fast.kmeans_per_group(feats, y, k, max_iter=iters, generator=generator, n_init=n_init)
     center_classes = torch.arange(centers.shape[0], device=centers.device) // k
     variance = clustr_fast.cluster_variance(feats, centers, assign)
     return Clustering(assign, centers, center_classes, variance.detach())
