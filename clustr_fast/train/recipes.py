@@ -1,0 +1,185 @@
+"""The paper's runs as named recipes: every hyper-parameter the ClusTR paper or its official
+code fixes, each with where it comes from.
+
+One warm-start recipe per data set (the cross-entropy model, trained once) and one recipe per
+row of the paper's Table 1 (CIFAR-10 and SVHN, ClusTR and ClusTR+QTRADES) and Table 3
+(CIFAR-100, ClusTR+QTRADES). A Magnet recipe fine-tunes its warm start
+(``clustr-fast train --recipe NAME --init-from WARM/checkpoint.pt``); without ``--init-from``
+it trains the warm start first, in the same run. ``clustr-fast eval --recipe NAME`` attacks
+as the paper did. Flags given explicitly override the recipe. docs/reproduce.md has the
+commands, the paper's numbers and what to expect.
+
+Sources: "paper" is the ClusTR paper (sections 4.2 and appendix D, Tables 1 and 3); "official"
+is the authors' code, github.com/clustr-official-account/Rethinking-Clustering-for-Robustness,
+at the files named.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .config import TrainConfig
+
+EPS = 8 / 255
+
+# Where each setting comes from (shared by the recipes that use the setting).
+SRC = {
+    "model": "paper, appendix D (ResNet-18 for 32x32 inputs, 512-d features); official models/resnet.py",
+    "k": "paper, sec. 4.2 (2 clusters per class: 100 x 2 = 200 on CIFAR-100); official utils/train_settings.py --k 2",
+    "m": "paper, appendix D (12 sampled clusters); official utils/train_settings.py --m 12",
+    "d": "paper, appendix D (20 samples per cluster); official utils/train_settings.py --d 20",
+    "lr_ce": "paper, appendix D (warm start: Adam, 1e-2, x0.1 at epochs 30 and 60 of 90)",
+    "epochs_ce": "paper, appendix D (warm start: 90 epochs)",
+    "batch_size": ("official utils/train_settings.py --batch-size 256 (standard training; the official "
+                   "repository ships the warm-start weights, not their training run)"),
+    "lr": "paper, appendix D (Magnet fine-tuning: Adam, 1e-4); official README --lr 0.0001",
+    "magnet_lr_milestones": ("official main_clustr.py: MultiStepLR(milestones=[30, 60]), x0.1 after Magnet epoch "
+                             "30 (only the 60-epoch runs reach it)"),
+    "epochs_magnet_cifar10": ("paper, appendix D and sec. 4.2 (30 epochs); the official README trains "
+                              "ClusTR+QTRADES for 25"),
+    "epochs_magnet_60": ("paper, appendix D (60 epochs for CIFAR-100 and SVHN; sec. 4.2 says 30 for "
+                         "CIFAR-10 and SVHN)"),
+    "augment_cifar": ("paper, appendix D (random 32x32 crops, padding 4); official datasets/load_dataset.py "
+                      "(RandomCrop(32, padding=4) and RandomHorizontalFlip)"),
+    "augment_svhn": "paper, appendix D (no augmentation for SVHN); official datasets/load_dataset.py",
+    "kmeans_cifar10": ("official utils/setups.py get_batch_builders: max_iter 20 and n_init 1 for "
+                       "CIFAR-10; paper, appendix D (k-means++ at the end of every epoch)"),
+    "kmeans_other": "official utils/setups.py get_batch_builders: max_iter 40 and n_init 10 except on CIFAR-10",
+    "alpha_cifar10": "paper, appendix D (alpha 12.5 for ClusTR and ClusTR+QTRADES on CIFAR-10)",
+    "alpha_svhn": "paper, appendix D (alpha 13 for ClusTR, 10 for ClusTR+QTRADES on SVHN)",
+    "alpha_cifar100": "paper, appendix D (alpha 8.5 for ClusTR+QTRADES on CIFAR-100)",
+    "qtrades_lambda": "paper, appendix D (lambda 8 on CIFAR-10, 9.7 on SVHN, 2 on CIFAR-100)",
+    "qtrades_eps": "official utils/train_settings.py HARDCODED_EPS = 8/255",
+    "qtrades_step": "official utils/magnet_training.py run_magnet_epoch(alpha=10/255), one step from U(-eps, eps)",
+    "qtrades_centers": ("official utils/magnet_training.py: p(.) is get_softmax_probs(embs, magnet_data), "
+                        "the last refresh's centroids, the training-set variance, every class, the L nearest "
+                        "clusters (L = top_d)"),
+    "top_d_all": ("paper, Eq. 4 (every cluster); official README --L 20, which is all 20 clusters of "
+                  "10 classes x 2"),
+    "top_d_cifar100": "paper, sec. 4.2 (D = 20 of the 200 CIFAR-100 clusters); official README --L 20",
+    "eval": ("paper, sec. 4.2 (PGD-20 and PGD-100, 10 random restarts, step 2/255, eps 8/255); official "
+             "utils/train_settings.py ALPHA_STEP = 2/255, --restarts 10"),
+    "adaptive": "paper, sec. 4.2 'Adaptive Attacks' (maximise the Magnet loss; 100 steps, 10 restarts, eps 8/255)",
+    "warm_acc": "paper, sec. 4.2 footnote 4 (warm starts of 90%, 75%, 90% on CIFAR-10, CIFAR-100, SVHN)",
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named run. ``train``: TrainConfig fields; ``eval``: ``clustr-fast eval`` settings (eps,
+    steps, restarts, step_size, top_d); ``sources``: where each setting comes from; ``paper``:
+    the paper's accuracies for this row in percent (``natural``, ``pgd20``, ``pgd100``,
+    ``adaptive``); ``warm_start``: the recipe whose checkpoint ``--init-from`` takes."""
+
+    name: str
+    summary: str
+    train: dict
+    eval: dict
+    sources: dict
+    paper: dict = field(default_factory=dict)
+    warm_start: str | None = None
+
+    def config(self, **overrides) -> TrainConfig:
+        """The TrainConfig of this recipe, ``overrides`` (TrainConfig fields) taking precedence."""
+        values = {**self.train, **overrides}
+        extra = dict(values.pop("extra", None) or {})
+        extra.setdefault("recipe", self.name)
+        return TrainConfig(**values, extra=extra)
+
+
+def _eval(top_d=None):
+    return {"eps": EPS, "steps": 20, "restarts": 10, "step_size": 2 / 255, "top_d": top_d}
+
+
+def _warm(data, augment, acc):
+    name = f"{data}-warmstart"
+    aug = "augment_svhn" if data == "svhn" else "augment_cifar"
+    train = dict(data=data, method="ce", model="resnet18", epochs_ce=90, lr_ce=1e-2, batch_size=256, augment=augment)
+    sources = {"model": SRC["model"], "epochs_ce": SRC["epochs_ce"], "lr_ce": SRC["lr_ce"],
+               "batch_size": SRC["batch_size"], "augment": SRC[aug], "eval": SRC["eval"], "paper": SRC["warm_acc"]}
+    return Recipe(name, f"{data}: the cross-entropy warm start every Magnet recipe of {data} fine-tunes",
+                  train, _eval(), sources, {"natural": acc})
+
+
+def _magnet(data, method, *, alpha, epochs, kmeans, paper, qtrades_lambda=None, top_d=None):
+    cifar10 = data == "cifar10"
+    train = dict(data=data, method=method, model="resnet18", k=2, m=12, d=20, alpha=alpha, lr=1e-4,
+                 epochs_magnet=epochs, magnet_lr_milestones=(30, 60), epochs_ce=90, lr_ce=1e-2, batch_size=256,
+                 augment=data != "svhn", kmeans_iters=kmeans[0], kmeans_n_init=kmeans[1], top_d=top_d)
+    sources = {name: SRC[name] for name in ("model", "k", "m", "d", "lr", "magnet_lr_milestones", "epochs_ce",
+                                            "lr_ce", "batch_size")}
+    sources.update(alpha=SRC[f"alpha_{data}"], epochs_magnet=SRC["epochs_magnet_cifar10" if cifar10 else "epochs_magnet_60"],
+                   augment=SRC["augment_svhn" if data == "svhn" else "augment_cifar"],
+                   kmeans_iters=SRC["kmeans_cifar10" if cifar10 else "kmeans_other"],
+                   top_d=SRC["top_d_cifar100" if top_d else "top_d_all"], eval=SRC["eval"])
+    sources["kmeans_n_init"] = sources["kmeans_iters"]
+    if qtrades_lambda is not None:
+        train.update(qtrades_lambda=qtrades_lambda, qtrades_eps=EPS, qtrades_step=10 / 255, qtrades_centers="global")
+        sources.update({name: SRC[name] for name in ("qtrades_lambda", "qtrades_eps", "qtrades_step",
+                                                     "qtrades_centers")})
+    if "adaptive" in paper:
+        sources["adaptive"] = SRC["adaptive"]
+    table = "Table 3" if data == "cifar100" else "Table 1"
+    label = "ClusTR+QTRADES" if method == "clustr-qtrades" else "ClusTR"
+    sources["paper"] = f"paper, {table} ({label} row)" + (", sec. 4.2 (adaptive attack)" if "adaptive" in paper else "")
+    name = f"{data}-{method}"
+    return Recipe(name, f"{data}: {label} fine-tuned from {data}-warmstart ({table})", train, _eval(top_d),
+                  sources, paper, warm_start=f"{data}-warmstart")
+
+
+RECIPES = {r.name: r for r in (
+    _warm("cifar10", True, 90.0),
+    _warm("svhn", False, 90.0),
+    _warm("cifar100", True, 75.0),
+    _magnet("cifar10", "clustr", alpha=12.5, epochs=30, kmeans=(20, 1),
+            paper={"natural": 87.34, "pgd20": 49.04, "pgd100": 47.76}),
+    _magnet("cifar10", "clustr-qtrades", alpha=12.5, epochs=30, kmeans=(20, 1), qtrades_lambda=8.0,
+            paper={"natural": 91.03, "pgd20": 74.44, "pgd100": 74.04, "adaptive": 66.52}),
+    _magnet("svhn", "clustr", alpha=13.0, epochs=60, kmeans=(40, 10),
+            paper={"natural": 94.28, "pgd20": 50.78, "pgd100": 50.77}),
+    _magnet("svhn", "clustr-qtrades", alpha=10.0, epochs=60, kmeans=(40, 10), qtrades_lambda=9.7,
+            paper={"natural": 95.06, "pgd20": 84.76, "pgd100": 84.75, "adaptive": 78.79}),
+    _magnet("cifar100", "clustr-qtrades", alpha=8.5, epochs=60, kmeans=(40, 10), qtrades_lambda=2.0, top_d=20,
+            paper={"natural": 69.25, "pgd20": 52.47, "pgd100": 52.40}),
+)}
+
+
+class RecipeError(ValueError):
+    """An unknown recipe name."""
+
+
+def get(name: str) -> Recipe:
+    """The recipe ``name``; RecipeError lists the known names."""
+    if name not in RECIPES:
+        raise RecipeError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)} (or list)")
+    return RECIPES[name]
+
+
+def _value(v) -> str:
+    if isinstance(v, float) and v and abs(v * 255 - round(v * 255)) < 1e-9 and v < 1:
+        return f"{round(v * 255)}/255"
+    return "all" if v is None else str(v)
+
+
+def describe(recipe: Recipe) -> str:
+    """Every setting of ``recipe`` with its source, as printed by ``--recipe list``."""
+    lines = [f"{recipe.name}: {recipe.summary}"]
+    width = max(len(k) for k in recipe.train)
+    for key, value in recipe.train.items():
+        lines.append(f"  {key:<{width}}  {_value(value):<10} {recipe.sources.get(key, '')}".rstrip())
+    e = recipe.eval
+    attack = (f"PGD eps {_value(e['eps'])}, {e['steps']} steps (PGD-100: --steps 100), {e['restarts']} restarts, "
+              f"step {_value(e['step_size'])}, top-D {_value(e['top_d'])}")
+    lines.append(f"  {'eval':<{width}}  {attack}; {recipe.sources['eval']}")
+    if recipe.paper:
+        numbers = ", ".join(f"{k} {v:.2f}%" for k, v in recipe.paper.items())
+        lines.append(f"  {'paper':<{width}}  {numbers}; {recipe.sources['paper']}")
+    if recipe.warm_start:
+        lines.append(f"  {'warm start':<{width}}  train --recipe {recipe.warm_start}, then --init-from its checkpoint.pt")
+    return "\n".join(lines)
+
+
+def describe_all() -> str:
+    return "\n\n".join(describe(r) for r in RECIPES.values())
+
+
+__all__ = ["RECIPES", "Recipe", "RecipeError", "describe", "describe_all", "get"]
