@@ -10,6 +10,8 @@ from tqdm.auto import tqdm
 from ..data import DATASETS, DataError
 from ..models import MODELS
 from ..train.config import BATCH_VARIANCES, METHODS, ConfigError, TrainConfig
+from ..train import recipes
+from ..train.config import QTRADES_CENTERS
 from ..train.fit import fit
 from .errors import UserError
 
@@ -17,7 +19,7 @@ from .errors import UserError
 FIELDS = ("data", "method", "model", "epochs_ce", "epochs_magnet", "k", "alpha", "lr", "lr_ce", "m", "d",
           "top_d", "qtrades_lambda", "qtrades_eps", "qtrades_step", "batch_size", "weight_decay", "augment",
           "kmeans_iters", "seed", "device", "data_root", "out_dir", "max_steps", "train_size", "test_size",
-          "dry_run", "batch_variance")
+          "dry_run", "batch_variance", "kmeans_n_init", "qtrades_centers", "init_from", "magnet_lr_milestones")
 
 
 def _one_line_errors(parser: argparse.ArgumentParser) -> None:
@@ -30,17 +32,20 @@ def _one_line_errors(parser: argparse.ArgumentParser) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     _one_line_errors(p)
     p.add_argument("--data", choices=DATASETS, help="data set (a dry run defaults to cifar10)")
-    p.add_argument("--method", choices=METHODS, default="clustr",
-                   help="ce; magnet (from random init); clustr (CE warm start + Magnet); clustr-qtrades")
+    p.add_argument("--recipe", metavar="NAME",
+                   help="a run of the paper by name, every setting from the paper or its official code "
+                        "(flags given explicitly override it); 'list' prints them")
+    p.add_argument("--method", choices=METHODS,
+                   help="ce; magnet (from random init); clustr (CE warm start + Magnet, default); clustr-qtrades")
     p.add_argument("--model", choices=tuple(MODELS), help="default: mlp (2-D), cnn (digits), resnet18 (32x32)")
     p.add_argument("--epochs-ce", type=int, help="cross-entropy (warm start) epochs")
     p.add_argument("--epochs-magnet", type=int, help="Magnet-loss epochs")
-    p.add_argument("-k", "--k", type=int, default=2, help="clusters per class (default 2)")
+    p.add_argument("-k", "--k", type=int, help="clusters per class (default 2)")
     p.add_argument("--alpha", type=float, help="Magnet margin alpha (default 12.5 or the paper's per set)")
     p.add_argument("--lr", type=float, help="learning rate of the Magnet phase (Adam)")
     p.add_argument("--lr-ce", type=float, help="learning rate of the cross-entropy phase (Adam, x0.1 at 1/3, 2/3)")
-    p.add_argument("--m", type=int, default=12, help="clusters per neighbourhood batch (default 12)")
-    p.add_argument("--d", type=int, default=20, help="samples per cluster in a batch (default 20)")
+    p.add_argument("--m", type=int, help="clusters per neighbourhood batch (default 12)")
+    p.add_argument("--d", type=int, help="samples per cluster in a batch (default 20)")
     p.add_argument("--top-d", type=int, help="nearest centers used at prediction (default: all)")
     p.add_argument("--qtrades-lambda", type=float, help="weight of the QTRADES term")
     p.add_argument("--qtrades-eps", type=float, help="QTRADES L-inf radius (pixel space)")
@@ -49,7 +54,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crop + flip (default: on for CIFAR)")
-    p.add_argument("--kmeans-iters", type=int, default=20, help="Lloyd iterations of the per-epoch refresh")
+    p.add_argument("--kmeans-iters", type=int, help="Lloyd iterations of the per-epoch refresh (default 20)")
+    p.add_argument("--kmeans-n-init", type=int, help="k-means++ seedings per class at every refresh, the fit of "
+                                                     "least inertia kept (default 1)")
+    p.add_argument("--qtrades-centers", choices=QTRADES_CENTERS,
+                   help="QTRADES p(.) against the last refresh's centers, training sigma^2, every class and "
+                        "--top-d nearest (global, as the official code) or the batch's cluster means (batch, default)")
+    p.add_argument("--init-from", metavar="CHECKPOINT",
+                   help="start the Magnet phase from this finished warm-start (--method ce) checkpoint: "
+                        "its network, no cross-entropy epochs")
+    p.add_argument("--magnet-lr-milestones", type=_int_list, metavar="E1,E2",
+                   help="Magnet epochs after which the lr is multiplied by 0.1 (default: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--data-root", help="folder holding the CIFAR / SVHN files")
@@ -64,6 +79,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="under torchrun: sigma^2 of the Magnet loss from each rank's batch (local, default) "
                         "or from every rank's batches (global)")
     p.add_argument("--quiet", action="store_true", help="no progress bars and no per-epoch lines")
+
+
+def _int_list(text: str) -> tuple:
+    """``"30,60"`` -> ``(30, 60)`` (argparse type)."""
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
 
 
 def _flag_names(message: str) -> str:
@@ -87,16 +110,26 @@ def _summary(r: dict) -> str:
 
 
 def config_from_args(args) -> TrainConfig:
-    values = {name: getattr(args, name) for name in FIELDS}
-    if values["data"] is None:
+    # flags not given are None: the recipe's value, else TrainConfig's default
+    values = {name: getattr(args, name) for name in FIELDS if getattr(args, name) is not None}
+    progress = not args.quiet and sys.stderr.isatty()       # fit shows bars on rank 0 only
+    if args.recipe is not None:
+        try:
+            recipe = recipes.get(args.recipe)
+        except recipes.RecipeError as exc:
+            raise UserError(f"--recipe: {exc}") from None
+        return recipe.config(**values, progress=progress, resume=not args.no_resume)
+    if values.get("data") is None:
         if not args.dry_run:
             raise UserError("--data is required (one of " + ", ".join(DATASETS) + ")")
         values["data"] = "cifar10"
-    progress = not args.quiet and sys.stderr.isatty()       # fit shows bars on rank 0 only
     return TrainConfig(**values, progress=progress, resume=not args.no_resume)
 
 
 def run(args) -> int:
+    if args.recipe == "list":
+        print(recipes.describe_all())
+        return 0
     config = config_from_args(args)
     try:
         cfg = config.resolved()
