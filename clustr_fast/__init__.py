@@ -6,7 +6,7 @@ k-means, and backend selection.
 """
 from . import nn  # noqa: F401  (clustr_fast.nn.MagnetLoss, SoftClusterHead)
 from ._backend import backends, use_backend
-from .kmeans import KMeans, kmeans_per_group
+from .kmeans import kmeans_per_group
 from .ops.certified_radius import certified_radius
 from .ops.cluster_means import cluster_means, cluster_variance
 from .ops.kmeans import kmeans_assign, kmeans_plusplus, kmeans_update
@@ -15,6 +15,7 @@ from .ops.pairwise_sqdist import pairwise_sqdist
 from .ops.soft_cluster_logits import soft_cluster_logits, soft_cluster_predict
 
 __version__ = "0.1.0"
+
 
 __all__ = [
     "KMeans",
@@ -33,3 +34,10 @@ __all__ = [
     "soft_cluster_predict",
     "use_backend",
 ]
+
+
+def __getattr__(name):
+    if name == "KMeans":  # clustr_fast.estimator imports scikit-learn: loaded on first use
+        from .estimator import KMeans
+        return KMeans
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,17 +1,14 @@
-"""KMeans estimator and the per-group (per-class) k-means refresh of ClusTR.
+"""The per-group (per-class) k-means refresh of ClusTR, and the Lloyd pieces of ``KMeans``.
 
-Both run Lloyd's algorithm on the fused ops of :mod:`clustr_fast.ops.kmeans`:
-k-means++ seeding, then Lloyd iterations. Stopping follows scikit-learn: labels
-unchanged, or the total squared center shift at most ``tol * mean(var(x, 0))``.
-
-- ``KMeans``: per iteration one assignment and one update launch, or on the CPU
-  one fused Lloyd step (a single pass over x), and one host sync for the test.
-- ``kmeans_per_group``: every group is its own k-means problem and stops on its
-  own (scikit-learn's rule with the group's own variance), exactly as a loop of
-  per-class ``KMeans`` fits. On the CPU one call runs every group to convergence,
-  group after group while its rows sit in cache; on other devices each iteration
-  is one assignment and one update launch for all groups, and a group that has
-  stopped keeps its centers.
+- ``kmeans_per_group``: every group is its own k-means problem and stops on its own
+  (scikit-learn's rule with the group's own variance), exactly as a loop of per-class
+  fits. On the CPU one call runs every group to convergence, group after group while its
+  rows sit in cache; on other devices each iteration is one assignment and one update
+  launch for all groups, and a group that has stopped keeps its centers.
+- ``lloyd_step`` and ``plusplus_rows``: the (weighted) Lloyd step and k-means++ seeding of
+  :class:`clustr_fast.KMeans` (:mod:`clustr_fast.estimator`) on the fused ops.
+- ``_lloyd``: plain Lloyd iterations (stop when no label changes or the squared center shift
+  is at most the absolute ``tol``), the single-process loop of ``clustr_fast.distributed``.
 """
 from __future__ import annotations
 
@@ -20,15 +17,43 @@ import torch
 from ._validate import (acc_dtype, check_finite, check_float, check_ids, check_int, check_matrix, check_real,
                         precision_code)
 from .ops.kmeans import (default_trials, kmeans_assign_op, kmeans_fit_groups_op, kmeans_lloyd_groups_op,
-                         kmeans_lloyd_step_op, kmeans_update_op, lloyd_groups_runs_here, lloyd_groups_stepwise,
-                         lloyd_step_runs_here, plusplus_draws, plusplus_segments)
+                         kmeans_lloyd_step_op, kmeans_plusplus_op, kmeans_update_op, lloyd_groups_runs_here,
+                         lloyd_groups_stepwise, lloyd_step_runs_here, plusplus_draws, plusplus_segments)
 
 
-def _tolerance(x: torch.Tensor, tol: float) -> float:
+def tolerance(x: torch.Tensor, tol: float) -> float:
     """scikit-learn's absolute tolerance: ``tol`` times the mean per-feature variance of ``x``."""
     if x.shape[0] < 2 or tol == 0:
         return 0.0
     return float(x.var(0, unbiased=False).mean()) * tol
+
+
+_tolerance = tolerance  # the name clustr_fast.distributed imports
+
+
+def lloyd_step(x, centers, weights=None, precision=0):
+    """One Lloyd step of ``clustr_fast.KMeans``: assign to ``centers``, then the (weighted) means.
+
+        labels_i = argmin_j ||x_i - c_j||^2,   c'_j = sum_{labels_i = j} w_i x_i / W_j,   W_j = sum_{labels_i = j} w_i
+
+    Returns ``(labels int64 [N], sqdist [N], new_centers [K,d], W [K])``; a cluster with W_j = 0
+    keeps its center. ``W`` is the int64 count of each cluster without weights, else the weight
+    sums (accumulation dtype). On the CPU one fused pass over x, elsewhere assign + update.
+    """
+    if weights is not None:
+        labels, sq = kmeans_assign_op(x, centers, precision, None, 0)
+        acc = acc_dtype(x.dtype)
+        wsum = torch.zeros(centers.shape[0], dtype=torch.float64, device=x.device).index_add_(
+            0, labels, weights.to(torch.float64))
+        sums = torch.zeros(centers.shape, dtype=torch.float64, device=x.device).index_add_(
+            0, labels, x.to(torch.float64) * weights.to(torch.float64)[:, None])
+        new = torch.where((wsum > 0)[:, None], sums / wsum.clamp_min(1e-300)[:, None], centers.to(torch.float64))
+        return labels, sq, new.to(acc), wsum.to(acc)
+    if lloyd_step_runs_here(x.device):
+        return kmeans_lloyd_step_op(x, centers, precision, None, 0)
+    labels, sq = kmeans_assign_op(x, centers, precision, None, 0)
+    new, counts = kmeans_update_op(x, labels, centers.shape[0], centers, torch.are_deterministic_algorithms_enabled())
+    return labels, sq, new, counts
 
 
 def _lloyd(x, centers, max_iter, tol, *, precision=0):
@@ -66,71 +91,36 @@ def _lloyd_fused(x, centers, max_iter, tol, precision):
     return centers, labels, float(d.sum(dtype=torch.float64)), n_iter
 
 
+def plusplus_rows(x, k, first, draws, weights=None):
+    """Greedy k-means++ rows of ``x`` from given draws (``kmeans_plusplus_op`` on one segment):
+    ``first`` the first row, ``draws [k-1, 1, T]`` the uniforms; candidates drawn with probability
+    ``w_i D_i^2 / sum w D^2``, the one of least ``sum_i w_i min(D_i^2, d_i)`` kept. -> int64 [k]."""
+    offsets = torch.tensor([0, x.shape[0]], dtype=torch.int64, device=x.device)
+    first = torch.as_tensor(first, dtype=torch.int64, device=x.device).reshape(1)
+    if weights is None:
+        return kmeans_plusplus_op(x, offsets, k, first, draws.to(x.device))[0]
+    return _weighted_plusplus(x, k, int(first), draws, weights)
+
+
+def _weighted_plusplus(x, k, first, draws, w):
+    acc = acc_dtype(x.dtype)
+    xa, wa = x.to(acc), w.to(torch.float64)
+    closest = (xa - xa[first]).square().sum(1)
+    idx = [first]
+    for s in range(1, k):
+        wd = wa * closest.to(torch.float64)
+        cum = torch.cumsum(wd, 0)
+        cand = torch.searchsorted(cum, draws[s - 1, 0].to(x.device) * cum[-1], right=True)
+        cand = torch.minimum(cand, (cum == cum[-1]).to(torch.uint8).argmax())
+        dc = torch.stack([torch.minimum((xa - xa[c]).square().sum(1), closest) for c in cand.tolist()])
+        b = int((dc.to(torch.float64) * wa).sum(1).argmin())
+        closest = dc[b]
+        idx.append(int(cand[b]))
+    return torch.tensor(idx, dtype=torch.int64, device=x.device)
+
+
 def _trials(k, n_local_trials):
     return default_trials(k) if n_local_trials is None else int(n_local_trials)
-
-
-def _generator(device, seed, generator=None):
-    if generator is not None:
-        return generator
-    gen = torch.Generator(device=device)
-    gen.manual_seed(int(seed) if seed is not None else int(torch.seed()))
-    return gen
-
-
-class KMeans:
-    """k-means with greedy k-means++ seeding, scikit-learn's names and stopping rule.
-
-    ``fit(x [N,d])`` sets ``cluster_centers_ [k,d]``, ``labels_ [N]``, ``inertia_`` (sum of squared
-    distances to the nearest center) and ``n_iter_``; the best of ``n_init`` runs is kept. Runs on
-    the device of its input; float16/bfloat16 inputs are computed in float32. ``precision`` is that
-    of :func:`clustr_fast.kmeans_assign`.
-    """
-
-    def __init__(self, n_clusters, *, init="k-means++", n_init=1, max_iter=300, tol=1e-4, seed=None,
-                 n_local_trials=None, precision="highest"):
-        if init != "k-means++":
-            raise ValueError(f"KMeans: `init` must be 'k-means++', got {init!r}")
-        self.n_clusters = check_int(n_clusters, "n_clusters", low=1, op="KMeans")
-        self.n_init = check_int(n_init, "n_init", low=1, op="KMeans")
-        self.max_iter = check_int(max_iter, "max_iter", low=1, op="KMeans")
-        self.tol = check_real(tol, "tol", op="KMeans")
-        if self.tol < 0:
-            raise ValueError(f"KMeans: `tol` must be >= 0, got {self.tol}")
-        self.init, self.seed, self.n_local_trials = init, seed, n_local_trials
-        self._precision = precision_code(precision)
-
-    def _prepare(self, x):
-        x = torch.as_tensor(x)
-        check_matrix(x, "x", op="KMeans")
-        check_float(x, "x", op="KMeans")
-        return x.to(acc_dtype(x.dtype)) if x.dtype in (torch.float16, torch.bfloat16) else x
-
-    def fit(self, x):
-        x = self._prepare(x)
-        check_finite(x, "x", op="KMeans")
-        if self.n_clusters > x.shape[0]:
-            raise ValueError(f"KMeans: `n_clusters`={self.n_clusters} is larger than the {x.shape[0]} rows of `x`")
-        x = x.contiguous()
-        gen = _generator(x.device, self.seed)
-        tol = _tolerance(x, self.tol)
-        offsets = torch.tensor([0, x.shape[0]], dtype=torch.int64, device=x.device)
-        best = None
-        for _ in range(self.n_init):
-            idx = plusplus_segments(x, offsets, self.n_clusters, generator=gen,
-                                    n_local_trials=self.n_local_trials)[0]
-            res = _lloyd(x, x[idx].to(acc_dtype(x.dtype)), self.max_iter, tol, precision=self._precision)
-            if best is None or res[2] < best[2]:
-                best = res
-        self.cluster_centers_, self.labels_, self.inertia_, self.n_iter_ = best
-        return self
-
-    def predict(self, x):
-        x = self._prepare(x).to(self.cluster_centers_.dtype)
-        return kmeans_assign_op(x, self.cluster_centers_, self._precision, None, 0)[0]
-
-    def fit_predict(self, x):
-        return self.fit(x).labels_
 
 
 def kmeans_per_group(x, groups, k, *, max_iter=20, tol=1e-4, generator=None, n_local_trials=None,
