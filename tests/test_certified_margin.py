@@ -129,3 +129,22 @@ def test_recipe_runs_the_cnn():
     y = torch.arange(40) % 4
     res = train_lipschitz_clustr(x, y, model="lip-cnn", model_kw={"width": 4}, steps=3, k=1)
     assert res.classifier(x).shape == (40, 4) and res.lipschitz == 1.0
+
+
+def test_fit_adds_the_term_only_when_asked():
+    from clustr_fast.train import TrainConfig, fit
+    from clustr_fast.train.config import ConfigError
+
+    base = dict(data="digits", method="magnet", model="lip-mlp", epochs_magnet=1, max_steps=2, train_size=200,
+                test_size=50, k=1)
+    plain = fit(TrainConfig(**base))
+    assert "margin_loss" not in plain.history[-1]
+    res = fit(TrainConfig(**base, margin_weight=2.0, margin_radius=0.3))
+    rec = res.history[-1]
+    assert rec["margin_loss"] > 0
+    assert rec["train_loss"] == pytest.approx(rec["magnet_loss"] + 2.0 * rec["margin_loss"], rel=1e-5)
+    assert TrainConfig().margin_weight == 0.0
+    with pytest.raises(ConfigError, match="`margin_radius`"):
+        TrainConfig(margin_radius=-1.0).resolved()
+    with pytest.raises(ConfigError, match="`margin_weight`"):
+        TrainConfig(margin_weight=None).resolved()

@@ -108,6 +108,20 @@ def certified_margin_batch(feats, cluster_ids, cluster_classes, **kw):
     return certified_margin_loss(feats, means, cluster_classes, cluster_classes[cluster_ids.long()], **kw)
 
 
+def feature_lipschitz(net, example) -> float:
+    """Proven bound of ``net``'s feature map (``clustr_fast.robust.lipschitz.lipschitz_bound``, output
+    1), taken in eval mode; ``net``'s mode is restored. A Lipschitz-bounded model gives its own."""
+    from ..robust.lipschitz import lipschitz_bound
+
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            return float(lipschitz_bound(net, example, output=1))
+    finally:
+        net.train(was_training)
+
+
 @dataclass
 class LipschitzClustrResult:
     """``classifier`` (a :class:`ClusterClassifier`, eval mode: the network and the soft head over the

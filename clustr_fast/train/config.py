@@ -63,6 +63,10 @@ class TrainConfig:
     32x32 images with the size of ``data`` (or CIFAR-10's). Under torchrun,
     batch_size, m and d are per process and batch_variance is "local" (sigma^2
     of each rank's Magnet batch) or "global" (of every rank's batches together).
+    margin_weight / margin_radius: weight of the certified-margin term added to the
+    Magnet loss (``certified_margin.py``; 0: none) and the certified radius it asks
+    of every sample, in input units (the bound L of the feature map is taken at
+    the start of every Magnet epoch).
     """
 
     data: str = "digits"
@@ -99,6 +103,8 @@ class TrainConfig:
     progress: bool = False
     resume: bool = True
     batch_variance: str = "local"
+    margin_weight: float = 0.0
+    margin_radius: float = 0.5
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -180,6 +186,8 @@ def _check(c: TrainConfig):
         _positive_float(c, name)
     for name in ("qtrades_lambda", "qtrades_eps", "qtrades_step", "weight_decay"):
         _positive_float(c, name, allow_zero=True)
+    for name in ("margin_weight", "margin_radius"):
+        _positive_float(c, name, allow_zero=True, optional=False)
     _check_reproduction(c)
     if c.batch_variance not in BATCH_VARIANCES:
         raise ConfigError(f"TrainConfig: `batch_variance` must be one of {', '.join(BATCH_VARIANCES)}, "

@@ -12,6 +12,7 @@ from ..data import ArrayDataset, load_dataset, random_images
 from ..models import build_model
 from ..nn import SoftClusterHead
 from .ce import ce_epoch, ce_lr
+from .certified_margin import feature_lipschitz
 from .checkpoint import CHECKPOINT_NAME, FORMAT, head_state, read_state, save_atomic
 from .classifier import ClusterClassifier
 from .config import RESUME_FREE, ConfigError, TrainConfig
@@ -170,6 +171,8 @@ def _fit(cfg, world, device, train_set, test_set, callback, t0):
     qtrades = ({"lambda": cfg.qtrades_lambda, "eps": cfg.qtrades_eps, "step": cfg.qtrades_step,
                 "centers": cfg.qtrades_centers, "num_classes": num_classes, "top_d": cfg.top_d}
                if cfg.method == "clustr-qtrades" else None)
+    margin = ({"weight": cfg.margin_weight, "radius": cfg.margin_radius}
+              if cfg.margin_weight > 0 and cfg.method != "ce" else None)
     if state is None and cfg.init_from is not None:     # the Magnet phase starts from the warm start
         net.load_state_dict(_warm_start(cfg, spec))
     history, done, clustering, opt_state = [], 0, None, None
@@ -228,17 +231,19 @@ def _fit(cfg, world, device, train_set, test_set, callback, t0):
                 if qtrades is not None:
                     qtrades["clustering"] = clustering     # "global" QTRADES measures p(.) against it
                 sampler.gen = own_cpu
+                if margin is not None:                     # the bound moves with the weights (1/scale for lip-*)
+                    margin["lipschitz"] = feature_lipschitz(net, train.x[:1].to(device))
                 with timer("train"):
                     stats = magnet_epoch(model, optimizer, train, sampler, alpha=cfg.alpha, device=device,
                                          cpu_gen=own_cpu, dev_gen=own_dev, timer=timer, augment=cfg.augment,
                                          qtrades=qtrades, max_steps=cfg.max_steps, progress=progress,
-                                         desc=desc, world=world, batch_variance=cfg.batch_variance)
+                                         desc=desc, world=world, batch_variance=cfg.batch_variance, margin=margin)
                 sync_buffers(net, world)
                 clustering = refresh(net, train, sampler, **refresh_kw)
                 classifier.head = _head(clustering, num_classes, cfg.top_d).to(device)
             if phase == "ce":
                 sync_buffers(net, world)
-            stats = mean_stats(stats, ("train_loss", "magnet_loss", "qtrades_loss"), world)
+            stats = mean_stats(stats, ("train_loss", "magnet_loss", "qtrades_loss", "margin_loss"), world)
             with timer("eval"):
                 test_acc = accuracy(classifier, test.x, test.y, device, world=world)
         record = _record(phase, epoch, global_epoch, lr, stats, test_acc, timer.seconds, clustering)

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 import clustr_fast
 
 from .augment import random_crop_flip
+from .certified_margin import certified_margin_batch
 from .distributed import gather_losses, global_sum, sharded_refresh
 from .qtrades import qtrades_term
 from .refresh import cluster, embed
@@ -66,12 +67,15 @@ def full_magnet_loss(feats, clustering, alpha) -> float:
 
 def magnet_epoch(net, optimizer, train, sampler, *, alpha, device, cpu_gen, dev_gen, timer,
                  augment=False, qtrades=None, max_steps=None, progress=False, desc="magnet",
-                 world=None, batch_variance="local"):
+                 world=None, batch_variance="local", margin=None):
     """``planned = ceil(N / (m d))`` steps (one epoch passes as many examples as the set has),
     capped by ``max_steps``. ``qtrades``: None or ``{"lambda", "eps", "step"}`` and, for p(.)
     against the last refresh (``qtrades_term``), ``"centers": "global"``, ``"clustering"``,
     ``"num_classes"``, ``"top_d"``.
-    Returns ``{"train_loss", "magnet_loss", "qtrades_loss", "steps", "planned_steps"}``.
+    ``margin``: None or ``{"weight", "radius", "lipschitz"}``, the certified-margin term on the
+    batch's cluster means (``certified_margin_batch``) added to the Magnet loss.
+    Returns ``{"train_loss", "magnet_loss", "qtrades_loss", "margin_loss", "steps", "planned_steps"}``
+    (``qtrades_loss``, ``margin_loss`` with their terms only).
 
     ``world`` with several ranks: each rank takes ``ceil(N / (m d size))`` steps on its own
     batches, and every rank's sampler records every rank's losses. ``batch_variance``:
@@ -81,7 +85,7 @@ def magnet_epoch(net, optimizer, train, sampler, *, alpha, device, cpu_gen, dev_
     size = world.size if world is not None else 1
     planned = math.ceil(len(train) / (sampler.m * sampler.d * size))
     steps = planned if max_steps is None else min(planned, max_steps)
-    sums = {"train_loss": 0.0, "magnet_loss": 0.0, "qtrades_loss": 0.0}
+    sums = {"train_loss": 0.0, "magnet_loss": 0.0, "qtrades_loss": 0.0, "margin_loss": 0.0}
     bar = tqdm(range(steps), desc=desc, leave=False, disable=not progress)
     for _ in bar:
         batch = sampler.sample()
@@ -98,9 +102,14 @@ def magnet_epoch(net, optimizer, train, sampler, *, alpha, device, cpu_gen, dev_
             else:
                 losses = clustr_fast.magnet_loss_batch(leaf, ids, classes, alpha=alpha, reduction="none")
             magnet = losses.mean()
-            grad, = torch.autograd.grad(magnet, leaf)
-        surrogate = (feats * grad.to(feats.dtype)).sum()   # d surrogate / d theta = d magnet / d theta
-        total = magnet.item()
+            objective = magnet
+            if margin is not None:
+                cm = certified_margin_batch(leaf, ids, classes, lipschitz=margin["lipschitz"], radius=margin["radius"])
+                objective = magnet + margin["weight"] * cm
+                sums["margin_loss"] += cm.item()
+            grad, = torch.autograd.grad(objective, leaf)
+        surrogate = (feats * grad.to(feats.dtype)).sum()   # d surrogate / d theta = d objective / d theta
+        total = objective.item()
         if qtrades is not None and qtrades["lambda"] > 0:
             q = qtrades_term(net, x, feats, ids, classes, eps=qtrades["eps"], step=qtrades["step"],
                              generator=dev_gen, centers=qtrades.get("centers", "batch"),
@@ -122,4 +131,6 @@ def magnet_epoch(net, optimizer, train, sampler, *, alpha, device, cpu_gen, dev_
     out = {key: v / max(steps, 1) for key, v in sums.items()}
     if qtrades is None:
         del out["qtrades_loss"]
+    if margin is None:
+        del out["margin_loss"]
     return {**out, "steps": steps, "planned_steps": planned}
