@@ -58,6 +58,19 @@ def load_for_eval(path: str, data_root=None, test_size=None, device="cpu"):
     return classifier, config, test
 
 
+def set_top_d(classifier, top_d) -> None:
+    """Classify with the ``top_d`` nearest centers (Eq. 4 over D of them); None keeps the
+    checkpoint's. UserError for a cross-entropy model or more centers than it has."""
+    if top_d is None:
+        return
+    if classifier.head is None:
+        raise UserError("--top-d needs a cluster model (this checkpoint was trained with ce)")
+    centers = classifier.head.centers.shape[0]
+    if top_d > centers:
+        raise UserError(f"--top-d {top_d} exceeds the {centers} cluster centers of this checkpoint")
+    classifier.head.top_d = int(top_d)
+
+
 def write_json(obj, path: str) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as fh:

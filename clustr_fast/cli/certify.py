@@ -6,7 +6,7 @@ import os
 from ..robust.evaluate import certificate_report
 from ..robust.plots import plot_certified
 from ..robust.sanity import certified_attack_check
-from ._common import fraction, load_for_eval, positive_int, write_json
+from ._common import fraction, load_for_eval, positive_int, set_top_d, write_json
 from .errors import UserError
 
 
@@ -18,6 +18,8 @@ def add_arguments(p):
     p.add_argument("--attack-steps", type=positive_int, default=50,
                    help="L2 PGD steps of the certified-vs-attacked check (default 50)")
     p.add_argument("--test-size", type=positive_int, help="certify a random subset of this size")
+    p.add_argument("--top-d", type=positive_int,
+                   help="soft rule over the D nearest centers (default: the checkpoint's, set in training)")
     p.add_argument("--data-root", help="folder holding the CIFAR / SVHN files")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
@@ -28,6 +30,7 @@ def run(args) -> int:
     if args.lipschitz is not None and args.lipschitz <= 0:
         raise UserError("--lipschitz must be > 0")
     classifier, config, test = load_for_eval(args.checkpoint, args.data_root, args.test_size, args.device)
+    set_top_d(classifier, args.top_d)
     x, y = test.x.to(args.device), test.y.to(args.device)
     try:
         rep = certificate_report(classifier, x, y, points=args.points, attack_steps=args.attack_steps,
@@ -36,7 +39,8 @@ def run(args) -> int:
         raise UserError(str(exc)) from None
     rep.pop("_certificate")
     rep["check"] = certified_attack_check(rep["certified_attacked"], rep["certified_and_attacked"])
-    rep.update(checkpoint=os.path.abspath(args.checkpoint), data=config["data"], method=config["method"])
+    rep.update(checkpoint=os.path.abspath(args.checkpoint), data=config["data"], method=config["method"],
+               top_d=getattr(classifier.head, "top_d", None))
     out_dir = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
     path = write_json(rep, os.path.join(out_dir, "certify.json"))
     curves = {"sound": (rep["radii"], rep["certified_acc"])}

@@ -8,21 +8,29 @@ from tqdm.auto import tqdm
 from ..robust.evaluate import ATTACKS, DEFAULT_TARGETS, full_evaluation
 from ..robust.plots import plot_eps_curves
 from ..robust.sanity import majority_rate
-from ._common import fraction, fraction_list, load_for_eval, positive_int, write_json
+from ..train import recipes
+from ._common import fraction, fraction_list, load_for_eval, positive_int, set_top_d, write_json
 from .errors import UserError
 
 DEFAULT_CURVE = "0,1/255,2/255,4/255,8/255,16/255,32/255,64/255,0.5"
+# The attack settings a recipe may set; the values used when neither a flag nor a recipe does.
+ATTACK_DEFAULTS = {"eps": 8 / 255, "steps": 20, "restarts": 10, "step_size": None, "top_d": None}
 
 
 def add_arguments(p):
-    p.add_argument("checkpoint", help="checkpoint.pt written by `clustr-fast train`")
+    p.add_argument("checkpoint", nargs="?", help="checkpoint.pt written by `clustr-fast train`")
+    p.add_argument("--recipe", metavar="NAME",
+                   help="attack as the paper did for this recipe (eps, steps, restarts, step, top-D; flags "
+                        "given explicitly override it); 'list' prints the recipes")
     p.add_argument("--attack", choices=ATTACKS, default="pgd",
                    help="pgd (CE on log-space logits), margin (DLR), magnet (adaptive), "
                         "official-loss (masking diagnostic only), autoattack (needs torchattacks)")
-    p.add_argument("--eps", type=fraction, default=8 / 255, help="L-inf radius, e.g. 8/255 (default)")
-    p.add_argument("--steps", type=positive_int, default=20, help="PGD steps (default 20)")
-    p.add_argument("--restarts", type=positive_int, default=10, help="random restarts (default 10)")
-    p.add_argument("--step-size", type=fraction, help="PGD step (default eps/4)")
+    p.add_argument("--eps", type=fraction, help="L-inf radius, e.g. 8/255 (default)")
+    p.add_argument("--steps", type=positive_int, help="PGD steps (default 20)")
+    p.add_argument("--restarts", type=positive_int, help="random restarts (default 10)")
+    p.add_argument("--step-size", type=fraction, help="PGD step (default eps/4; the paper's recipes: 2/255)")
+    p.add_argument("--top-d", type=positive_int,
+                   help="classify with the D nearest centers (default: the checkpoint's, set in training)")
     p.add_argument("--targets", type=int, default=DEFAULT_TARGETS,
                    help=f"margin attack: target each of the top-N other classes (default {DEFAULT_TARGETS}; "
                         "0: untargeted)")
@@ -44,7 +52,26 @@ def _margin_kind(result) -> str:
     return f"top-{t} targets" if t else "DLR, untargeted"
 
 
+def _attack_settings(args) -> None:
+    """Fill the attack settings not given as flags from ``--recipe``, else ``ATTACK_DEFAULTS``."""
+    base = dict(ATTACK_DEFAULTS)
+    if args.recipe is not None:
+        try:
+            base.update(recipes.get(args.recipe).eval)
+        except recipes.RecipeError as exc:
+            raise UserError(f"--recipe: {exc}") from None
+    for name, value in base.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+
+
 def run(args) -> int:
+    if args.recipe == "list":
+        print(recipes.describe_all())
+        return 0
+    if args.checkpoint is None:
+        raise UserError("give the checkpoint to evaluate (clustr-fast eval CHECKPOINT)")
+    _attack_settings(args)
     if args.attack == "autoattack":
         try:
             import torchattacks  # noqa: F401
@@ -53,6 +80,7 @@ def run(args) -> int:
     classifier, config, test = load_for_eval(args.checkpoint, args.data_root, args.test_size, args.device)
     if args.attack == "magnet" and classifier.head is None:
         raise UserError("--attack magnet needs a cluster model (this checkpoint was trained with ce)")
+    set_top_d(classifier, args.top_d)
     x, y = test.x.to(args.device), test.y.to(args.device)
     out_dir = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
     runs = 1 + (args.attack != "margin") + (0 if args.no_official else 1) + len(args.eps_curve)
@@ -62,7 +90,9 @@ def run(args) -> int:
             steps=args.steps, restarts=args.restarts, step_size=args.step_size, targets=args.targets,
             eps_values=args.eps_curve, official=not args.no_official, certificate=not args.no_certify,
             checks=not args.no_sanity, seed=args.seed, batch_size=args.batch_size, progress=bar.update)
-    result.update(checkpoint=os.path.abspath(args.checkpoint), data=config["data"], method=config["method"])
+    result.update(checkpoint=os.path.abspath(args.checkpoint), data=config["data"], method=config["method"],
+                  step_size=args.step_size if args.step_size is not None else args.eps / 4,
+                  top_d=getattr(classifier.head, "top_d", None), recipe=args.recipe)
     path = write_json(result, os.path.join(out_dir, f"eval_{args.attack}.json"))
     if "eps_curve" in result:
         plot_eps_curves({f"{config['method']} (PGD-{min(args.steps, 20)}, CE)": result["eps_curve"]},

@@ -36,8 +36,8 @@ def _read_batch(path, label_key, name):
             batch = pickle.load(fh, encoding="bytes")
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         labels = np.asarray(batch[label_key], dtype=np.int64)
-    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as exc:
-        raise DataError(f"{name}: cannot read {path}: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:            # truncated or foreign files raise many kinds: one line each
+        raise DataError(f"{name}: cannot read {path}: {type(exc).__name__}: {' '.join(str(exc).split())}") from None
     if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
         raise DataError(f"{name}: {path} holds data of shape {data.shape} and {labels.shape[0]} labels, "
                         "expected [N, 3072] and N labels")

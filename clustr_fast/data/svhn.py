@@ -23,8 +23,8 @@ def _read(path):
     try:
         mat = loadmat(path)
         x, y = np.asarray(mat["X"]), np.asarray(mat["y"]).reshape(-1).astype(np.int64)
-    except (KeyError, ValueError, TypeError, OSError) as exc:
-        raise DataError(f"svhn: cannot read {path}: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:            # scipy's MatReadError, truncated or foreign files: one line each
+        raise DataError(f"svhn: cannot read {path}: {type(exc).__name__}: {' '.join(str(exc).split())}") from None
     if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.shape[3] != y.shape[0]:
         raise DataError(f"svhn: {path} holds X of shape {x.shape} and {y.shape[0]} labels, expected [32,32,3,N]")
     y[y == 10] = 0

@@ -107,7 +107,8 @@ def _magnet(data, method, *, alpha, epochs, kmeans, paper, qtrades_lambda=None, 
                  augment=data != "svhn", kmeans_iters=kmeans[0], kmeans_n_init=kmeans[1], top_d=top_d)
     sources = {name: SRC[name] for name in ("model", "k", "m", "d", "lr", "magnet_lr_milestones", "epochs_ce",
                                             "lr_ce", "batch_size")}
-    sources.update(alpha=SRC[f"alpha_{data}"], epochs_magnet=SRC["epochs_magnet_cifar10" if cifar10 else "epochs_magnet_60"],
+    sources.update(alpha=SRC[f"alpha_{data}"],
+                   epochs_magnet=SRC["epochs_magnet_cifar10" if cifar10 else "epochs_magnet_60"],
                    augment=SRC["augment_svhn" if data == "svhn" else "augment_cifar"],
                    kmeans_iters=SRC["kmeans_cifar10" if cifar10 else "kmeans_other"],
                    top_d=SRC["top_d_cifar100" if top_d else "top_d_all"], eval=SRC["eval"])
@@ -174,7 +175,8 @@ def describe(recipe: Recipe) -> str:
         numbers = ", ".join(f"{k} {v:.2f}%" for k, v in recipe.paper.items())
         lines.append(f"  {'paper':<{width}}  {numbers}; {recipe.sources['paper']}")
     if recipe.warm_start:
-        lines.append(f"  {'warm start':<{width}}  train --recipe {recipe.warm_start}, then --init-from its checkpoint.pt")
+        lines.append(f"  {'warm start':<{width}}  train --recipe {recipe.warm_start}, then --init-from its "
+                     "checkpoint.pt")
     return "\n".join(lines)
 
 
