@@ -148,3 +148,17 @@ def test_fit_adds_the_term_only_when_asked():
         TrainConfig(margin_radius=-1.0).resolved()
     with pytest.raises(ConfigError, match="`margin_weight`"):
         TrainConfig(margin_weight=None).resolved()
+
+
+def test_cli_flags_reach_the_config():
+    import argparse
+
+    from clustr_fast.cli.train import add_arguments, config_from_args
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    cfg = config_from_args(p.parse_args(["--data", "digits", "--model", "lip-cnn", "--margin-weight", "2",
+                                         "--margin-radius", "0.3", "--quiet"]))
+    assert (cfg.model, cfg.margin_weight, cfg.margin_radius) == ("lip-cnn", 2.0, 0.3)
+    cfg = config_from_args(p.parse_args(["--data", "digits", "--quiet"]))
+    assert (cfg.margin_weight, cfg.margin_radius) == (0.0, 0.5)

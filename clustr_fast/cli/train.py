@@ -19,7 +19,8 @@ from .errors import UserError
 FIELDS = ("data", "method", "model", "epochs_ce", "epochs_magnet", "k", "alpha", "lr", "lr_ce", "m", "d",
           "top_d", "qtrades_lambda", "qtrades_eps", "qtrades_step", "batch_size", "weight_decay", "augment",
           "kmeans_iters", "seed", "device", "data_root", "out_dir", "max_steps", "train_size", "test_size",
-          "dry_run", "batch_variance", "kmeans_n_init", "qtrades_centers", "init_from", "magnet_lr_milestones")
+          "dry_run", "batch_variance", "kmeans_n_init", "qtrades_centers", "init_from", "magnet_lr_milestones",
+          "margin_weight", "margin_radius")
 
 
 def _one_line_errors(parser: argparse.ArgumentParser) -> None:
@@ -65,6 +66,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "its network, no cross-entropy epochs")
     p.add_argument("--magnet-lr-milestones", type=_int_list, metavar="E1,E2",
                    help="Magnet epochs after which the lr is multiplied by 0.1 (default: none)")
+    p.add_argument("--margin-weight", type=float,
+                   help="weight of the certified-margin term added to the Magnet loss (default 0: none)")
+    p.add_argument("--margin-radius", type=float,
+                   help="certified radius the margin term asks of every sample, input units (default 0.5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--data-root", help="folder holding the CIFAR / SVHN files")
