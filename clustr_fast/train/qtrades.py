@@ -72,7 +72,7 @@ def qtrades_term(net, x, feats, cluster_ids, cluster_classes, *, eps, step, gene
     if centers == "global":
         if clustering is None or num_classes is None:
             raise ValueError("qtrades_term: `centers`='global' needs `clustering` and `num_classes`")
-        mu, classes, variance = clustering.centers, clustering.center_classes, clustering.variance
+        mu, classes, variance = clustering.centers.detach(), clustering.center_classes, clustering.variance
         variance = float(variance)
         logp = clustr_fast.soft_cluster_logits(feats, mu, classes, num_classes, variance=variance, top_d=top_d)
         x_adv = adversary(net, x, logp.detach(), mu, classes, num_classes, variance, eps=eps, step=step,
