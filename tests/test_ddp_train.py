@@ -185,6 +185,8 @@ def _check_pieces(rank, size):
     import clustr_fast
     from clustr_fast.data import load_dataset
     from clustr_fast.models import build_model
+    from clustr_fast.robust import attack_certified, certify, robust_accuracy
+    from clustr_fast.robust import evaluate as E
     from clustr_fast.train import ClusterClassifier, TrainConfig
     from clustr_fast.train import distributed as D
     from clustr_fast.train.fit import _head, _model_spec
@@ -238,6 +240,18 @@ def _check_pieces(rank, size):
     clf = ClusterClassifier(net, _head(got, 10, None), "clustr", 10)
     found["accuracy"] = (accuracy(clf, test.x, test.y, "cpu", batch_size=32, world=world),
                          accuracy(clf, test.x, test.y, "cpu", batch_size=32))
+
+    # evaluation, sharded by batches: attacks and certificates equal one process's, sample by sample
+    xs, ys = test.x[:40], test.y[:40]
+    kw = dict(eps=0.05, batch_size=8, steps=3, restarts=2, clip=(0.0, 1.0), seed=1)
+    (acc_s, ok_s), (acc_1, ok_1) = E.sharded_robust_accuracy(clf, xs, ys, world=world, **kw), robust_accuracy(clf, xs, ys, **kw)
+    found["robust"] = acc_s == acc_1 and torch.equal(ok_s, ok_1)
+    cert_s, cert_1 = E.sharded_certify(clf, xs, ys, batch_size=16, world=world), certify(clf, xs, ys, batch_size=16)
+    found["certify"] = all(torch.equal(getattr(cert_s, f), getattr(cert_1, f)) for f in ("radii", "radii_paper", "pred", "correct")) \
+        and (cert_s.lipschitz, cert_s.kind, cert_s.soft_agreement) == (cert_1.lipschitz, cert_1.kind, cert_1.soft_agreement)
+    kw = dict(steps=3, restarts=1, clip=(0.0, 1.0), seed=0, batch_size=4)
+    found["attack_certified"] = (E.sharded_attack_certified(clf, xs, ys, cert_1, world=world, **kw),
+                                 attack_certified(clf, xs, ys, cert_1, **kw))
 
     # the global batch variance: rank r's gradient is that of the sum of every rank's loss
     def batch(r):
@@ -296,6 +310,9 @@ def test_sharded_pieces_equal_one_process_on_two_ranks(tmp_path):
         assert found["generator_alike"], r
         sharded, single = found["accuracy"]
         assert sharded == single and 0.0 <= single <= 1.0
+        assert found["robust"] and found["certify"], r
+        sharded, single = found["attack_certified"]
+        assert sharded == single and single[0] > 4, found["attack_certified"]    # more than one batch attacked
         assert found["global_variance_grad"] < 1e-12 and found["global_variance_loss"] < 1e-12, found
         assert found["losses"] == ([0, 10, 1, 11], [0.5, 1.5, 1.5, 2.5])
         assert found["mean_stats"] == {"train_loss": 0.5, "steps": 3}

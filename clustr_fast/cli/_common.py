@@ -3,6 +3,7 @@ checkpoint and its test set with one-line errors, and writing JSON."""
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -69,6 +70,35 @@ def set_top_d(classifier, top_d) -> None:
     if top_d > centers:
         raise UserError(f"--top-d {top_d} exceeds the {centers} cluster centers of this checkpoint")
     classifier.head.top_d = int(top_d)
+
+
+def on_every_rank(run):
+    """Decorate a command's ``run(args)`` to run on every rank under torchrun: the process group
+    comes from the environment (``clustr_fast.train.distributed.setup``), ``args.device`` becomes
+    this rank's device and ``args.world`` the World (one process without torchrun); the group
+    is destroyed at the end."""
+    @functools.wraps(run)
+    def wrapper(args):
+        from ..train.config import ConfigError
+        from ..train.distributed import setup, teardown
+
+        try:
+            world, device = setup(args.device)
+        except ConfigError as exc:
+            raise UserError(str(exc)) from None
+        args.world, args.device = world, str(device)
+        try:
+            return run(args)
+        finally:
+            teardown(world)
+    return wrapper
+
+
+def own_rows(n: int, batch_size: int, world) -> int:
+    """How many of ``n`` samples this rank scores when batches are sharded (a progress bar's total)."""
+    from ..train.distributed import batches
+
+    return sum(e - s for s, e in batches(n, batch_size, world))
 
 
 def write_json(obj, path: str) -> str:

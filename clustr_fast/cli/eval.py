@@ -10,6 +10,7 @@ from ..robust.plots import plot_eps_curves
 from ..robust.sanity import majority_rate
 from ..train import recipes
 from ._common import fraction, fraction_list, load_for_eval, positive_int, set_top_d, write_json
+from ._common import on_every_rank, own_rows
 from .errors import UserError
 
 DEFAULT_CURVE = "0,1/255,2/255,4/255,8/255,16/255,32/255,64/255,0.5"
@@ -65,6 +66,7 @@ def _attack_settings(args) -> None:
             setattr(args, name, value)
 
 
+@on_every_rank
 def run(args) -> int:
     if args.recipe == "list":
         print(recipes.describe_all())
@@ -84,12 +86,16 @@ def run(args) -> int:
     x, y = test.x.to(args.device), test.y.to(args.device)
     out_dir = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
     runs = 1 + (args.attack != "margin") + (0 if args.no_official else 1) + len(args.eps_curve)
-    with tqdm(total=runs * len(test), desc=f"eval {args.attack}", unit="img") as bar:
+    with tqdm(total=runs * own_rows(len(test), args.batch_size, args.world), desc=f"eval {args.attack}", unit="img",
+              disable=not args.world.main) as bar:
         result = full_evaluation(
             classifier, x, y, num_classes=test.num_classes, eps=args.eps, attack=args.attack,
             steps=args.steps, restarts=args.restarts, step_size=args.step_size, targets=args.targets,
             eps_values=args.eps_curve, official=not args.no_official, certificate=not args.no_certify,
-            checks=not args.no_sanity, seed=args.seed, batch_size=args.batch_size, progress=bar.update)
+            checks=not args.no_sanity, seed=args.seed, batch_size=args.batch_size, progress=bar.update,
+            world=args.world)
+    if not args.world.main:               # under torchrun rank 0 writes and reports for every rank
+        return 0 if result.get("sanity", {}).get("passed", True) else 1
     result.update(checkpoint=os.path.abspath(args.checkpoint), data=config["data"], method=config["method"],
                   step_size=args.step_size if args.step_size is not None else args.eps / 4,
                   top_d=getattr(classifier.head, "top_d", None), recipe=args.recipe)

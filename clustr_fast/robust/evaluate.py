@@ -2,16 +2,25 @@
 masking diagnostic, certificates and the sanity checks, as one JSON-ready dict.
 
 Shared by ``clustr-fast eval``, ``clustr-fast certify`` and ``clustr-fast demo``.
+
+``world`` (a :class:`clustr_fast.train.distributed.World` of several ranks, every rank calling
+with the same arguments): each rank attacks and certifies its share of the batches (batch b on
+rank b % size, the batches one process forms), the per-sample results are merged, and every
+rank returns the dict one process returns. Not sharded: AutoAttack and the sanity checks'
+attacks (at most ``sanity_size`` samples), which every rank runs whole.
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 
 import torch
 
+from ..train.distributed import all_reduce_sum, batches, merge_rows
 from . import sanity
 from .attacks import eps_curve, robust_accuracy, torchattacks_accuracy
-from .certify import attack_certified, certified_accuracy, certify, radius_grid
+from .certify import Certificate, attack_certified, certified_accuracy, certify, classifier_lipschitz, radius_grid
 
 ATTACK_LOSS = {"pgd": "ce", "margin": "margin", "magnet": "magnet", "official-loss": "official-loss"}
 ATTACKS = tuple(ATTACK_LOSS) + ("autoattack",)
@@ -29,32 +38,105 @@ def input_box(x):
     return (0.0, 1.0) if x.dim() > 2 else None
 
 
-def clean_accuracy(model, x, y, batch_size=512):
-    acc, _ = robust_accuracy(model, x, y, eps=0.0, batch_size=batch_size)
+def _sharded(world) -> bool:
+    return world is not None and world.sharded
+
+
+def sharded_robust_accuracy(model, x, y, *, eps, batch_size=512, progress=None, world=None, **pgd_kw):
+    """``robust_accuracy`` with each rank of ``world`` attacking its batches; every rank returns
+    the ``(accuracy, correct [N])`` of one process (each batch is attacked as one process would)."""
+    if not _sharded(world):
+        return robust_accuracy(model, x, y, eps=eps, batch_size=batch_size, progress=progress, **pgd_kw)
+    correct = torch.zeros(x.shape[0], dtype=torch.bool)
+    for s, e in batches(x.shape[0], batch_size, world):
+        _, correct[s:e] = robust_accuracy(model, x[s:e], y[s:e], eps=eps, batch_size=batch_size,
+                                          progress=progress, **pgd_kw)
+    correct = merge_rows(correct, world)
+    return float(correct.float().mean()) if correct.numel() else math.nan, correct
+
+
+def _eps_curve(model, x, y, eps_values, world=None, **kw):
+    """``attacks.eps_curve`` over :func:`sharded_robust_accuracy`."""
+    if not _sharded(world):
+        return eps_curve(model, x, y, eps_values, **kw)
+    still = torch.ones(x.shape[0], dtype=torch.bool)
+    curve, raw = [], []
+    for e in sorted(float(v) for v in eps_values):
+        acc, ok = sharded_robust_accuracy(model, x, y, eps=e, world=world, **kw)
+        raw.append([e, acc])
+        still &= ok
+        curve.append([e, float(still.float().mean())])
+    return curve, raw
+
+
+def sharded_certify(classifier, x, y, *, lipschitz=None, batch_size=1024, world=None) -> Certificate:
+    """``certify`` with each rank of ``world`` certifying its batches; every rank returns the
+    Certificate of one process."""
+    if not _sharded(world):
+        return certify(classifier, x, y, lipschitz=lipschitz, batch_size=batch_size)
+    classifier.eval()
+    if lipschitz is None:     # the bound certify computes, once, the same on every rank
+        clusters = getattr(classifier, "head", None) is not None
+        lipschitz = classifier_lipschitz(classifier, x[:1], output=1 if clusters else 0)
+    n = x.shape[0]
+    radii = torch.zeros(n, dtype=torch.float64)
+    paper = torch.zeros(n, dtype=torch.float64)
+    pred = torch.zeros(n, dtype=torch.int64)
+    agree, kind = torch.zeros(1, dtype=torch.int64), None
+    for s, e in batches(n, batch_size, world):
+        part = certify(classifier, x[s:e], y[s:e], lipschitz=lipschitz, batch_size=batch_size)
+        radii[s:e], paper[s:e], pred[s:e], kind = part.radii, part.radii_paper, part.pred, part.kind
+        agree += round(part.soft_agreement * (e - s))
+    radii, paper, pred = merge_rows(radii, world), merge_rows(paper, world), merge_rows(pred, world)
+    agree = int(all_reduce_sum(agree, world))
+    kind = "clusters" if getattr(classifier, "head", None) is not None else "margin"
+    return Certificate(radii=radii, radii_paper=paper, pred=pred, correct=pred == y.cpu(), lipschitz=float(lipschitz),
+                       kind=kind, soft_agreement=float((torch.arange(n) < agree).float().mean()))
+
+
+def sharded_attack_certified(classifier, x, y, cert, *, world=None, batch_size=512, **kw):
+    """``attack_certified`` with each rank of ``world`` attacking its batches of the certified
+    samples (the batches of one process); ``(attacked, flipped)`` summed over the ranks."""
+    if not _sharded(world):
+        return attack_certified(classifier, x, y, cert, batch_size=batch_size, **kw)
+    idx = (cert.correct & (cert.radii > 0) & torch.isfinite(cert.radii)).nonzero()[:, 0]
+    mine = torch.zeros_like(cert.correct)
+    for s, e in batches(idx.numel(), batch_size, world):
+        mine[idx[s:e]] = True
+    # this rank's samples, in order: full batches of one process, so attack_certified forms the same batches
+    attacked, flipped = attack_certified(classifier, x, y, dataclasses.replace(cert, correct=cert.correct & mine),
+                                         batch_size=batch_size, **kw)
+    counts = all_reduce_sum(torch.tensor([attacked, flipped], dtype=torch.int64), world)
+    return int(counts[0]), int(counts[1])
+
+
+def clean_accuracy(model, x, y, batch_size=512, world=None):
+    acc, _ = sharded_robust_accuracy(model, x, y, eps=0.0, batch_size=batch_size, world=world)
     return acc
 
 
 def attack_accuracy(model, x, y, *, attack, eps, steps, restarts, step_size=None, targets=None,
-                    seed=0, batch_size=512, progress=None, num_classes=None):
+                    seed=0, batch_size=512, progress=None, num_classes=None, world=None):
     """``(accuracy, correct [N])`` under one named attack (``ATTACKS``)."""
     if attack == "autoattack":
         return torchattacks_accuracy(model, x, y, eps=eps, attack="autoattack", n_classes=num_classes,
                                      seed=seed, batch_size=batch_size)
     loss = ATTACK_LOSS[attack]
     kw = dict(targets=targets) if loss == "margin" and targets else {}
-    return robust_accuracy(model, x, y, eps=eps, steps=steps, restarts=restarts, loss=loss,
-                           step_size=step_size, clip=input_box(x), seed=seed, batch_size=batch_size,
-                           progress=progress, **kw)
+    return sharded_robust_accuracy(model, x, y, eps=eps, steps=steps, restarts=restarts, loss=loss,
+                                   step_size=step_size, clip=input_box(x), seed=seed, batch_size=batch_size,
+                                   progress=progress, world=world, **kw)
 
 
 def certificate_report(classifier, x, y, *, points=50, attack_steps=50, attack_restarts=2,
-                       lipschitz=None, grid=None, seed=0):
+                       lipschitz=None, grid=None, seed=0, world=None):
     """Certified-accuracy curves (sound and paper mode) and the certify/attack consistency count."""
     t0 = time.perf_counter()
-    cert = certify(classifier, x, y, lipschitz=lipschitz)
+    cert = sharded_certify(classifier, x, y, lipschitz=lipschitz, world=world)
     grid = radius_grid(cert.radii, cert.correct, points) if grid is None else list(grid)
-    attacked, flipped = attack_certified(classifier, x, y, cert, steps=attack_steps,
-                                         restarts=attack_restarts, clip=input_box(x), seed=seed)
+    attacked, flipped = sharded_attack_certified(classifier, x, y, cert, steps=attack_steps,
+                                                 restarts=attack_restarts, clip=input_box(x), seed=seed,
+                                                 world=world)
     finite = cert.radii[cert.correct & torch.isfinite(cert.radii)]
     return {
         "kind": cert.kind,
@@ -75,7 +157,7 @@ def certificate_report(classifier, x, y, *, points=50, attack_steps=50, attack_r
 def full_evaluation(classifier, x, y, *, num_classes, eps, attack="pgd", steps=20, restarts=10,
                     step_size=None, targets=DEFAULT_TARGETS, eps_values=(), curve_steps=20, curve_restarts=1,
                     official=True, also_margin=True, certificate=True, checks=True, sanity_size=200, seed=0,
-                    batch_size=512, progress=None):
+                    batch_size=512, progress=None, world=None):
     """Everything a sceptical reviewer asks for, as a dict (fractions in [0, 1]).
 
     ``attack_acc``: the named attack; ``margin_acc``: the margin (DLR) attack beside
@@ -86,9 +168,9 @@ def full_evaluation(classifier, x, y, *, num_classes, eps, attack="pgd", steps=2
     t0 = time.perf_counter()
     out = {"eps": eps, "attack": attack, "steps": steps, "restarts": restarts, "targets": targets or 0,
            "n": int(x.shape[0])}
-    out["clean_acc"] = clean_accuracy(classifier, x, y, batch_size)
+    out["clean_acc"] = clean_accuracy(classifier, x, y, batch_size, world=world)
     common = dict(eps=eps, steps=steps, restarts=restarts, step_size=step_size, seed=seed,
-                  batch_size=batch_size, progress=progress, num_classes=num_classes)
+                  batch_size=batch_size, progress=progress, num_classes=num_classes, world=world)
     out["attack_acc"], ok = attack_accuracy(classifier, x, y, attack=attack, targets=targets, **common)
     if also_margin and attack != "margin":
         out["margin_acc"], ok_margin = attack_accuracy(classifier, x, y, attack="margin", targets=targets, **common)
@@ -98,12 +180,12 @@ def full_evaluation(classifier, x, y, *, num_classes, eps, attack="pgd", steps=2
         out["official_loss_acc"], _ = attack_accuracy(classifier, x, y, attack="official-loss", **common)
     if eps_values:
         values = sorted(set([0.0, *map(float, eps_values)]))
-        curve, raw = eps_curve(classifier, x, y, values, steps=curve_steps, restarts=curve_restarts,
-                               loss="ce", clip=input_box(x), seed=seed, batch_size=batch_size,
-                               progress=progress)
+        curve, raw = _eps_curve(classifier, x, y, values, steps=curve_steps, restarts=curve_restarts,
+                                loss="ce", clip=input_box(x), seed=seed, batch_size=batch_size,
+                                progress=progress, world=world)
         out["eps_curve"], out["eps_curve_raw"] = curve, raw
     if certificate and getattr(classifier, "net", None) is not None:
-        cert = certificate_report(classifier, x, y, seed=seed)
+        cert = certificate_report(classifier, x, y, seed=seed, world=world)
         cert.pop("_certificate")
         out["certificate"] = cert
     if checks:
