@@ -29,7 +29,7 @@ def refresh(net, train, sampler, *, k, iters, alpha, device, generator, timer, w
     embeds its share and the clusters are those of every rank's rows (``sharded_refresh``)."""
     if world is not None and world.sharded:
         clustering = sharded_refresh(net, train, k=k, iters=iters, alpha=alpha, device=device,
-                                     generator=generator, timer=timer, world=world)
+                                     generator=generator, timer=timer, world=world, n_init=n_init)
         sampler.set_clusters(clustering.assign, clustering.centers, clustering.center_classes)
         return clustering
     with timer("embed"):
