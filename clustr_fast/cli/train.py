@@ -45,8 +45,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, help="Magnet margin alpha (default 12.5 or the paper's per set)")
     p.add_argument("--lr", type=float, help="learning rate of the Magnet phase (Adam)")
     p.add_argument("--lr-ce", type=float, help="learning rate of the cross-entropy phase (Adam, x0.1 at 1/3, 2/3)")
-    p.add_argument("--m", type=int, help="clusters per neighbourhood batch (default 12)")
-    p.add_argument("--d", type=int, help="samples per cluster in a batch (default 20)")
+    # the long spellings pass through torchrun, whose parser takes --m and --d for its own flags
+    p.add_argument("--m", "--clusters-per-batch", dest="m", type=int,
+                   help="clusters per neighbourhood batch (default 12)")
+    p.add_argument("--d", "--samples-per-cluster", dest="d", type=int,
+                   help="samples per cluster in a batch (default 20)")
     p.add_argument("--top-d", type=int, help="nearest centers used at prediction (default: all)")
     p.add_argument("--qtrades-lambda", type=float, help="weight of the QTRADES term")
     p.add_argument("--qtrades-eps", type=float, help="QTRADES L-inf radius (pixel space)")
