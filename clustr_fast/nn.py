@@ -9,17 +9,26 @@ from .ops.soft_cluster_logits import soft_cluster_logits
 
 
 class MagnetLoss(nn.Module):
-    """Magnet loss. ``forward(feats, cluster_ids, cluster_classes)`` is the batch form
-    (centers = in-batch cluster means); ``forward(feats, cluster_ids, cluster_classes, centers=C)``
-    is the global form with ``assign=cluster_ids`` and ``center_classes=cluster_classes``."""
+    """Magnet loss, both forms.
+
+    - ``forward(feats, cluster_ids, cluster_classes)``: the batch form
+      (:func:`clustr_fast.magnet_loss_batch`; centers = in-batch cluster means).
+    - ``forward(feats, cluster_ids=None, cluster_classes=None, *, centers=C)``: the global form
+      (:func:`clustr_fast.magnet_loss` with ``assign=cluster_ids``, ``center_classes=cluster_classes``);
+      ``cluster_ids=None`` assigns each row to its nearest center, ``cluster_classes=None`` makes
+      every center its own class, so ``loss(feats, centers=C)`` works alone.
+    """
 
     def __init__(self, alpha: float = 1.0, eps: float = 1e-8, reduction: str = "mean"):
         super().__init__()
         self.alpha, self.eps, self.reduction = alpha, eps, reduction
 
-    def forward(self, feats, cluster_ids, cluster_classes, *, centers=None, variance=None):
+    def forward(self, feats, cluster_ids=None, cluster_classes=None, *, centers=None, variance=None):
         kw = dict(alpha=self.alpha, variance=variance, eps=self.eps, reduction=self.reduction)
         if centers is None:
+            for name, value in (("cluster_ids", cluster_ids), ("cluster_classes", cluster_classes)):
+                if value is None:
+                    raise TypeError(f"MagnetLoss: `{name}` is required without `centers` (the batch form)")
             return magnet_loss_batch(feats, cluster_ids, cluster_classes, **kw)
         return magnet_loss(feats, centers, cluster_ids, cluster_classes, **kw)
 

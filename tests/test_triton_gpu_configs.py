@@ -126,10 +126,10 @@ def test_kmeans_fit_and_per_group(gpu_branches):
     reference backend from the same seed."""
     x = _randn(300, 24, seed=15)
     groups = torch.arange(300) % 3
-    km = clustr_fast.KMeans(5, max_iter=6, seed=0).fit(x)
+    km = clustr_fast.KMeans(5, max_iter=6, random_state=0).fit(x)
     labels, centers = clustr_fast.kmeans_per_group(x, groups, 2, max_iter=6, generator=torch.Generator().manual_seed(1))
     with clustr_fast.use_backend("reference"):
-        want = clustr_fast.KMeans(5, max_iter=6, seed=0).fit(x)
+        want = clustr_fast.KMeans(5, max_iter=6, random_state=0).fit(x)
         want_labels, want_centers = clustr_fast.kmeans_per_group(x, groups, 2, max_iter=6,
                                                                  generator=torch.Generator().manual_seed(1))
     assert torch.equal(km.labels_, want.labels_)

@@ -114,7 +114,7 @@ def _pp10(t, gen):
 
 @call("KMeans(2, max_iter=20, tol=0).fit")
 def _fit(t, gen):
-    return clustr_fast.KMeans(2, max_iter=20, tol=0.0, seed=0).fit(t["x"])
+    return clustr_fast.KMeans(2, max_iter=20, tol=0.0, random_state=0).fit(t["x"])
 
 
 @call("kmeans_per_group G=2, k=2, 20 it")
