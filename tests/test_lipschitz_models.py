@@ -154,6 +154,23 @@ def ascent_ratio(net, x, y, steps=ASCENT_STEPS, lr=1e-2):
     return best
 
 
+def test_the_ascent_finds_the_norm_of_a_linear_map():
+    """The ascent has power: on ``x -> W x`` it reaches ``||W||_2``."""
+    torch.manual_seed(0)
+    w = torch.randn(6, 10, dtype=torch.float64)
+
+    class Linear(torch.nn.Module):
+        def forward(self, x):
+            f = x @ w.T
+            return f, f
+
+    g = torch.Generator().manual_seed(1)
+    x, y = (torch.rand(4, 10, generator=g, dtype=torch.float64) for _ in range(2))
+    found = float(ascent_ratio(Linear(), x, y).max())
+    norm = float(torch.linalg.matrix_norm(w, ord=2))
+    assert 0.98 * norm <= found <= norm * (1 + 1e-12)
+
+
 @pytest.mark.parametrize("perturbed", [False, True], ids=["init", "perturbed"])
 @pytest.mark.parametrize("name,kw,shape", MODEL_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(MODEL_CASES)])
 def test_bound_holds_from_outside(name, kw, shape, perturbed):
