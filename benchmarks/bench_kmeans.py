@@ -53,28 +53,33 @@ def _seed(provider, t):
     return clustr_fast.kmeans_plusplus(t["x"], t["k"], generator=gen)
 
 
-# ---- KMeans (CPU target: >= 3x scikit-learn)
+# ---- KMeans (CPU target: >= 3x scikit-learn, with and without sample weights)
 
 
 def _kmeans_make(n, d, k):
     def make(dev):
-        return dict(x=randn(n, d, device=dev, seed=0), k=k, xn=randn(n, d, device="cpu", seed=0).numpy())
+        x = randn(n, d, device=dev, seed=0)
+        w = np.random.RandomState(0).uniform(0.5, 2.0, n).astype(np.float32)
+        return dict(x=x, k=k, xn=randn(n, d, device="cpu", seed=0).numpy(), wn=w, w=torch.from_numpy(w).to(dev))
     return make
 
 
-def _kmeans(iters):
+def _kmeans(iters, weighted=False):
     def run(provider, t):
+        w = t["w"] if weighted else None
+        km = clustr_fast.KMeans(t["k"], max_iter=iters, tol=0.0, random_state=0)
         if provider == "reference":
             with clustr_fast.use_backend("reference"):
-                return clustr_fast.KMeans(t["k"], max_iter=iters, tol=0.0, seed=0).fit(t["x"])
-        return clustr_fast.KMeans(t["k"], max_iter=iters, tol=0.0, seed=0).fit(t["x"])
+                return km.fit(t["x"], sample_weight=w)
+        return km.fit(t["x"], sample_weight=w)
     return run
 
 
-def _sklearn_kmeans(iters):
+def _sklearn_kmeans(iters, weighted=False):
     def run(provider, t):
         from sklearn.cluster import KMeans
-        return KMeans(t["k"], n_init=1, max_iter=iters, tol=0.0, random_state=0).fit(t["xn"])
+        return KMeans(t["k"], n_init=1, max_iter=iters, tol=0.0, random_state=0).fit(
+            t["xn"], sample_weight=t["wn"] if weighted else None)
     return run
 
 
@@ -155,10 +160,13 @@ def _cases():
     label = f"N={c['n']},d={c['d']},k={c['k']},it={c['iters']}"
     make = _kmeans_make(c["n"], c["d"], c["k"])
     flops = 2.0 * c["n"] * c["k"] * c["d"] * (c["iters"] + 1)
-    cases.append(Case("kmeans", "full", label, ("cpu", "cuda"), make, _kmeans(c["iters"]),
-                      providers=("reference",) + OURS, flops=flops, note="KMeans.fit, k-means++ + Lloyd"))
-    cases.append(Case("kmeans", "full", label + ",sklearn", ("cpu",), make, _sklearn_kmeans(c["iters"]),
-                      providers=("reference",), flops=flops, note="sklearn.cluster.KMeans"))
+    for weighted, tag in ((False, ""), (True, ",weighted")):
+        cases.append(Case("kmeans", "full", label + tag, ("cpu", "cuda"), make, _kmeans(c["iters"], weighted),
+                          providers=("reference",) + OURS, flops=flops,
+                          note="KMeans.fit, k-means++ + Lloyd" + (" with sample_weight" if weighted else "")))
+        cases.append(Case("kmeans", "full", label + tag + ",sklearn", ("cpu",), make,
+                          _sklearn_kmeans(c["iters"], weighted), providers=("reference",), flops=flops,
+                          note="sklearn.cluster.KMeans" + (" with sample_weight" if weighted else "")))
     if HAVE_FAISS:
         cases.append(Case("kmeans", "full", label + ",faiss", ("cpu",), make, _faiss_kmeans(c["iters"]),
                           providers=("reference",), flops=flops, note="faiss.Kmeans (random init, all points)"))

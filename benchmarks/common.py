@@ -174,6 +174,7 @@ TARGETS = (
     Target("cpu", "magnet_loss:full:N=20000,C=256,d=128", ratio=2.0),
     Target("cpu", "soft_cluster_logits:fwd:N=20000,C=256,d=128,D=20", ratio=2.0),
     Target("cpu", _KMEANS_CPU, ratio=3.0, against=_KMEANS_CPU + ",sklearn"),
+    Target("cpu", _KMEANS_CPU + ",weighted", ratio=3.0, against=_KMEANS_CPU + ",weighted,sklearn"),
     Target("cpu", _REFRESH, ratio=10.0, against=_REFRESH + ",sklearn"),
     # GPU (H100/H200): times; the ",high" cases are TF32 goals
     Target("cuda", _BATCH, ms=0.10),
