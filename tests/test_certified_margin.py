@@ -112,7 +112,7 @@ def test_recipe_certifies_and_its_certificates_survive_attacks():
 
     train, test = load_dataset("digits", seed=0)
     train, test = train.subset(300, 0), test.subset(100, 0)
-    res = train_lipschitz_clustr(train.x, train.y, model_kw={"width": 64, "activation": "maxmin"}, steps=60,
+    res = train_lipschitz_clustr(train.x, train.y, model_kw={"width": 64}, steps=60,
                                  refresh_every=20)
     assert res.lipschitz == 1.0 and len(res.history) == 3
     cert = certify(res.classifier, test.x, test.y)

@@ -129,7 +129,7 @@ def test_activations_and_downsampling():
 
 # (name, constructor keywords, input shape): every Lipschitz model, small enough for the ascent
 MODEL_CASES = [
-    ("lip-mlp", dict(in_dim=2, width=32, depth=1), (2,)),
+    ("lip-mlp", dict(in_dim=2, width=32, depth=1, activation="relu"), (2,)),
     ("lip-mlp", dict(in_dim=2, width=32, depth=2, residual=True, activation="maxmin", mean=[0.5, 0.2],
                      std=[0.5, 2.0]), (2,)),
     ("lip-mlp", dict(in_dim=64, width=64, mean=[0.3], std=[0.4]), (1, 8, 8)),

@@ -76,7 +76,7 @@ class LipMLP(LipschitzNet):
     """
 
     def __init__(self, num_classes: int, in_dim: int = 2, width: int = 256, depth: int = 1,
-                 feature_dim: int = 64, activation: str = "relu", residual: bool = False, mean=None, std=None):
+                 feature_dim: int = 64, activation: str = "maxmin", residual: bool = False, mean=None, std=None):
         super().__init__()
         for name, v in (("in_dim", in_dim), ("width", width), ("feature_dim", feature_dim)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
