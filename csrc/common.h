@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <type_traits>
+
 // AVX2+FMA clones of hot CPU loops, chosen at load time by ISA level (the build itself
 // targets the x86-64 baseline, so the library still runs on any x86-64 CPU).
 // "arch=haswell" would be chosen by CPU model, and so never on AMD processors. `flatten`
@@ -24,6 +26,10 @@ namespace clustr_fast {
 inline at::ScalarType acc_type(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
+
+// The same at compile time: the accumulation type of the C++ scalar type T.
+template <typename T>
+using acc_scalar_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 inline void check_floating(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble ||

@@ -1,5 +1,5 @@
-// pairwise_sqdist on CUDA: a register-tiled SIMT kernel with the distance
-// epilogue fused in (IEEE fp32 products and accumulation, so every precision
+// pairwise_sqdist on CUDA: the register-tiled SIMT distance tile (distance_tile.cuh) with the
+// distance epilogue fused in (IEEE fp32 products and accumulation, so every precision
 // mode is float32-exact here; the Triton backend uses tensor cores for
 // "high"/"medium"). Backward: two cuBLAS products with the rank-1 terms folded
 // into addmm's beta.
@@ -10,52 +10,27 @@
 #include <torch/library.h>
 
 #include "common.h"
+#include "cuda/distance_tile.cuh"
 
 namespace clustr_fast {
 namespace {
 
-constexpr int BM = 64, BN = 64, BK = 16, TM = 4, TN = 4;  // 256 threads, 4x4 outputs each
+using tile::BM;
+using tile::BN;
+using tile::TM;
+using tile::TN;
 
 template <typename scalar_t, typename acc_t>
-__global__ void sqdist_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ c,
-                              const acc_t* __restrict__ xn, const acc_t* __restrict__ cn,
-                              acc_t* __restrict__ out, int64_t N, int64_t K, int64_t D,
-                              int64_t sxn, int64_t sxd, int64_t scn, int64_t scd) {
-  __shared__ acc_t xs[BK][BM + 1];
-  __shared__ acc_t cs[BK][BN + 1];
-  const int tid = threadIdx.x;
-  const int tx = tid % (BN / TN), ty = tid / (BN / TN);
+__global__ void sqdist_kernel(
+    const scalar_t* __restrict__ x, const scalar_t* __restrict__ c, const acc_t* __restrict__ xn,
+    const acc_t* __restrict__ cn, acc_t* __restrict__ out, int64_t N, int64_t K, int64_t D, int64_t sxn,
+    int64_t sxd, int64_t scn, int64_t scd) {
+  __shared__ acc_t xs[tile::BK][BM + 1];
+  __shared__ acc_t cs[tile::BK][BN + 1];
+  const int tx = threadIdx.x % tile::LANES, ty = threadIdx.x / tile::LANES;
   const int64_t row0 = (int64_t)blockIdx.y * BM, col0 = (int64_t)blockIdx.x * BN;
   acc_t acc[TM][TN];
-#pragma unroll
-  for (int i = 0; i < TM; ++i)
-#pragma unroll
-    for (int j = 0; j < TN; ++j) acc[i][j] = acc_t(0);
-
-  for (int64_t k0 = 0; k0 < D; k0 += BK) {
-    // 256 threads load a 64x16 tile of x and of c (4 elements each).
-    for (int e = tid; e < BM * BK; e += blockDim.x) {
-      const int r = e / BK, kk = e % BK;
-      const int64_t gr = row0 + r, gk = k0 + kk;
-      xs[kk][r] = (gr < N && gk < D) ? static_cast<acc_t>(x[gr * sxn + gk * sxd]) : acc_t(0);
-      const int64_t gc = col0 + r;
-      cs[kk][r] = (gc < K && gk < D) ? static_cast<acc_t>(c[gc * scn + gk * scd]) : acc_t(0);
-    }
-    __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < BK; ++kk) {
-      acc_t a[TM], b[TN];
-#pragma unroll
-      for (int i = 0; i < TM; ++i) a[i] = xs[kk][ty * TM + i];
-#pragma unroll
-      for (int j = 0; j < TN; ++j) b[j] = cs[kk][tx * TN + j];
-#pragma unroll
-      for (int i = 0; i < TM; ++i)
-#pragma unroll
-        for (int j = 0; j < TN; ++j) acc[i][j] = fma(a[i], b[j], acc[i][j]);
-    }
-    __syncthreads();
-  }
+  tile::dot_tile<tile::BK, scalar_t, acc_t>(acc, xs, cs, x, c, row0, col0, N, K, D, sxn, sxd, scn, scd);
 #pragma unroll
   for (int i = 0; i < TM; ++i) {
     const int64_t gr = row0 + ty * TM + i;
@@ -65,8 +40,7 @@ __global__ void sqdist_kernel(const scalar_t* __restrict__ x, const scalar_t* __
     for (int j = 0; j < TN; ++j) {
       const int64_t gc = col0 + tx * TN + j;
       if (gc >= K) continue;
-      const acc_t v = xi + cn[gc] - acc_t(2) * acc[i][j];
-      out[gr * K + gc] = v > acc_t(0) ? v : acc_t(0);
+      out[gr * K + gc] = tile::sqdist_from_dot(xi, cn[gc], acc[i][j]);
     }
   }
 }
@@ -87,8 +61,8 @@ at::Tensor pairwise_sqdist_cuda(const at::Tensor& x, const at::Tensor& c, int64_
   const dim3 grid((K + BN - 1) / BN, (N + BM - 1) / BM);
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pairwise_sqdist_cuda", [&] {
-    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    sqdist_kernel<scalar_t, acc_t><<<grid, 256, 0, stream>>>(
+    using acc_t = acc_scalar_t<scalar_t>;
+    sqdist_kernel<scalar_t, acc_t><<<grid, tile::THREADS, 0, stream>>>(
         x.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), xn.data_ptr<acc_t>(), cn.data_ptr<acc_t>(),
         out.data_ptr<acc_t>(), N, K, D, x.stride(0), x.stride(1), c.stride(0), c.stride(1));
   });
