@@ -127,8 +127,9 @@ class LipResNet(LipschitzNet):
 
     Stem AOLConv3x3(C, w) - act, then one stage per entry of ``blocks``; stage i: ``blocks[i]`` x
     SLLConv(c_i) - unshuffle2 (channels x4) - AOLConv1x1(4 c_i, 2 c_i) - act, with c_0 = w; then
-    AOLConv1x1(c, feature_dim / side^2) - flatten - AOLLinear(feature_dim), side = S / 2^len(blocks). Residual stages are
-    SLL layers (constant 1, where ``x + f(x)`` would prove only 2); every layer has constant 1.
+    AOLConv1x1(c, feature_dim / side^2) - flatten - AOLLinear(feature_dim), side = S / 2^len(blocks).
+    Residual stages are SLL layers (constant 1, where ``x + f(x)`` would prove only 2); every layer
+    has constant 1.
     """
 
     def __init__(self, num_classes: int, in_channels: int = 3, width: int = 32, blocks=(2, 2, 2),

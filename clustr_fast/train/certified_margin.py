@@ -6,9 +6,10 @@ center ``mu_j`` of another class, the *bisector margin*
     b_j = (d_j - d_a) / (2 ||mu_j - mu_a||),    d = ||f - mu||^2,
 
 is the signed distance from ``f`` to the hyperplane equidistant from ``mu_a`` and ``mu_j``,
-positive on ``mu_a``'s side: ``d_j - d_a = 2 <f - (mu_a + mu_j) / 2, mu_a - mu_j>``. With an ``L``-Lipschitz feature map, ``min_j b_j / L`` is exactly the sound
-radius ``clustr_fast.certified_radius`` gives a correctly classified sample (there ``mu_a`` is the
-nearest center overall). The term
+positive on ``mu_a``'s side: ``d_j - d_a = 2 <f - (mu_a + mu_j) / 2, mu_a - mu_j>``. With an
+``L``-Lipschitz feature map, ``min_j b_j / L`` is exactly the sound radius that
+``clustr_fast.certified_radius`` gives a correctly classified sample (there ``mu_a`` is the nearest
+center overall). The term
 
     loss = relu(radius * L - softmin_tau_j b_j),    softmin_tau(b) = -tau log sum_j exp(-b_j / tau)
 
