@@ -77,13 +77,15 @@ def _env_int(name: str, default=None) -> int:
 
 
 def rank_device(device: str, world: World) -> torch.device:
-    """The device of this rank: ``cuda`` becomes ``cuda:LOCAL_RANK`` when ranks share a machine."""
+    """The device of this rank: ``cuda`` becomes ``cuda:LOCAL_RANK`` when ranks share a machine.
+    A GPU named by index is kept in a process group the caller created (it placed its ranks),
+    and refused under torchrun with several ranks on the machine (they would share it)."""
     dev = torch.device(device)
     if dev.type != "cuda" or not world.active:
         return dev
     if dev.index is None:
         dev = torch.device("cuda", world.local_rank % max(torch.cuda.device_count(), 1))
-    elif world.local_size > 1:
+    elif world.owned and world.local_size > 1:
         raise ConfigError(f"distributed: `device` {device!r} names one GPU but {world.local_size} processes run "
                           f"on this machine (rank {world.rank}); pass `device` 'cuda' to give each its own")
     torch.cuda.set_device(dev)
