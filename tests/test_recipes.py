@@ -1,5 +1,10 @@
 """Recipes (clustr_fast.train.recipes) and what they switch on: the paper's settings with their
 sources, flags over recipes, QTRADES against the last refresh, the warm start, the Magnet lr steps."""
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -7,7 +12,7 @@ import clustr_fast
 from clustr_fast.cli import build_parser, main
 from clustr_fast.cli import eval as eval_cli
 from clustr_fast.cli.train import config_from_args
-from clustr_fast.train import TrainConfig, fit, recipes
+from clustr_fast.train import TrainConfig, fit, recipes, table
 from clustr_fast.train.fit import _magnet_lr
 from clustr_fast.train.qtrades import _soft_ce, qtrades_term
 from clustr_fast.train.refresh import Clustering
@@ -172,3 +177,51 @@ def test_bad_reproduction_fields():
         with pytest.raises(ValueError, match=msg):
             TrainConfig(data="digits", **kw).resolved()
     assert isinstance(recipes.RecipeError("x"), ValueError)
+
+
+def _write(path, obj):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+def test_table_collects_the_eval_jsons_beside_the_papers_numbers(tmp_path):
+    run = tmp_path / "cifar10-clustr-qtrades"
+    _write(run / "pgd20" / "eval_pgd.json", {"clean_acc": 0.9, "attack_acc": 0.5, "worst_case_acc": 0.4,
+                                             "sanity": {"passed": True}})
+    _write(run / "pgd100" / "eval_pgd.json", {"clean_acc": 0.9, "attack_acc": 0.45, "worst_case_acc": 0.35})
+    _write(run / "adaptive" / "eval_magnet.json", {"clean_acc": 0.9, "attack_acc": 0.3})
+    (tmp_path / "cifar10-warmstart").mkdir()
+    (tmp_path / "cifar10-warmstart" / "metrics.jsonl").write_text('{"test_acc": 0.5}\n{"test_acc": 0.93}\n')
+    assert table.main(["collect", str(tmp_path)]) == 0
+    rows = {r["recipe"]: r for r in json.loads((tmp_path / "table1.json").read_text())["rows"]}
+    assert set(rows) == {"cifar10-warmstart", "cifar10-clustr-qtrades"}
+    q = rows["cifar10-clustr-qtrades"]
+    assert (q["natural"], q["pgd20"], q["pgd100"], q["pgd100_worst_case"], q["adaptive"]) == (90, 50, 45, 35, 30)
+    assert rows["cifar10-warmstart"]["natural"] == 93.0
+    md = (tmp_path / "table1.md").read_text()
+    assert "| cifar10-clustr-qtrades | 90.00 (91.03) | 50.00 (74.44) | 45.00 (74.04) | 35.00 | 30.00 (66.52) | - " \
+           "| passed |" in md
+    assert table.main(["finished", str(tmp_path / "none.pt")]) == 1
+
+
+@pytest.mark.slow
+def test_reproduce_script_runs_and_resumes(tmp_path):
+    """scripts/reproduce_table1.sh on tiny SVHN files on the CPU (lip-mlp, one step): every run and
+    attack, the table; a second call skips them all."""
+    from test_real_data_pipeline import write_svhn
+
+    write_svhn(str(tmp_path / "data" / "svhn"))
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts",
+                          "reproduce_table1.sh")
+    env = dict(os.environ, DEVICE="cpu", DATASETS="svhn", PYTHON=sys.executable,
+               EXTRA_TRAIN="--model lip-mlp --epochs-ce 1 --epochs-magnet 1 --max-steps 1 --m 2 --d 2 --batch-size 8",
+               EXTRA_EVAL="--steps 1 --restarts 1 --eps-curve= --no-certify")
+    argv = [script, str(tmp_path / "data"), str(tmp_path / "out")]
+    first = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout + first.stderr
+    rows = json.loads((tmp_path / "out" / "table1.json").read_text())["rows"]
+    assert [r["recipe"] for r in rows] == ["svhn-warmstart", "svhn-clustr", "svhn-clustr-qtrades"]
+    assert "adaptive" in rows[2] and "pgd100" in rows[1]
+    second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0 and "training" not in second.stdout and "attacking" not in second.stdout
+    assert second.stdout.count("skipped") == 8
