@@ -13,16 +13,10 @@
 #include <torch/library.h>
 
 #include "common.h"
+#include "cuda/device_math.cuh"
 
 namespace clustr_fast {
 namespace {
-
-template <typename acc_t>
-__device__ __forceinline__ acc_t warp_allsum(acc_t v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ acc_t warp_sqdist(const scalar_t* __restrict__ x, const scalar_t* __restrict__ c,
@@ -33,7 +27,7 @@ __device__ __forceinline__ acc_t warp_sqdist(const scalar_t* __restrict__ x, con
     const acc_t t = static_cast<acc_t>(x[row * sxn + k * sxd]) - static_cast<acc_t>(c[j * scn + k * scd]);
     part += t * t;
   }
-  return warp_allsum(part);  // same order on every lane, so every lane holds the same value
+  return warp_sum(part);  // same order on every lane, so every lane holds the same value
 }
 
 template <typename scalar_t, typename acc_t>
@@ -93,7 +87,7 @@ at::Tensor certified_radius_cuda(const at::Tensor& feats_in, const at::Tensor& c
   const at::Tensor gap = at::cdist(mu, mu, 2.0, /*compute_mode=*/2).contiguous();
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feats.scalar_type(), "certified_radius_cuda", [&] {
-    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    using acc_t = acc_scalar_t<scalar_t>;
     radius_kernel<scalar_t, acc_t><<<(N + 7) / 8, 256, 0, stream>>>(
         feats.data_ptr<scalar_t>(), centers.data_ptr<scalar_t>(), cls.data_ptr<int64_t>(), gap.data_ptr<acc_t>(),
         out.data_ptr<acc_t>(), N, C, D, feats.stride(0), feats.stride(1), centers.stride(0), centers.stride(1),

@@ -2,10 +2,9 @@
 //
 // Forward, two kernels:
 //  1. select: a block of 256 threads owns 64 rows; for each tile of 64 centers it
-//     computes the 64x64 distance tile (register-tiled SIMT FFMA, IEEE fp32, the
-//     distance epilogue of pairwise_sqdist) into shared memory, then thread r keeps
-//     row r's running top-D list (ties: lower index) in its rows of idx [N,D] and of
-//     a value scratch [N,D]. No [N,C] buffer.
+//     computes the 64x64 distance tile (distance_tile.cuh: register-tiled SIMT FFMA, IEEE
+//     fp32) into shared memory, then thread r keeps row r's running top-D list (ties:
+//     lower index) in its rows of idx [N,D] and of a value scratch [N,D]. No [N,C] buffer.
 //  2. finalize: one warp per row recomputes the D selected distances exactly (direct
 //     differences), z = -d / (2 sigma^2), the logsumexp Z over the selection, and the
 //     per-class logsumexp (logaddexp into the output row), minus Z:
@@ -21,30 +20,13 @@
 #include <cmath>
 
 #include "common.h"
+#include "cuda/device_math.cuh"
+#include "cuda/distance_tile.cuh"
 
 namespace clustr_fast {
 namespace {
 
-constexpr int SBM = 64, SBN = 64, SBK = 16, STM = 4, STN = 4;  // 256 threads, 4x4 distances each
-
-template <typename acc_t>
-__device__ __forceinline__ acc_t neg_inf() {
-  return -INFINITY;
-}
-
-template <typename acc_t>
-__device__ __forceinline__ acc_t warp_sum(acc_t v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-template <typename acc_t>
-__device__ __forceinline__ acc_t warp_max(acc_t v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
+constexpr int SBM = tile::BM, SBN = tile::BN, SBK = tile::BK, STM = tile::TM, STN = tile::TN;
 
 template <typename scalar_t, typename acc_t>
 __global__ void select_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ c,
@@ -69,33 +51,7 @@ __global__ void select_kernel(const scalar_t* __restrict__ x, const scalar_t* __
 
   for (int64_t col0 = 0; col0 < C; col0 += SBN) {
     acc_t acc[STM][STN];
-#pragma unroll
-    for (int i = 0; i < STM; ++i)
-#pragma unroll
-      for (int j = 0; j < STN; ++j) acc[i][j] = acc_t(0);
-    for (int64_t k0 = 0; k0 < D; k0 += BK) {
-      for (int e = tid; e < SBM * BK; e += blockDim.x) {
-        const int r = e / BK, kk = e % BK;
-        const int64_t gr = row0 + r, gk = k0 + kk;
-        xs[kk][r] = (gr < N && gk < D) ? static_cast<acc_t>(x[gr * sxn + gk * sxd]) : acc_t(0);
-        const int64_t gc = col0 + r;
-        cs[kk][r] = (gc < C && gk < D) ? static_cast<acc_t>(c[gc * scn + gk * scd]) : acc_t(0);
-      }
-      __syncthreads();
-#pragma unroll
-      for (int kk = 0; kk < BK; ++kk) {
-        acc_t a[STM], b[STN];
-#pragma unroll
-        for (int i = 0; i < STM; ++i) a[i] = xs[kk][ty * STM + i];
-#pragma unroll
-        for (int j = 0; j < STN; ++j) b[j] = cs[kk][tx * STN + j];
-#pragma unroll
-        for (int i = 0; i < STM; ++i)
-#pragma unroll
-          for (int j = 0; j < STN; ++j) acc[i][j] = fma(a[i], b[j], acc[i][j]);
-      }
-      __syncthreads();
-    }
+    tile::dot_tile<BK, scalar_t, acc_t>(acc, xs, cs, x, c, row0, col0, N, C, D, sxn, sxd, scn, scd);
 #pragma unroll
     for (int i = 0; i < STM; ++i) {
       const int r = ty * STM + i;
@@ -105,8 +61,7 @@ __global__ void select_kernel(const scalar_t* __restrict__ x, const scalar_t* __
       for (int j = 0; j < STN; ++j) {
         const int cc = tx * STN + j;
         const int64_t gc = col0 + cc;
-        const acc_t v = xi + (gc < C ? cn[gc] : acc_t(0)) - acc_t(2) * acc[i][j];
-        dist[r][cc] = v > acc_t(0) ? v : acc_t(0);
+        dist[r][cc] = tile::sqdist_from_dot(xi, gc < C ? cn[gc] : acc_t(0), acc[i][j]);
       }
     }
     __syncthreads();
@@ -274,7 +229,7 @@ std::tuple<at::Tensor, at::Tensor> soft_cluster_logits_cuda(const at::Tensor& fe
   const at::Tensor cn = centers.to(acc).square().sum(1).contiguous();
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feats.scalar_type(), "soft_cluster_logits_cuda", [&] {
-    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    using acc_t = acc_scalar_t<scalar_t>;
     const scalar_t* xp = feats.data_ptr<scalar_t>();
     const scalar_t* cp = centers.data_ptr<scalar_t>();
     select_kernel<scalar_t, acc_t><<<(N + SBM - 1) / SBM, 256, 0, stream>>>(
@@ -317,7 +272,7 @@ std::tuple<at::Tensor, at::Tensor> soft_cluster_logits_backward_cuda(const at::T
     auto stream = at::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feats.scalar_type(), "soft_cluster_logits_bwd_cuda",
                                     [&] {
-      using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+      using acc_t = acc_scalar_t<scalar_t>;
       backward_kernel<scalar_t, acc_t><<<(N + 7) / 8, 256, 0, stream>>>(
           g.data_ptr<acc_t>(), o.data_ptr<acc_t>(), idx.data_ptr<int64_t>(), feats.data_ptr<scalar_t>(),
           centers.data_ptr<scalar_t>(), cls.data_ptr<int64_t>(), abuf.data_ptr<acc_t>(), gx.data_ptr<acc_t>(),
