@@ -184,7 +184,8 @@ def _check_equalities(vals, sizes):
     # the same runs against the plain float64 loop and scikit-learn
     from sklearn.cluster import KMeans as SkKMeans
 
-    for key, init, iters, tol in (("init64", _init_near(x64, 6, 30), 100, 1e-4), ("empty", _far_init(x64, 5, 4), 100, 1e-4)):
+    for key, init, iters, tol in (("init64", _init_near(x64, 6, 30), 100, 1e-4),
+                                  ("empty", _far_init(x64, 5, 4), 100, 1e-4)):
         c, lab, inertia, it = _plain_lloyd(x64, init, iters, tol)
         assert torch.equal(_labels(vals, key, 1), lab), key
         assert torch.allclose(vals[0][key][0], c, rtol=0, atol=1e-10), key
@@ -284,21 +285,21 @@ def _errors(rank, world):
     attempt("fine", lambda: cfd.kmeans(x, 2))                      # the group still works after them
     # a rank that raises mid-fit and stays alive: the other fails at the group's timeout
     short = dist.new_group(ranks=list(range(world)), timeout=datetime.timedelta(seconds=3))
-    real_assign = cfd.kmeans.__globals__["kmeans_assign_op"]
+    real_step = cfd.kmeans.__globals__["local_step"]
     calls = [0]
 
-    def failing_assign(*args):
+    def failing_step(*args):
         calls[0] += 1
         if rank == 1 and calls[0] == 2:
             raise RuntimeError("simulated failure inside Lloyd")
-        return real_assign(*args)
+        return real_step(*args)
 
-    cfd.kmeans.__globals__["kmeans_assign_op"] = failing_assign
+    cfd.kmeans.__globals__["local_step"] = failing_step
     t0 = time.monotonic()
     attempt("midfit", lambda: cfd.kmeans(_blobs(200, seed=60 + rank), 4, init=_blobs(4, seed=61), tol=0.0,
                                          group=short))
     out["midfit_seconds"] = time.monotonic() - t0
-    cfd.kmeans.__globals__["kmeans_assign_op"] = real_assign
+    cfd.kmeans.__globals__["local_step"] = real_step
     if rank == 1:
         time.sleep(5)   # stays alive past rank 0's timeout
     return out
@@ -325,15 +326,15 @@ def test_bad_input_raises_on_every_rank_and_a_failing_rank_stops_the_others():
 
 def _dies_mid_fit(rank, world):
     if rank == 1:
-        cfd.kmeans.__globals__["kmeans_assign_op"] = _raise_on_third_call()
+        cfd.kmeans.__globals__["local_step"] = _raise_on_second_call()
     try:
         cfd.kmeans(_blobs(200, seed=70 + rank), 4, init=_blobs(4, seed=71), tol=0.0)
     except cfd.DistributedError as err:
         return ("DistributedError", str(err))
 
 
-def _raise_on_third_call():
-    real = cfd.kmeans.__globals__["kmeans_assign_op"]
+def _raise_on_second_call():
+    real = cfd.kmeans.__globals__["local_step"]
     calls = [0]
 
     def assign(*args):

@@ -29,7 +29,8 @@ import torch
 from torch import Tensor
 
 from .._validate import acc_dtype, check_finite, check_float, check_int, check_matrix, check_real
-from ..ops.kmeans import default_trials, kmeans_assign_op, plusplus_draws
+from ..ops.kmeans import (default_trials, kmeans_assign_op, kmeans_lloyd_step_op, kmeans_update_op,
+                          lloyd_step_runs_here, plusplus_draws)
 from ..ops.kmeans import kmeans_plusplus as _kmeans_plusplus_single
 from ._comm import Comm, Packed, agree, checked, dtype_code, resolve
 from ._plusplus import greedy_plusplus
@@ -42,7 +43,7 @@ PARALLEL_ROUNDS = 5
 PARALLEL_OVERSAMPLING = 2.0
 
 # Rows converted to float64 at once by the local sums of the Lloyd update (bounds the temporary).
-_SUM_CHUNK_ENTRIES = 1 << 22
+_SUM_CHUNK_ENTRIES = 1 << 18
 
 
 # --------------------------------------------------------------------------- local checks
@@ -122,6 +123,25 @@ def global_tolerance(comm: Comm, xa: Tensor, gid: Optional[Tensor], G: int, size
     comm.all_reduce_(sq, "the variances (tolerance)")
     var = (sq / n).cpu().tolist()
     return [tol * math.fsum(v) / d if s >= 2 else 0.0 for v, s in zip(var, sizes)]
+
+
+def local_step(xa: Tensor, centers: Tensor, groups: Optional[Tensor], group_k: int, sums: Tensor,
+               counts: Tensor) -> Tensor:
+    """This rank's part of a Lloyd update: labels of the rows, float64 cluster sums and counts.
+
+    One pass on the CPU (the fused ``kmeans_lloyd_step`` op), else ``kmeans_assign`` and
+    ``kmeans_update``; the sums are the op's means times the counts (exact to the rounding of
+    the means), written into ``sums [K, d]`` and ``counts [K]`` (float64 views of a packed buffer).
+    With ``groups``, row i only sees its group's ``group_k`` centers. Returns the labels.
+    """
+    if lloyd_step_runs_here(xa.device):
+        labels, _, means, cnt = kmeans_lloyd_step_op(xa, centers, 0, groups, group_k)
+    else:
+        labels = kmeans_assign_op(xa, centers, 0, groups, group_k)[0]
+        means, cnt = kmeans_update_op(xa, labels, centers.shape[0], None, torch.are_deterministic_algorithms_enabled())
+    counts.copy_(cnt)
+    torch.mul(means.to(torch.float64), counts[:, None], out=sums)
+    return labels
 
 
 def _add_rows(sums: Tensor, labels: Tensor, xa: Tensor):
@@ -351,8 +371,8 @@ def lloyd(comm: Comm, xc: Tensor, centers: Tensor, max_iter: int, tol: float, st
 
     ``xc``: this rank's rows, centered on the global mean (as the estimator centers its data);
     ``centers`` the same on every rank; ``start``: position of this rank's first row in the
-    concatenation. Iteration i assigns every row to ``centers`` (``kmeans_assign``), then ONE
-    ``all_reduce`` of ``[sums K*d, counts K, changed labels]`` (float64; the sums in row chunks);
+    concatenation. Iteration i assigns every row to ``centers`` and sums the clusters
+    (:func:`local_step`), then ONE ``all_reduce`` of ``[sums K*d, counts K, changed labels]`` (float64);
     the new centers are the reduced means, an empty cluster taking the farthest row
     (:func:`_relocate`, the only other collective, only when a cluster is empty). Stops when no
     label changed (strict convergence; the labels are then those of the last assignment) or the
@@ -365,15 +385,12 @@ def lloyd(comm: Comm, xc: Tensor, centers: Tensor, max_iter: int, tol: float, st
     n, dev = xc.shape[0], xc.device
     pk = Packed([(K, d), (K,), (1,)], dev)
     sums, counts, changed = pk.views
-    ones = torch.ones(n, dtype=torch.float64, device=dev)
     labels_old, strict, it = None, False, 0
     labels = torch.empty(0, dtype=torch.int64, device=dev)
     for it in range(1, max_iter + 1):
         pk.zero_()
         if n:
-            labels = kmeans_assign_op(xc, centers, 0, None, 0)[0]
-            _add_rows(sums, labels, xc)
-            counts.index_add_(0, labels, ones)
+            labels = local_step(xc, centers, None, 0, sums, counts)
             if labels_old is not None:
                 changed[0] = (labels != labels_old).sum()
         comm.all_reduce_(pk.buf, f"the Lloyd sums (iteration {it})")

@@ -16,10 +16,10 @@ from torch import Tensor
 
 from .._validate import acc_dtype, check_ids, check_int, check_real
 from ..kmeans import kmeans_per_group as _kmeans_per_group_single
-from ..ops.kmeans import default_trials, kmeans_assign_op
+from ..ops.kmeans import default_trials
 from ._comm import Comm, Packed, agree, checked, dtype_code, resolve
 from ._plusplus import greedy_plusplus
-from .kmeans import _add_rows, _blank, check_points, global_tolerance, shared_draws
+from .kmeans import _blank, check_points, global_tolerance, local_step, shared_draws
 
 __all__ = ["kmeans_per_group"]
 
@@ -37,15 +37,12 @@ def lloyd_groups(comm: Comm, xs: Tensor, gid: Tensor, centers: Tensor, k: int, G
     n, dev = xs.shape[0], xs.device
     pk = Packed([(K, d), (K,), (G,), (G,)], dev)
     sums, counts, shift, changed = pk.views
-    ones = torch.ones(n, dtype=torch.float64, device=dev)
     tol_g = torch.tensor(tol, dtype=torch.float64)
 
     def step(c, it, old=None, shifts=None):
         pk.zero_()
         if n:
-            labels = kmeans_assign_op(xs, c, 0, gid, k)[0]
-            _add_rows(sums, labels, xs)
-            counts.index_add_(0, labels, ones)
+            labels = local_step(xs, c, gid, k, sums, counts)
             if old is not None:
                 changed.index_add_(0, gid, (labels != old).to(torch.float64))
         else:
