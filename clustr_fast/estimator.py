@@ -148,13 +148,13 @@ def _weights(sample_weight, data):
 
 
 def _inertia(x, w, centers, labels):
-    """sum_i w_i ||x_i - c_{labels_i}||^2 by explicit differences, as float (rows in chunks)."""
-    total = torch.zeros((), dtype=torch.float64, device=x.device)
-    step = 1 << 16
+    """sum_i w_i ||x_i - c_{labels_i}||^2 by explicit differences, as float (rows in cache-sized chunks)."""
+    parts = []
+    step = 16384
     for i0 in range(0, x.shape[0], step):
-        d = (x[i0:i0 + step] - centers[labels[i0:i0 + step]]).square_().sum(1)
-        total += (d if w is None else d * w[i0:i0 + step]).sum(dtype=torch.float64)
-    return float(total)
+        d = torch.index_select(centers, 0, labels[i0:i0 + step]).sub_(x[i0:i0 + step]).square_().sum(1)
+        parts.append((d if w is None else d * w[i0:i0 + step]).sum(dtype=torch.float64))
+    return float(torch.stack(parts).sum())
 
 
 def _relocate_empty(x, w, old_centers, centers, weight, labels, empty):
@@ -192,12 +192,22 @@ def _relocate_empty(x, w, old_centers, centers, weight, labels, empty):
     return torch.from_numpy(out).to(centers), torch.from_numpy(wsum).to(weight.device)
 
 
+def _iteration_stats(empty, labels, labels_old, new_centers, centers):
+    """(any empty cluster, any label changed, squared center shift) with one host read."""
+    shift = (new_centers - centers).to(torch.float64).square().sum()
+    if labels.device.type == "cpu":
+        changed = labels_old is None or not torch.equal(labels, labels_old)
+        return bool(empty.any()), changed, float(shift)
+    changed = (labels != labels_old).any() if labels_old is not None else torch.ones((), device=labels.device)
+    stats = torch.stack([empty.any().to(torch.float64), changed.to(torch.float64), shift]).tolist()
+    return bool(stats[0]), bool(stats[1]), stats[2]
+
+
 def _lloyd(x, w, centers, max_iter, tol, precision, verbose=0):
     """One k-means run from ``centers`` (scikit-learn's ``_kmeans_single_lloyd``).
 
     Returns ``(labels int64 [N], inertia float, centers [k,d], n_iter)``.
     """
-    k = centers.shape[0]
     labels_old = None
     strict = False
     i = 0
@@ -206,14 +216,9 @@ def _lloyd(x, w, centers, max_iter, tol, precision, verbose=0):
         if verbose:
             print(f"Iteration {i}, inertia {_inertia(x, w, centers, labels)}.")
         empty = weight == 0
-        changed = (labels != labels_old).any() if labels_old is not None else torch.ones((), dtype=torch.bool,
-                                                                                       device=x.device)
-        shift = (new_centers - centers).to(torch.float64).square().sum()
-        n_empty, changed, shift = torch.stack([empty.sum().to(torch.float64), changed.to(torch.float64),
-                                               shift]).tolist()  # one host read
-        if n_empty:
-            idx = empty.nonzero()[:, 0].tolist()
-            new_centers, weight = _relocate_empty(x, w, centers, new_centers, weight, labels, idx)
+        has_empty, changed, shift = _iteration_stats(empty, labels, labels_old, new_centers, centers)
+        if has_empty:
+            new_centers, _ = _relocate_empty(x, w, centers, new_centers, weight, labels, empty.nonzero()[:, 0].tolist())
             shift = float((new_centers - centers).to(torch.float64).square().sum())
         centers = new_centers
         if not changed:
@@ -228,7 +233,6 @@ def _lloyd(x, w, centers, max_iter, tol, precision, verbose=0):
         labels_old = labels
     if not strict:  # the labels of the final centers
         labels = kmeans_assign_op(x, centers, precision, None, 0)[0]
-    assert centers.shape[0] == k
     return labels, _inertia(x, w, centers, labels), centers, i + 1
 
 
