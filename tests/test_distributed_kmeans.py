@@ -40,6 +40,11 @@ def _blobs(n, d=5, blobs=6, seed=0, dtype=torch.float64):
     return x.to(dtype)
 
 
+def _noise(n, seed=9):
+    """Gaussian rows without clusters: Lloyd takes several iterations, so `tol` decides when it stops."""
+    return torch.randn(n, 5, generator=_gen(seed), dtype=torch.float64)
+
+
 def _groups(n, G=4, seed=7):
     return torch.randint(0, G, (n,), generator=_gen(seed))
 
@@ -90,7 +95,8 @@ def _scenarios(rank, world, sizes, chi):
     out["pp1"] = cfd.kmeans_plusplus(xl64, 5, generator=_gen(13), n_local_trials=1)
     out["ppdup"] = cfd.kmeans_plusplus(_shard(_duplicates(n), sizes, rank), 7, generator=_gen(14))
     out["km64"] = cfd.kmeans(xl64, 6, seed=2)
-    out["km_tol"] = cfd.kmeans(xl64, 6, seed=3, tol=0.05)
+    out["km_tol"] = cfd.kmeans(_shard(_noise(n), sizes, rank), 6, seed=3, tol=0.05)
+    out["km_strict"] = cfd.kmeans(_shard(_noise(n), sizes, rank), 6, seed=3, tol=0.0)
     out["init64"] = cfd.kmeans(xl64, 6, init=_init_near(x64, 6, 30), max_iter=100, tol=1e-4)
     out["init32"] = cfd.kmeans(xl32, 6, init=_init_near(x32, 6, 31), max_iter=100, tol=0.0)
     out["empty"] = cfd.kmeans(xl64, 5, init=_far_init(x64, 5, 4), max_iter=100)
@@ -170,7 +176,8 @@ def _check_equalities(vals, sizes):
 
     # Lloyd: clustr_fast.KMeans on the concatenation (same seed, same initial centers)
     for key, x, kw in (("km64", x64, dict(n_clusters=6, random_state=2)),
-                       ("km_tol", x64, dict(n_clusters=6, random_state=3, tol=0.05)),
+                       ("km_tol", _noise(n), dict(n_clusters=6, random_state=3, tol=0.05)),
+                       ("km_strict", _noise(n), dict(n_clusters=6, random_state=3, tol=0.0)),
                        ("init64", x64, dict(n_clusters=6, init=_init_near(x64, 6, 30), max_iter=100, tol=1e-4)),
                        ("empty", x64, dict(n_clusters=5, init=_far_init(x64, 5, 4), max_iter=100))):
         est = clustr_fast.KMeans(n_init=1, **kw).fit(x)
@@ -180,6 +187,8 @@ def _check_equalities(vals, sizes):
         assert vals[0][key][3] == est.n_iter_, key
         assert math.isclose(vals[0][key][2], est.inertia_, rel_tol=1e-12), key
         assert all(v[key][2] == vals[0][key][2] and v[key][3] == vals[0][key][3] for v in vals)
+
+    assert vals[0]["km_tol"][3] < vals[0]["km_strict"][3]          # the shift test stopped it earlier
 
     # the same runs against the plain float64 loop and scikit-learn
     from sklearn.cluster import KMeans as SkKMeans
