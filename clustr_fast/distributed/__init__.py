@@ -10,7 +10,9 @@ process group) and equals its single-process counterpart on that concatenation:
   same generator state (group rank 0's generator is used).
 - ``kmeans(x, k, *, init="k-means++" | "k-means||" | Tensor, max_iter=300, tol=1e-4, seed=0,
   n_local_trials=None, group=None) -> (centers [k, d], labels [n_r], inertia, n_iter)``:
-  Lloyd with one packed ``all_reduce`` per iteration; as :class:`clustr_fast.KMeans`.
+  scikit-learn's Lloyd with one packed ``all_reduce`` per iteration; as
+  ``clustr_fast.KMeans(k, init=init, n_init=1, max_iter, tol, random_state=seed)``.
+  "k-means||" (Bahmani et al.) is deterministic for a seed, the world size and the shards.
 - ``kmeans_per_group(x, groups, k, *, max_iter=20, tol=1e-4, seed=0, generator=None,
   n_local_trials=None, num_groups=None, group=None) -> (labels [n_r], centers [G*k, d])``:
   ClusTR's per-class refresh, every group in the same collectives; as
