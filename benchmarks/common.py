@@ -102,7 +102,7 @@ def randn(*shape, device, dtype=torch.float32, seed=0, requires_grad=False):
     return t.requires_grad_(requires_grad)
 
 
-# Ceilings used for the "% of card" column (measured on one H200, 2026-11-26, DESIGN.md).
+# Ceilings used for the "% of card" column (measured on one H200, 2026-11-26).
 CEILINGS = {
     "cuda": {"fp32_tflops": 51.0, "tf32_tflops": 400.0, "bf16_tflops": 750.0, "tbps": 4.2},
 }
