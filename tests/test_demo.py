@@ -1,4 +1,5 @@
 """`clustr-fast demo`: a tiny end-to-end run (reduced sizes) checking the report; the full run is slow."""
+import argparse
 import json
 import os
 
@@ -6,10 +7,11 @@ import pytest
 import torch
 
 from clustr_fast.cli import main
+from clustr_fast.cli.demo import add_arguments, options_from_args
 
 SMALL = ["--sets", "moons", "--synthetic-epochs", "2", "--digits-epochs", "1", "--train-size", "200",
          "--test-size", "40", "--steps", "3", "--restarts", "2", "--sanity-size", "30",
-         "--eps-curve", "0,0.1,0.5"]
+         "--eps-curve", "0,0.1,0.5", "--lip-steps", "20"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -52,7 +54,14 @@ def _check_report(out, sets):
         assert all(b <= a for a, b in zip(accs, accs[1:]))
         assert isinstance(r["certified_and_attacked"], int) and r["certified_and_attacked"] == 0
         assert r["seconds"] > 0
-    for name in ("report.md", "synthetic_moons_certified.png", "digits_eps_curve.png", "digits_certified.png"):
+    lip = report["lipschitz"]
+    assert [r for r, _ in lip["certified_at"]] == [0.1, 0.3, 0.5]
+    assert [r for r, _ in report["digits"]["clustr"]["certified_at"]] == [0.1, 0.3, 0.5]
+    assert _fraction(lip["clean_acc"]) and all(_fraction(a) for _, a in lip["certified_at"])
+    assert lip["lipschitz"] == pytest.approx(1.0)
+    assert lip["certified_attacked"] > 0 and lip["certified_and_attacked"] == 0
+    for name in ("report.md", "synthetic_moons_certified.png", "digits_eps_curve.png", "digits_certified.png",
+                 "digits_lipschitz_certified.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0
     return report
 
@@ -63,6 +72,23 @@ def test_demo_smoke(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| method | clean %" in printed and "report.md" in printed
     _check_report(out, ["moons"])
+    with open(os.path.join(out, "report.md")) as fh:
+        md = fh.read()
+    # the certified table: the CNN ClusTR row and the Lipschitz row, clean and at 0.1 / 0.3 / 0.5
+    assert "| model | clean % | L bound | cert. % at r = 0.1 | cert. % at r = 0.3 | cert. % at r = 0.5 |" in md
+    assert "| CNN ClusTR (cnn) |" in md and "| Lipschitz ClusTR (lip-mlp, 20 steps) |" in md
+
+
+def test_demo_can_skip_the_lipschitz_model(tmp_path):
+    out = str(tmp_path / "demo")
+    assert main(["demo", "--out", out, "--sets", "moons", "--synthetic-epochs", "1", "--no-digits"]) == 0
+    with open(os.path.join(out, "report.json")) as fh:
+        assert json.load(fh)["lipschitz"] == {}             # it runs with the digits part only
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    assert options_from_args(p.parse_args([])).lipschitz is True   # on by default
+    opts = options_from_args(p.parse_args(["--no-lipschitz", "--lip-steps", "7", "--certified-radii", "0.2"]))
+    assert (opts.lipschitz, opts.lip_steps, opts.certified_radii) == (False, 7, (0.2,))
 
 
 def test_demo_rejects_unknown_set(tmp_path, capsys):
@@ -76,5 +102,6 @@ def test_demo_full(tmp_path):
     assert main(["demo", "--out", out]) == 0
     report = _check_report(out, ["moons", "rings"])
     assert report["seconds"] < 600
+    assert dict(report["lipschitz"]["certified_at"])[0.1] > 0.9
     for r in report["digits"].values():
         assert r["sanity"]["passed"]

@@ -1,4 +1,5 @@
-"""``clustr-fast demo --out DIR``: the paper's synthetic experiment and digits, end to end, on the CPU.
+"""``clustr-fast demo --out DIR``: the paper's synthetic experiment and digits, end to end, on the CPU,
+and a Lipschitz ClusTR model's certified accuracy on digits beside the CNN's (``--no-lipschitz``: skip it).
 
 Runs ``clustr_fast.demo``; writes ``DIR/report.json``, ``DIR/report.md`` and PNG plots,
 and prints the tables.
@@ -13,6 +14,7 @@ from .errors import UserError
 
 DEFAULTS = DemoOptions()
 DEFAULT_CURVE = ",".join(f"{e:g}" for e in DEFAULTS.eps_curve)
+DEFAULT_RADII = ",".join(f"{r:g}" for r in DEFAULTS.certified_radii)
 
 
 def add_arguments(p):
@@ -20,6 +22,12 @@ def add_arguments(p):
     p.add_argument("--sets", default=",".join(SYNTHETIC_SETS),
                    help=f"synthetic sets (default {','.join(SYNTHETIC_SETS)})")
     p.add_argument("--no-digits", action="store_true", help="only the synthetic experiment")
+    p.add_argument("--no-lipschitz", action="store_true",
+                   help="skip the Lipschitz ClusTR model on digits (certified accuracy beside the CNN's)")
+    p.add_argument("--lip-steps", type=positive_int, default=DEFAULTS.lip_steps,
+                   help=f"full-batch training steps of the Lipschitz model (default {DEFAULTS.lip_steps})")
+    p.add_argument("--certified-radii", type=fraction_list, default=fraction_list(DEFAULT_RADII),
+                   help=f"L2 radii of the digits certified-accuracy table (default {DEFAULT_RADII})")
     p.add_argument("--eps", type=fraction, default=DEFAULTS.eps,
                    help=f"digits L-inf radius of the PGD table (default {DEFAULTS.eps:g})")
     p.add_argument("--steps", type=positive_int, default=DEFAULTS.steps, help=f"PGD steps (default {DEFAULTS.steps})")
@@ -42,11 +50,14 @@ def options_from_args(args) -> DemoOptions:
     for s in sets:
         if s not in SYNTHETIC_SETS:
             raise UserError(f"--sets: unknown synthetic set {s!r}; choose from {', '.join(SYNTHETIC_SETS)}")
+    if not args.certified_radii:
+        raise UserError("--certified-radii: give at least one radius")
     return DemoOptions(sets=sets, digits=not args.no_digits, eps=args.eps, steps=args.steps,
                        restarts=args.restarts, eps_curve=tuple(args.eps_curve),
                        synthetic_epochs=args.synthetic_epochs, digits_epochs=args.digits_epochs,
                        train_size=args.train_size, test_size=args.test_size, sanity_size=args.sanity_size,
-                       seed=args.seed)
+                       lipschitz=not args.no_lipschitz, lip_steps=args.lip_steps,
+                       certified_radii=tuple(args.certified_radii), seed=args.seed)
 
 
 def run(args) -> int:
