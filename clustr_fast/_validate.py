@@ -233,13 +233,16 @@ def check_cluster_variance(feats, centers, assign):
 
 def check_magnet_loss(feats, centers, assign, center_classes, alpha=1.0, variance=None,
                       eps=1e-8, reduction="mean"):
+    """``assign`` and ``center_classes`` may be None (their defaults are built from valid inputs)."""
     op = "magnet_loss"
     _points_centers(op, feats, "feats", centers, "centers")
     c = centers.shape[0]
     if c < 1:
         raise ValueError(f"{op}: `centers` must have at least one row")
-    check_ids(assign, "assign", c, n=feats.shape[0], op=op)
-    check_ids(center_classes, "center_classes", None, n=c, op=op)
+    if assign is not None:
+        check_ids(assign, "assign", c, n=feats.shape[0], op=op)
+    if center_classes is not None:
+        check_ids(center_classes, "center_classes", None, n=c, op=op)
     check_same_device(("feats", feats), ("assign", assign), ("center_classes", center_classes), op=op)
     _loss_scalars(op, feats, alpha, variance, eps, reduction)
 
@@ -286,13 +289,33 @@ def check_certified_radius(feats, centers, center_classes, lipschitz, mode="soun
     check_choice(mode, "mode", RADIUS_MODES, op=op)
 
 
-def check_kmeans_plusplus(x, k, n_local_trials=None):
+def check_sample_weight(sample_weight, x, *, op=None):
+    """``sample_weight`` a float tensor [N] on ``x``'s device: finite, >= 0 and not all 0 (one read)."""
+    check_tensor(sample_weight, "sample_weight", op=op)
+    if not sample_weight.dtype.is_floating_point:
+        raise TypeError(f"{_p(op)}`sample_weight` must have a float dtype, got {sample_weight.dtype}")
+    if sample_weight.dim() != 1 or sample_weight.shape[0] != x.shape[0]:
+        raise ValueError(f"{_p(op)}`sample_weight` must have shape ({x.shape[0]},), got {tuple(sample_weight.shape)}")
+    check_same_device(("x", x), ("sample_weight", sample_weight), op=op)
+    if sample_weight.numel():
+        lo, hi = torch.stack(torch.aminmax(sample_weight.detach())).tolist()
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"{_p(op)}`sample_weight` contains non-finite values (inf or nan)")
+        if lo < 0:
+            raise ValueError(f"{_p(op)}`sample_weight` must be >= 0, got min {lo}")
+        if hi == 0:
+            raise ValueError(f"{_p(op)}`sample_weight` must have at least one positive entry")
+
+
+def check_kmeans_plusplus(x, k, n_local_trials=None, sample_weight=None):
     """Returns ``n_local_trials`` as an int (``2 + int(log(k))`` when None)."""
     op = "kmeans_plusplus"
     check_matrix(x, "x", op=op)
     check_float(x, "x", op=op)
     k = check_int(k, "k", low=1, high=x.shape[0], op=op)
     check_finite(x, "x", op=op)
+    if sample_weight is not None:
+        check_sample_weight(sample_weight, x, op=op)
     if n_local_trials is None:
         return 2 + int(math.log(k))
     return check_int(n_local_trials, "n_local_trials", low=1, op=op)
@@ -306,10 +329,12 @@ def check_kmeans_assign(x, centers, precision="highest"):
     check_choice(precision, "precision", PRECISIONS, op=op)
 
 
-def check_kmeans_update(x, labels, k, prev_centers=None):
+def check_kmeans_update(x, labels, k, prev_centers=None, sample_weight=None):
     op = "kmeans_update"
     k = check_int(k, "k", low=1, op=op)
     _feats_ids(op, x, "x", labels, "labels", k)
+    if sample_weight is not None:
+        check_sample_weight(sample_weight, x, op=op)
     if prev_centers is not None:
         check_matrix(prev_centers, "prev_centers", op=op)
         check_float(prev_centers, "prev_centers", op=op)

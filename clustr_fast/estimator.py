@@ -36,8 +36,8 @@ from sklearn.utils.validation import (_check_sample_weight, _is_arraylike_not_sc
                                       validate_data)
 
 from ._validate import PRECISIONS, precision_code
-from .kmeans import lloyd_step, plusplus_rows, tolerance
-from .ops.kmeans import default_trials, kmeans_assign_op
+from .kmeans import lloyd_step, tolerance
+from .ops.kmeans import kmeans_assign_op, plusplus_random_state
 from .ops.pairwise_sqdist import pairwise_sqdist
 
 _OP = "KMeans"
@@ -245,25 +245,10 @@ def _same_clustering(a, b):
 # --------------------------------------------------------------------------- initialization
 
 
-def plusplus_indices(x, k, w, rs, n_local_trials=None):
-    """Greedy k-means++ on ``x`` with scikit-learn's random numbers from RandomState ``rs``.
-
-    The first row is ``rs.choice(N, p=w / sum(w))``; step s draws ``rs.uniform(size=T)`` and each
-    candidate is the first row whose running sum of ``w_i D_i^2`` exceeds ``u * sum_i w_i D_i^2``.
-    Returns the row indices int64 [k] on ``x``'s device.
-    """
-    n = x.shape[0]
-    trials = default_trials(k) if n_local_trials is None else int(n_local_trials)
-    p = np.ones(n, dtype=_np_dtype(x)) if w is None else w.cpu().numpy()
-    first = int(rs.choice(n, p=p / p.sum()))
-    draws = torch.from_numpy(rs.uniform(size=(max(k - 1, 0), 1, trials)))
-    return plusplus_rows(x, k, first, draws, w)
-
-
 def _init_centers(est, x, w, init, rs, data_for_callable):
     k = est.n_clusters
     if isinstance(init, str) and init == "k-means++":
-        return x[plusplus_indices(x, k, w, rs, est.n_local_trials)]
+        return x[plusplus_random_state(x, k, rs, w, est.n_local_trials)]
     if isinstance(init, str) and init == "random":
         n = x.shape[0]
         p = np.ones(n, dtype=_np_dtype(x)) if w is None else w.cpu().numpy()

@@ -5,8 +5,8 @@
   fits. On the CPU one call runs every group to convergence, group after group while its
   rows sit in cache; on other devices each iteration is one assignment and one update
   launch for all groups, and a group that has stopped keeps its centers.
-- ``lloyd_step`` and ``plusplus_rows``: the (weighted) Lloyd step and k-means++ seeding of
-  :class:`clustr_fast.KMeans` (:mod:`clustr_fast.estimator`) on the fused ops.
+- ``lloyd_step``: the (weighted) Lloyd step of :class:`clustr_fast.KMeans`
+  (:mod:`clustr_fast.estimator`) on the fused ops.
 - ``_lloyd``: plain Lloyd iterations (stop when no label changes or the squared center shift
   is at most the absolute ``tol``), the single-process loop of ``clustr_fast.distributed``.
 """
@@ -17,7 +17,7 @@ import torch
 from ._validate import (acc_dtype, check_finite, check_float, check_ids, check_int, check_matrix, check_real,
                         precision_code)
 from .ops.kmeans import (default_trials, kmeans_assign_op, kmeans_fit_groups_op, kmeans_lloyd_groups_op,
-                         kmeans_lloyd_step_op, kmeans_plusplus_op, kmeans_update_op, lloyd_groups_runs_here,
+                         kmeans_lloyd_step_op, kmeans_update_op, lloyd_groups_runs_here,
                          lloyd_groups_stepwise, lloyd_step_runs_here, plusplus_draws, plusplus_segments)
 
 
@@ -40,19 +40,11 @@ def lloyd_step(x, centers, weights=None, precision=0):
     keeps its center. ``W`` is the int64 count of each cluster without weights, else the weight
     sums (accumulation dtype). On the CPU one fused pass over x, elsewhere assign + update.
     """
-    if weights is not None:
-        labels, sq = kmeans_assign_op(x, centers, precision, None, 0)
-        acc = acc_dtype(x.dtype)
-        wsum = torch.zeros(centers.shape[0], dtype=torch.float64, device=x.device).index_add_(
-            0, labels, weights.to(torch.float64))
-        sums = torch.zeros(centers.shape, dtype=torch.float64, device=x.device).index_add_(
-            0, labels, x.to(torch.float64) * weights.to(torch.float64)[:, None])
-        new = torch.where((wsum > 0)[:, None], sums / wsum.clamp_min(1e-300)[:, None], centers.to(torch.float64))
-        return labels, sq, new.to(acc), wsum.to(acc)
     if lloyd_step_runs_here(x.device):
-        return kmeans_lloyd_step_op(x, centers, precision, None, 0)
+        return kmeans_lloyd_step_op(x, centers, precision, None, 0, weights)
     labels, sq = kmeans_assign_op(x, centers, precision, None, 0)
-    new, counts = kmeans_update_op(x, labels, centers.shape[0], centers, torch.are_deterministic_algorithms_enabled())
+    new, counts = kmeans_update_op(x, labels, centers.shape[0], centers, torch.are_deterministic_algorithms_enabled(),
+                                   weights)
     return labels, sq, new, counts
 
 
@@ -89,34 +81,6 @@ def _lloyd_fused(x, centers, max_iter, tol, precision):
         if stop:
             break
     return centers, labels, float(d.sum(dtype=torch.float64)), n_iter
-
-
-def plusplus_rows(x, k, first, draws, weights=None):
-    """Greedy k-means++ rows of ``x`` from given draws (``kmeans_plusplus_op`` on one segment):
-    ``first`` the first row, ``draws [k-1, 1, T]`` the uniforms; candidates drawn with probability
-    ``w_i D_i^2 / sum w D^2``, the one of least ``sum_i w_i min(D_i^2, d_i)`` kept. -> int64 [k]."""
-    offsets = torch.tensor([0, x.shape[0]], dtype=torch.int64, device=x.device)
-    first = torch.as_tensor(first, dtype=torch.int64, device=x.device).reshape(1)
-    if weights is None:
-        return kmeans_plusplus_op(x, offsets, k, first, draws.to(x.device))[0]
-    return _weighted_plusplus(x, k, int(first), draws, weights)
-
-
-def _weighted_plusplus(x, k, first, draws, w):
-    acc = acc_dtype(x.dtype)
-    xa, wa = x.to(acc), w.to(torch.float64)
-    closest = (xa - xa[first]).square().sum(1)
-    idx = [first]
-    for s in range(1, k):
-        wd = wa * closest.to(torch.float64)
-        cum = torch.cumsum(wd, 0)
-        cand = torch.searchsorted(cum, draws[s - 1, 0].to(x.device) * cum[-1], right=True)
-        cand = torch.minimum(cand, (cum == cum[-1]).to(torch.uint8).argmax())
-        dc = torch.stack([torch.minimum((xa - xa[c]).square().sum(1), closest) for c in cand.tolist()])
-        b = int((dc.to(torch.float64) * wa).sum(1).argmin())
-        closest = dc[b]
-        idx.append(int(cand[b]))
-    return torch.tensor(idx, dtype=torch.int64, device=x.device)
 
 
 def _trials(k, n_local_trials):

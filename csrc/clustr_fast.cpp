@@ -49,14 +49,16 @@ TORCH_LIBRARY(clustr_fast_C, m) {
   // labels[i] = argmin_k ||x_i - c_k||^2 (first minimum), sqdist[i] = that minimum (accumulation dtype).
   // With groups: row i only sees centers [groups[i]*group_k, (groups[i]+1)*group_k).
   m.def("kmeans_assign(Tensor x, Tensor centers, int precision, Tensor? groups, int group_k) -> (Tensor, Tensor)");
-  // centers[j] = mean of rows labelled j (prev_centers[j], else 0, when empty), counts int64[k].
-  m.def("kmeans_update(Tensor x, Tensor labels, int k, Tensor? prev_centers, bool deterministic) -> (Tensor, Tensor)");
+  // centers[j] = sum_{labels_i = j} w_i x_i / W_j, W_j = sum_{labels_i = j} w_i (w = 1 without weights;
+  // prev_centers[j], else 0, when W_j = 0), and counts int64[k] (without weights) or W [k] (accumulation dtype).
+  m.def("kmeans_update(Tensor x, Tensor labels, int k, Tensor? prev_centers, bool deterministic, Tensor? weights=None) -> (Tensor, Tensor)");
   // Greedy k-means++ in every segment [offsets[g], offsets[g+1]) of x: first[g] is the first row,
-  // draws [k-1, G, T] the uniforms of the T local trials of each later step. -> indices int64 [G, k].
-  m.def("kmeans_plusplus(Tensor x, Tensor offsets, int k, Tensor first, Tensor draws) -> Tensor");
+  // draws [k-1, G, T] the uniforms of the T local trials of each later step; with weights [N] the
+  // candidates are drawn by w_i D_i^2 and the potential is sum_i w_i D_i^2. -> indices int64 [G, k].
+  m.def("kmeans_plusplus(Tensor x, Tensor offsets, int k, Tensor first, Tensor draws, Tensor? weights=None) -> Tensor");
   // One Lloyd step in one pass: (labels, sqdist) = kmeans_assign(x, centers, ...), and
-  // (new_centers, counts) = kmeans_update(x, labels, K, prev_centers=centers). CPU only.
-  m.def("kmeans_lloyd_step(Tensor x, Tensor centers, int precision, Tensor? groups, int group_k) -> (Tensor, Tensor, Tensor, Tensor)");
+  // (new_centers, counts) = kmeans_update(x, labels, K, prev_centers=centers, weights). CPU only.
+  m.def("kmeans_lloyd_step(Tensor x, Tensor centers, int precision, Tensor? groups, int group_k, Tensor? weights=None) -> (Tensor, Tensor, Tensor, Tensor)");
   // Lloyd's algorithm to convergence in every segment [offsets[g], offsets[g+1]) of x from the
   // centers [g*k, (g+1)*k), each segment stopping on its own (labels unchanged, or center shift
   // <= tol * mean feature variance of the segment). -> (labels int64 [N] = g*k + j, sqdist [N],

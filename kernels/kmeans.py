@@ -148,8 +148,8 @@ def kmeans_assign(x, centers, precision=0, groups=None, group_k=0):
 
 
 @triton.jit
-def _update_atomic_kernel(X, LAB, SUMS, CNT, N, D, sxn, sxd,
-                          ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+def _update_atomic_kernel(X, LAB, W, SUMS, CNT, WSUM, N, D, sxn, sxd,
+                          HAS_W: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_d = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -158,16 +158,22 @@ def _update_atomic_kernel(X, LAB, SUMS, CNT, N, D, sxn, sxd,
     mask = mask_m[:, None] & (offs_d < D)[None, :]
     lab = tl.load(LAB + offs_m, mask=mask_m, other=0)
     xt = tl.load(X + offs_m[:, None] * sxn + offs_d[None, :] * sxd, mask=mask, other=0.0).to(ACC)
+    if HAS_W:
+        wr = tl.load(W + offs_m, mask=mask_m, other=0.0).to(ACC)
+        xt = xt * wr[:, None]
     tl.atomic_add(SUMS + lab[:, None] * D + offs_d[None, :], xt, mask=mask, sem="relaxed")
     if pid_d == 0:
         tl.atomic_add(CNT + lab, tl.full((BLOCK_M,), 1, tl.int32), mask=mask_m, sem="relaxed")
+        if HAS_W:
+            tl.atomic_add(WSUM + lab, wr, mask=mask_m, sem="relaxed")
 
 
 @triton.jit
-def _update_smallk_kernel(X, LAB, SUMS, CNT, N, D, K, sxn, sxd, ROWS,
-                          ACC: tl.constexpr, KP: tl.constexpr,
+def _update_smallk_kernel(X, LAB, W, SUMS, CNT, WSUM, N, D, K, sxn, sxd, ROWS,
+                          HAS_W: tl.constexpr, ACC: tl.constexpr, KP: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Per program: ROWS rows x BLOCK_D dims summed per cluster (one-hot products), then one atomic per sum.
+    """Per program: ROWS rows x BLOCK_D dims summed per cluster (one-hot products, times the row
+    weights with HAS_W), then one atomic per sum.
 
     The float32 sums are a small IEEE tl.dot of the one-hot matrix: a [KP, BM, BD] masked
     reduction is slow on the GPU (docs/decisions.md).
@@ -179,6 +185,7 @@ def _update_smallk_kernel(X, LAB, SUMS, CNT, N, D, K, sxn, sxd, ROWS,
     offs_k = tl.arange(0, KP)
     sums = tl.zeros((KP, BLOCK_D), dtype=ACC)
     cnt = tl.zeros((KP,), dtype=tl.int32)
+    wsum = tl.zeros((KP,), dtype=ACC)
     r_start = pid_m * ROWS
     for r0 in range(r_start, r_start + ROWS, BLOCK_M):
         offs_m = r0 + tl.arange(0, BLOCK_M)
@@ -187,6 +194,10 @@ def _update_smallk_kernel(X, LAB, SUMS, CNT, N, D, K, sxn, sxd, ROWS,
         onehot = (offs_k[:, None] == lab[None, :])                       # [KP, BLOCK_M]
         xt = tl.load(X + offs_m[:, None] * sxn + offs_d[None, :] * sxd,
                      mask=mask_m[:, None] & mask_d[None, :], other=0.0).to(ACC)
+        if HAS_W:
+            wr = tl.load(W + offs_m, mask=mask_m, other=0.0).to(ACC)
+            xt = xt * wr[:, None]
+            wsum += tl.sum(tl.where(onehot, wr[None, :], 0.0), axis=1)
         if ACC == tl.float32:  # [KP, BM] one-hot times [BM, BD] rows: IEEE fp32 products, no TF32
             sums += tl.dot(onehot.to(tl.float32), xt, input_precision="ieee")
         else:
@@ -197,13 +208,16 @@ def _update_smallk_kernel(X, LAB, SUMS, CNT, N, D, K, sxn, sxd, ROWS,
                   sem="relaxed")
     if pid_d == 0:
         tl.atomic_add(CNT + offs_k, cnt, mask=mask_k, sem="relaxed")
+        if HAS_W:
+            tl.atomic_add(WSUM + offs_k, wsum, mask=mask_k, sem="relaxed")
 
 
 @triton.jit
-def _update_segment_kernel(X, ORDER, START, PREV, OUT, D, sxn, sxd,
-                           HAS_PREV: tl.constexpr, ACC: tl.constexpr,
+def _update_segment_kernel(X, ORDER, START, W, PREV, OUT, WOUT, D, sxn, sxd,
+                           HAS_PREV: tl.constexpr, HAS_W: tl.constexpr, ACC: tl.constexpr,
                            BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Deterministic: the rows of cluster j (ORDER[START[j]:START[j+1]]) summed in a fixed order."""
+    """Deterministic: the rows of cluster j (ORDER[START[j]:START[j+1]]) summed in a fixed order
+    (with HAS_W each times its weight, over the cluster's weight sum, written to WOUT[j])."""
     j = tl.program_id(0)
     pid_d = tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -211,64 +225,86 @@ def _update_segment_kernel(X, ORDER, START, PREV, OUT, D, sxn, sxd,
     s = tl.load(START + j)
     e = tl.load(START + j + 1)
     acc = tl.zeros((BLOCK_R, BLOCK_D), dtype=ACC)
+    wacc = tl.zeros((BLOCK_R,), dtype=ACC)
     for r0 in range(s, e, BLOCK_R):
         offs_r = r0 + tl.arange(0, BLOCK_R)
         mask_r = offs_r < e
         rows = tl.load(ORDER + offs_r, mask=mask_r, other=0)
-        acc += tl.load(X + rows[:, None] * sxn + offs_d[None, :] * sxd,
-                       mask=mask_r[:, None] & mask_d[None, :], other=0.0).to(ACC)
+        xt = tl.load(X + rows[:, None] * sxn + offs_d[None, :] * sxd,
+                     mask=mask_r[:, None] & mask_d[None, :], other=0.0).to(ACC)
+        if HAS_W:
+            wr = tl.load(W + rows, mask=mask_r, other=0.0).to(ACC)
+            xt = xt * wr[:, None]
+            wacc += wr
+        acc += xt
     total = tl.sum(acc, axis=0)
-    cnt = (e - s).to(ACC)
-    if ACC == tl.float32:  # IEEE division (plain fp32 `/` is approximate): equal points keep their value
-        mean = tl.math.div_rn(total, tl.maximum(cnt, 1.0))
+    if HAS_W:
+        cnt = tl.sum(wacc, axis=0)
+        if pid_d == 0:
+            tl.store(WOUT + j, cnt)
     else:
-        mean = total / tl.maximum(cnt, 1.0)
+        cnt = (e - s).to(ACC)
+    full = cnt > 0.0
+    if ACC == tl.float32:  # IEEE division (plain fp32 `/` is approximate): equal points keep their value
+        mean = tl.math.div_rn(total, tl.where(full, cnt, 1.0))
+    else:
+        mean = total / tl.where(full, cnt, 1.0)
     if HAS_PREV:
         keep = tl.load(PREV + j * D + offs_d, mask=mask_d, other=0.0).to(ACC)
     else:
         keep = tl.zeros((BLOCK_D,), dtype=ACC)
-    tl.store(OUT + j * D + offs_d, tl.where(e > s, mean, keep), mask=mask_d)
+    tl.store(OUT + j * D + offs_d, tl.where(full, mean, keep), mask=mask_d)
 
 
-def kmeans_update(x, labels, k, prev_centers=None, deterministic=False):
-    """x [N,d], labels [N] in [0,k) -> (centers [k,d] in the accumulation dtype, counts int64 [k])."""
+def kmeans_update(x, labels, k, prev_centers=None, deterministic=False, weights=None):
+    """x [N,d], labels [N] in [0,k), weights [N] (optional) -> (centers [k,d] in the accumulation dtype,
+    counts int64 [k], or with weights the weight sums [k] in the accumulation dtype)."""
     N, D = x.shape
     acc = acc_dtype(x.dtype)
     dev = x.device
     labels = labels.to(torch.int64).contiguous()
     prev = None if prev_centers is None else prev_centers.to(acc).contiguous()
+    w = None if weights is None else weights.to(device=dev, dtype=acc).contiguous()
     if deterministic or D == 0:
         sorted_labels, order = torch.sort(labels, stable=True)
         start = torch.searchsorted(sorted_labels, torch.arange(k + 1, device=dev, dtype=torch.int64))
         counts = start[1:] - start[:-1]
         out = torch.empty((k, D), device=dev, dtype=acc)
         if D == 0:
-            return out, counts
+            if w is None:
+                return out, counts
+            return out, torch.zeros(k, device=dev, dtype=acc).index_add_(0, labels, w)
+        wout = torch.empty(k, device=dev, dtype=acc) if w is not None else out
         bd = 64
         _update_segment_kernel[(k, triton.cdiv(D, bd))](
-            x, order, start, prev if prev is not None else out, out, D, x.stride(0), x.stride(1),
-            HAS_PREV=prev is not None, ACC=tl_dtype(acc), BLOCK_R=32, BLOCK_D=bd)
-        return out, counts
+            x, order, start, w if w is not None else out, prev if prev is not None else out, out, wout, D,
+            x.stride(0), x.stride(1), HAS_PREV=prev is not None, HAS_W=w is not None, ACC=tl_dtype(acc),
+            BLOCK_R=32, BLOCK_D=bd)
+        return out, (counts if w is None else wout)
     sums = torch.zeros((k, D), device=dev, dtype=acc)
     cnt = torch.zeros(k, device=dev, dtype=torch.int32)
+    wsum = torch.zeros(k, device=dev, dtype=acc) if w is not None else sums
     if N > 0:
         if k <= 32:
             kp = max(16, triton.next_power_of_2(k))  # tl.dot tiles are at least 16 wide
             bm, bd = 32, 32
             rows = 4 * bm if triton_interpreted() else 1024
             grid = (triton.cdiv(N, rows), triton.cdiv(D, bd))
-            _update_smallk_kernel[grid](x, labels, sums, cnt, N, D, k, x.stride(0), x.stride(1), rows,
-                                        ACC=tl_dtype(acc), KP=kp, BLOCK_M=bm, BLOCK_D=bd, num_warps=4)
+            _update_smallk_kernel[grid](x, labels, w if w is not None else sums, sums, cnt, wsum, N, D, k,
+                                        x.stride(0), x.stride(1), rows, HAS_W=w is not None, ACC=tl_dtype(acc),
+                                        KP=kp, BLOCK_M=bm, BLOCK_D=bd, num_warps=4)
         else:
             bm, bd = (32, 32) if triton_interpreted() else (64, 64)
             grid = (triton.cdiv(N, bm), triton.cdiv(D, bd))
-            _update_atomic_kernel[grid](x, labels, sums, cnt, N, D, x.stride(0), x.stride(1),
-                                        ACC=tl_dtype(acc), BLOCK_M=bm, BLOCK_D=bd, num_warps=4)
+            _update_atomic_kernel[grid](x, labels, w if w is not None else sums, sums, cnt, wsum, N, D,
+                                        x.stride(0), x.stride(1), HAS_W=w is not None, ACC=tl_dtype(acc),
+                                        BLOCK_M=bm, BLOCK_D=bd, num_warps=4)
     counts = cnt.to(torch.int64)
-    nonempty = (counts > 0)[:, None]
-    means = sums / counts.clamp_min(1).to(acc)[:, None]
+    total = counts.to(acc) if w is None else wsum
+    nonempty = (total > 0)[:, None]
+    means = sums / torch.where(total > 0, total, 1).to(acc)[:, None]
     keep = prev if prev is not None else torch.zeros_like(means)
-    return torch.where(nonempty, means, keep), counts
+    return torch.where(nonempty, means, keep), (counts if w is None else wsum)
 
 
 # --------------------------------------------------------------------------- k-means++
@@ -288,19 +324,22 @@ def _pp_block(BSTART, BEND, BGROUP, CAND, T, TP: tl.constexpr):
 
 
 @triton.jit
-def _pp_tile_out(dist, rows, mask_r, offs_t, mask_t, DC, CLOSEST, N):
-    """Store the [SUB, TP] distances in dc[t, i]; return sum_i min(closest_i, dc[t, i]) (float64)."""
+def _pp_tile_out(dist, rows, mask_r, offs_t, mask_t, DC, CLOSEST, W, N, HAS_W: tl.constexpr):
+    """Store the [SUB, TP] distances in dc[t, i]; return sum_i w_i min(closest_i, dc[t, i]) (float64;
+    w_i = 1 without HAS_W)."""
     tl.store(DC + offs_t[None, :] * N + rows[:, None], dist, mask=mask_r[:, None] & mask_t[None, :])
     cl = tl.load(CLOSEST + rows, mask=mask_r, other=0.0)
-    pm = tl.where(mask_r[:, None], tl.minimum(dist, cl[:, None]), 0.0)
-    return tl.sum(pm.to(tl.float64), axis=0)
+    pm = tl.where(mask_r[:, None], tl.minimum(dist, cl[:, None]), 0.0).to(tl.float64)
+    if HAS_W:
+        pm = pm * tl.load(W + rows, mask=mask_r, other=0.0).to(tl.float64)[:, None]
+    return tl.sum(pm, axis=0)
 
 
 @triton.jit
-def _pp_eval_kernel(X, CAND, CLOSEST, DC, PART, BSTART, BEND, BGROUP, N, D, T, sxn, sxd,
-                    ACC: tl.constexpr, TP: tl.constexpr, SUB: tl.constexpr, BLOCK_D: tl.constexpr,
-                    UNROLL: tl.constexpr, STAGES: tl.constexpr):
-    """dc[t, i] = ||x_i - x_{cand_t}||^2 over one block; PART[b, t] = sum_i min(closest_i, dc[t, i]).
+def _pp_eval_kernel(X, CAND, CLOSEST, W, DC, PART, BSTART, BEND, BGROUP, N, D, T, sxn, sxd,
+                    HAS_W: tl.constexpr, ACC: tl.constexpr, TP: tl.constexpr, SUB: tl.constexpr,
+                    BLOCK_D: tl.constexpr, UNROLL: tl.constexpr, STAGES: tl.constexpr):
+    """dc[t, i] = ||x_i - x_{cand_t}||^2 over one block; PART[b, t] = sum_i w_i min(closest_i, dc[t, i]).
 
     The squared differences accumulate in a [SUB, TP, BLOCK_D] tile over the whole row and are
     summed over d once per row tile: a sum per d chunk costs 5 shuffles per product (sm_90a SASS).
@@ -321,7 +360,7 @@ def _pp_eval_kernel(X, CAND, CLOSEST, DC, PART, BSTART, BEND, BGROUP, N, D, T, s
                          mask=mask_t[:, None] & mask_d[None, :], other=0.0).to(ACC)
             diff = xt[:, None, :] - ct[None, :, :]
             acc3 += diff * diff
-        part += _pp_tile_out(tl.sum(acc3, axis=2), rows, mask_r, offs_t, mask_t, DC, CLOSEST, N)
+        part += _pp_tile_out(tl.sum(acc3, axis=2), rows, mask_r, offs_t, mask_t, DC, CLOSEST, W, N, HAS_W)
     tl.store(PART + tl.program_id(0) * TP + offs_t, part)
 
 
@@ -349,9 +388,10 @@ def _pp_select_kernel(PART, CAND, GBLK, BEST, IDX, CHOSEN, step, k, T,
 
 
 @triton.jit
-def _pp_update_kernel(CLOSEST, DC, BEST, CHOSEN, WSUM, WFREE, BSTART, BEND, BGROUP, N,
-                      SUB: tl.constexpr):
-    """closest = min(closest, dc[best]) over one block, and the block's weight sums for the next draw."""
+def _pp_update_kernel(CLOSEST, DC, BEST, CHOSEN, W, WSUM, WFREE, BSTART, BEND, BGROUP, N,
+                      HAS_W: tl.constexpr, SUB: tl.constexpr):
+    """closest = min(closest, dc[best]) over one block, and the block's weight sums for the next draw:
+    sum_i w_i closest_i, and the rows of positive weight not chosen yet."""
     b = tl.program_id(0)
     s = tl.load(BSTART + b)
     e = tl.load(BEND + b)
@@ -363,19 +403,25 @@ def _pp_update_kernel(CLOSEST, DC, BEST, CHOSEN, WSUM, WFREE, BSTART, BEND, BGRO
         m = rows < e
         v = tl.minimum(tl.load(CLOSEST + rows, mask=m, other=0.0), tl.load(DC + bt * N + rows, mask=m, other=0.0))
         tl.store(CLOSEST + rows, v, mask=m)
-        ws += tl.where(m, v.to(tl.float64), 0.0)
         ch = tl.load(CHOSEN + rows, mask=m, other=1)
-        wf += tl.where(m & (ch == 0), 1.0, 0.0)
+        if HAS_W:
+            wr = tl.load(W + rows, mask=m, other=0.0).to(tl.float64)
+            ws += tl.where(m, v.to(tl.float64) * wr, 0.0)
+            wf += tl.where(m & (ch == 0) & (wr > 0.0), 1.0, 0.0)
+        else:
+            ws += tl.where(m, v.to(tl.float64), 0.0)
+            wf += tl.where(m & (ch == 0), 1.0, 0.0)
     tl.store(WSUM + b, tl.sum(ws, axis=0))
     tl.store(WFREE + b, tl.sum(wf, axis=0))
 
 
 @triton.jit
-def _pp_sample_kernel(DRAWS, WSUM, WFREE, CLOSEST, CHOSEN, BSTART, BEND, GBLK, CAND, T,
-                      BLOCK_B: tl.constexpr, SUB: tl.constexpr):
+def _pp_sample_kernel(DRAWS, WSUM, WFREE, CLOSEST, CHOSEN, W, BSTART, BEND, GBLK, CAND, T,
+                      HAS_W: tl.constexpr, BLOCK_B: tl.constexpr, SUB: tl.constexpr):
     """One D^2 draw (group g, trial t): the first row whose running weight exceeds u * total.
 
-    Weights are closest[i], or 1 for rows not chosen yet when every closest distance is 0.
+    Weights are w_i closest[i] (w_i = 1 without HAS_W), or 1 for rows of positive weight not chosen
+    yet when every such weight is 0.
     Block sums locate the block, then a scan inside it locates the row.
     """
     g = tl.program_id(0)
@@ -421,7 +467,12 @@ def _pp_sample_kernel(DRAWS, WSUM, WFREE, CLOSEST, CHOSEN, BSTART, BEND, GBLK, C
         m = rows < re
         cl = tl.load(CLOSEST + rows, mask=m, other=0.0).to(tl.float64)
         ch = tl.load(CHOSEN + rows, mask=m, other=1)
-        w = tl.where(m, tl.where(use_free, tl.where(ch == 0, 1.0, 0.0), cl), 0.0)
+        free = ch == 0
+        if HAS_W:
+            wr = tl.load(W + rows, mask=m, other=0.0).to(tl.float64)
+            cl = cl * wr
+            free = free & (wr > 0.0)
+        w = tl.where(m, tl.where(use_free, tl.where(free, 1.0, 0.0), cl), 0.0)
         cum = cum0 + tl.cumsum(w, axis=0)
         hit = (cum > target) & m & (found >= 0)
         fh = tl.min(tl.where(hit, rows, re), axis=0)
@@ -463,8 +514,9 @@ def pp_eval_tile(tp, acc, interp):
     return max(16, min(128, elems // (tp * bd))), bd
 
 
-def kmeans_plusplus(x, offsets, k, first, draws):
-    """Greedy k-means++ in every segment of x; first [G], draws [k-1, G, T] -> indices int64 [G, k]."""
+def kmeans_plusplus(x, offsets, k, first, draws, weights=None):
+    """Greedy k-means++ in every segment of x; first [G], draws [k-1, G, T], weights [N] (optional:
+    draws by w_i D_i^2, potential sum_i w_i D_i^2) -> indices int64 [G, k]."""
     N, D = x.shape
     dev = x.device
     acc = acc_dtype(x.dtype)
@@ -484,21 +536,23 @@ def kmeans_plusplus(x, offsets, k, first, draws):
     part = torch.empty((NB, TP), device=dev, dtype=torch.float64)
     wsum = torch.empty(NB, device=dev, dtype=torch.float64)
     wfree = torch.empty(NB, device=dev, dtype=torch.float64)
-    cand = first.to(device=dev, dtype=torch.int64)[:, None].expand(G, T).contiguous()
+    cand = first.to(device=dev, dtype=torch.int64).reshape(G, 1).repeat(1, T)  # new memory: the kernels write it
     best = torch.empty(G, device=dev, dtype=torch.int64)
     draws = draws.to(device=dev, dtype=torch.float64).contiguous()
+    w = closest if weights is None else weights.to(device=dev, dtype=acc).contiguous()
+    has_w = weights is not None
     sub, bd = pp_eval_tile(TP, acc, interp)
     sub_scan = 64 if interp else 512
     for s in range(k):
         if s > 0:
-            _pp_sample_kernel[(G, T)](draws[s - 1], wsum, wfree, closest, chosen, bstart, bend, gblk, cand, T,
-                                      BLOCK_B=64 if interp else 1024, SUB=sub_scan)
-        _pp_eval_kernel[(NB,)](x, cand, closest, dc, part, bstart, bend, bgroup, N, D, T, x.stride(0),
-                               x.stride(1), ACC=tl_dtype(acc), TP=TP, SUB=sub, BLOCK_D=bd, **PP_EVAL_LOOP,
-                               num_warps=PP_EVAL_WARPS)
+            _pp_sample_kernel[(G, T)](draws[s - 1], wsum, wfree, closest, chosen, w, bstart, bend, gblk, cand, T,
+                                      HAS_W=has_w, BLOCK_B=64 if interp else 1024, SUB=sub_scan)
+        _pp_eval_kernel[(NB,)](x, cand, closest, w, dc, part, bstart, bend, bgroup, N, D, T, x.stride(0),
+                               x.stride(1), HAS_W=has_w, ACC=tl_dtype(acc), TP=TP, SUB=sub, BLOCK_D=bd,
+                               **PP_EVAL_LOOP, num_warps=PP_EVAL_WARPS)
         _pp_select_kernel[(G,)](part, cand, gblk, best, idx, chosen, s, k, T, TP=TP,
                                 BLOCK_B=64 if interp else 256)
         if s + 1 < k:
-            _pp_update_kernel[(NB,)](closest, dc, best, chosen, wsum, wfree, bstart, bend, bgroup, N,
-                                     SUB=64 if interp else 512)
+            _pp_update_kernel[(NB,)](closest, dc, best, chosen, w, wsum, wfree, bstart, bend, bgroup, N,
+                                     HAS_W=has_w, SUB=64 if interp else 512)
     return idx

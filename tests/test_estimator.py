@@ -17,6 +17,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 import clustr_fast
 from clustr_fast import estimator as est_mod
 from clustr_fast.estimator import KMeans
+from clustr_fast.ops.kmeans import plusplus_random_state
 
 # The data of scikit-learn's sklearn/cluster/tests/test_k_means.py: non-centered blobs.
 SK_CENTERS = np.array([[0.0, 5.0, 0.0, 0.0, 0.0], [1.0, 1.0, 4.0, 0.0, 0.0], [1.0, 0.0, 0.0, 5.0, 1.0]])
@@ -154,7 +155,7 @@ def test_zero_weight_rows_are_never_initial_centers(init):
     sw[::2] = 0
     for rs in range(5):
         km = KMeans(10, init=init, max_iter=1, random_state=rs)
-        rows = est_mod.plusplus_indices(torch.from_numpy(x), 10, torch.from_numpy(sw), np.random.RandomState(rs)) \
+        rows = plusplus_random_state(torch.from_numpy(x), 10, np.random.RandomState(rs), torch.from_numpy(sw)) \
             if init == "k-means++" else None
         if rows is not None:
             assert (rows % 2 == 1).all()
@@ -167,7 +168,7 @@ def test_weighted_seeding_on_every_backend(backend):
     _, dev = backend
     x = torch.from_numpy(load_digits().data[:300]).to(dev)
     w = torch.from_numpy(np.random.RandomState(3).uniform(0.0, 2.0, 300)).to(dev)
-    rows = est_mod.plusplus_indices(x, 8, w, np.random.RandomState(4))
+    rows = plusplus_random_state(x, 8, np.random.RandomState(4), w)
     want = _np_weighted_plusplus(x.cpu().numpy(), 8, w.cpu().numpy(), np.random.RandomState(4))
     assert rows.cpu().tolist() == want
 

@@ -341,6 +341,7 @@ def test_fused_lloyd_iterations_equal_two_op_iterations(monkeypatch):
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # 1e307-scale data: sums and distances overflow
 def test_kmeans_finite_check():
     x = torch.randn(50, 3, dtype=F64)
     big = x * 1e307  # finite, but its sum overflows: the exact check decides
@@ -631,3 +632,124 @@ def test_kmeans_stops_by_sklearns_rule():
     loose = clustr_fast.KMeans(6, tol=10.0, max_iter=30, random_state=3).fit(x)
     strict = clustr_fast.KMeans(6, tol=0.0, max_iter=30, random_state=3).fit(x)
     assert loose.n_iter_ == 1 and strict.n_iter_ > 2
+
+
+# --------------------------------------------------------------------------- sample weights
+
+
+def _weighted_loop_means(x, labels, k, w, prev):
+    x64, w64 = x.double().cpu(), w.double().cpu()
+    out = torch.zeros(k, x.shape[1], dtype=F64)
+    wsum = torch.zeros(k, dtype=F64)
+    for j in range(k):
+        m = labels.cpu() == j
+        wsum[j] = w64[m].sum()
+        if wsum[j] > 0:
+            out[j] = (x64[m] * w64[m, None]).sum(0) / wsum[j]
+        elif prev is not None:
+            out[j] = prev[j].double().cpu()
+    return out, wsum
+
+
+@pytest.mark.parametrize("n,k,d", [(1, 1, 1), (127, 6, 3), (1000, 65, 130)])
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_weighted_update_matches_loop(backend, n, k, d, deterministic, dtype):
+    """centers_j = sum w_i x_i / W_j, W_j the weight sums (second output); W_j = 0 keeps prev_centers[j]."""
+    _, dev = backend
+    x = _points(n, d, dtype, dev, seed=50)
+    labels = torch.randint(0, k, (n,), generator=_gen(51)).to(dev)
+    w = torch.rand(n, generator=_gen(52)).to(device=dev, dtype=dtype)
+    if n > 3:
+        w[labels == labels[0]] = 0  # a cluster with rows and no weight
+    prev = _points(k, d, dtype, dev, seed=53)
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        cen, wsum = clustr_fast.kmeans_update(x, labels, k, prev_centers=prev, sample_weight=w)
+        ones, counts = clustr_fast.kmeans_update(x, labels, k, prev_centers=prev,
+                                                 sample_weight=torch.ones(n, dtype=dtype, device=dev))
+        plain, plain_counts = clustr_fast.kmeans_update(x, labels, k, prev_centers=prev)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    want, want_w = _weighted_loop_means(x, labels, k, w, prev)
+    assert wsum.dtype == (F64 if dtype == F64 else torch.float32) and plain_counts.dtype == torch.int64
+    assert_close_f64(cen.cpu(), want, dtype=dtype)
+    assert_close_f64(wsum.cpu(), want_w, dtype=dtype)
+    assert_close_f64(ones.cpu(), plain.cpu().double(), dtype=dtype)
+    assert torch.equal(counts.cpu().round().long(), plain_counts.cpu())
+
+
+@pytest.mark.parametrize("n,k,d", [(127, 6, 3), (3000, 65, 33)])
+def test_weighted_lloyd_step_is_assign_then_update(backend, n, k, d):
+    _, dev = backend
+    x = _points(n, d, torch.float32, dev, seed=54)
+    c = _points(k, d, torch.float32, dev, seed=55) + 0.5
+    w = torch.rand(n, generator=_gen(56)).to(dev)
+    with clustr_fast.use_backend("reference"):
+        want = kmeans_lloyd_step(x.cpu(), c.cpu(), sample_weight=w.cpu())
+    if dev.type != "cpu" or not lloyd_step_runs_here(dev):
+        pytest.skip("the fused step runs on the CPU and reference backends")
+    got = kmeans_lloyd_step(x, c, sample_weight=w)
+    assert torch.equal(got[0].cpu(), want[0])
+    for a, b in zip(got[1:], want[1:]):
+        assert_close_f64(a.cpu(), b.double(), dtype=torch.float32)
+    torch.library.opcheck(kmeans_lloyd_step_op, (x, c, 0, None, 0, w))
+    torch.library.opcheck(kmeans_update_op, (x, got[0], k, c, False, w))
+
+
+@pytest.mark.parametrize("trials", [1, None, 5])
+def test_weighted_plusplus_matches_reference_algorithm(backend, trials):
+    """Draws by w_i D_i^2 and potentials sum_i w_i D_i^2 on every backend, from the same uniforms;
+    rows of weight 0 are never chosen."""
+    _, dev = backend
+    for n, d in ((200, 3), (1500, 33)):  # above one block of rows (64 / 512)
+        x = _points(n, d, F64, dev, seed=57)
+        w = torch.rand(n, generator=_gen(58), dtype=F64).to(dev)
+        w[::3] = 0
+        offsets = torch.tensor([0, n // 3, n])
+        t = 2 + int(np.log(9)) if trials is None else trials
+        first, draws = plusplus_draws(offsets.diff(), 9, t, _gen(59), "cpu", weights=w.cpu())
+        first = first + offsets[:-1]
+        got = kmeans_plusplus_op(x, offsets.to(dev), 9, first.to(dev), draws.to(dev), w).cpu()
+        want = _reference_plusplus(x.cpu(), offsets, 9, first, draws, w.cpu())
+        assert got.tolist() == want.tolist()
+        assert (w.cpu()[got.reshape(-1)] > 0).all()
+
+
+def test_plusplus_takes_sklearns_keywords_and_array_likes():
+    from sklearn.cluster import kmeans_plusplus as sk_plusplus
+    from sklearn.datasets import make_blobs
+    x, _ = make_blobs(200, n_features=4, centers=5, random_state=0)
+    sw = np.random.RandomState(1).uniform(0.5, 2.0, 200)
+    centers, idx = clustr_fast.kmeans_plusplus(x, 5, random_state=0, sample_weight=sw)
+    assert isinstance(centers, np.ndarray) and isinstance(idx, np.ndarray) and centers.dtype == np.float64
+    np.testing.assert_array_equal(centers, x[idx])
+    sk_centers, sk_idx = sk_plusplus(x, 5, random_state=0, sample_weight=sw)
+    np.testing.assert_array_equal(idx, sk_idx)  # the same draws as scikit-learn's
+    again = clustr_fast.kmeans_plusplus(x.tolist(), 5, random_state=np.random.RandomState(0), sample_weight=sw,
+                                        x_squared_norms=(x ** 2).sum(1), n_local_trials=None)
+    np.testing.assert_array_equal(again[1], idx)
+    t_centers, t_idx = clustr_fast.kmeans_plusplus(torch.from_numpy(x), 5, random_state=0,
+                                                   sample_weight=torch.from_numpy(sw))
+    assert isinstance(t_idx, torch.Tensor) and t_idx.tolist() == idx.tolist()
+    g = clustr_fast.kmeans_plusplus(torch.from_numpy(x), 5, generator=_gen(3), sample_weight=torch.from_numpy(sw))
+    assert g[1].shape == (5,)
+    with pytest.raises(ValueError, match="generator"):
+        clustr_fast.kmeans_plusplus(x, 5, random_state=0, generator=_gen(0))
+    with pytest.raises(ValueError, match="sample_weight"):
+        clustr_fast.kmeans_plusplus(x, 5, sample_weight=-sw)
+    with pytest.raises(ValueError, match="sample_weight"):
+        clustr_fast.kmeans_plusplus(x, 5, sample_weight=sw[:10])
+
+
+def test_weighted_inputs_name_the_argument():
+    x = torch.randn(10, 3)
+    labels = torch.zeros(10, dtype=torch.long)
+    with pytest.raises(ValueError, match="sample_weight"):
+        clustr_fast.kmeans_update(x, labels, 2, sample_weight=torch.ones(9))
+    with pytest.raises(TypeError, match="sample_weight"):
+        clustr_fast.kmeans_update(x, labels, 2, sample_weight=torch.ones(10, dtype=torch.long))
+    with pytest.raises(ValueError, match="sample_weight"):
+        clustr_fast.kmeans_update(x, labels, 2, sample_weight=torch.full((10,), float("nan")))
+    with pytest.raises(ValueError, match="sample_weight"):
+        clustr_fast.kmeans_update(x, labels, 2, sample_weight=torch.zeros(10))

@@ -138,9 +138,10 @@ def cases() -> list[KernelCase]:
                     INIT=_soft._INIT, NONE=_soft._NONE, **fwd_meta)
     return [
         KernelCase("kmeans_plusplus.eval", _kmeans._pp_eval_kernel,
-                   dict(X="*fp32", CAND="*i64", CLOSEST="*fp32", DC="*fp32", PART="*fp64", BSTART="*i64",
+                   dict(X="*fp32", CAND="*i64", CLOSEST="*fp32", W="*fp32", DC="*fp32", PART="*fp64", BSTART="*i64",
                         BEND="*i64", BGROUP="*i64"),
-                   dict(ACC=f32, TP=8, SUB=pp_tile[0], BLOCK_D=pp_tile[1], **_kmeans.PP_EVAL_LOOP), unit=("sxd",),
+                   dict(HAS_W=False, ACC=f32, TP=8, SUB=pp_tile[0], BLOCK_D=pp_tile[1], **_kmeans.PP_EVAL_LOOP),
+                   unit=("sxd",),
                    note="1M x 128, k=1024: T=8 candidates; one trip of the outer loop per SUB rows"),
         KernelCase("kmeans.assign", _kmeans._assign_dense_kernel,
                    dict(X="*fp32", C="*fp32", CN="*fp32", LAB="*i64", SQ="*fp32"),
@@ -151,8 +152,8 @@ def cases() -> list[KernelCase]:
                    dict(ACC=f32, BLOCK_M=64, BLOCK_D=32), unit=("sxd", "scd"),
                    note="per-class refresh: one trip of the inner loop per (center, d chunk)"),
         KernelCase("kmeans.update_atomic", _kmeans._update_atomic_kernel,
-                   dict(X="*fp32", LAB="*i64", SUMS="*fp32", CNT="*i32"),
-                   dict(ACC=f32, BLOCK_M=64, BLOCK_D=64), unit=("sxd",)),
+                   dict(X="*fp32", LAB="*i64", W="*fp32", SUMS="*fp32", CNT="*i32", WSUM="*fp32"),
+                   dict(HAS_W=False, ACC=f32, BLOCK_M=64, BLOCK_D=64), unit=("sxd",)),
         KernelCase("soft_cluster_logits.fwd", _soft._soft_fwd_kernel, soft_types, soft_fwd, **fwd_launch,
                    unit=("sxd", "smd"), note='"highest", D=20 (DP=32)'),
         KernelCase("soft_cluster_logits.fwd_recompute", _soft._soft_fwd_kernel, soft_types,

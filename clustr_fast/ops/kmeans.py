@@ -1,11 +1,13 @@
 """k-means ops: ``kmeans_assign``, ``kmeans_update``, ``kmeans_lloyd_step``, ``kmeans_plusplus``.
 
     assign:     labels[i] = argmin_k ||x_i - c_k||^2 (first minimum), sqdist[i] = that minimum
-    update:     centers[j] = mean_{labels_i = j} x_i (prev_centers[j], else 0, when empty), counts[j]
+    update:     centers[j] = sum_{labels_i = j} w_i x_i / W_j, W_j = sum_{labels_i = j} w_i (w = 1 without
+                sample weights; prev_centers[j], else 0, when W_j = 0), counts[j] (W_j with weights)
     lloyd step: assign, then update with prev_centers = centers, in one pass over x (CPU and
                 reference only; on other backends :func:`lloyd_step_runs_here` is False and the
                 caller runs assign + update)
-    k-means++:  greedy D^2 seeding (scikit-learn's), in every segment of x at once
+    k-means++:  greedy D^2 seeding (scikit-learn's), in every segment of x at once; with sample
+                weights the candidates are drawn by w_i D_i^2 and the potential is sum_i w_i D_i^2
     lloyd groups: Lloyd's algorithm to convergence in every segment of x, each segment stopping
                 on its own (CPU: segment after segment in cache; CUDA: the stepwise loop in the
                 extension; Triton: one assign and one update launch per iteration for all
@@ -14,20 +16,23 @@
 Not differentiable (no autograd is registered). Each op also takes the
 segment/group arguments that :func:`clustr_fast.kmeans_per_group` uses to run
 every group in one launch per step. Random numbers of k-means++ are drawn here,
-from the caller's ``torch.Generator``, and handed to the kernels, so a seed
-fixes the result on a given backend.
+from the caller's ``torch.Generator`` or, as scikit-learn draws them, from a numpy
+``RandomState`` (``random_state``), and handed to the kernels, so a seed fixes the
+result on a given backend.
 """
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .. import _backend
 from .._validate import (acc_dtype, check_ids, check_kmeans_assign, check_kmeans_plusplus, check_kmeans_update,
-                         precision_code, precision_name)
+                         check_sample_weight, precision_code, precision_name)
 from ..reference import kmeans as _ref
 from ._dispatch import extension_kernel, run, triton_kernel
 
@@ -45,14 +50,14 @@ def _reference_assign(x, centers, precision, groups, group_k):
     return base + j, dist.gather(1, j[:, None])[:, 0]
 
 
-def _reference_update(x, labels, k, prev_centers, deterministic):
-    return _ref.kmeans_update(x, labels, k, prev_centers=prev_centers)
+def _reference_update(x, labels, k, prev_centers, deterministic, weights=None):
+    return _ref.kmeans_update(x, labels, k, prev_centers=prev_centers, sample_weight=weights)
 
 
-def _reference_lloyd_step(x, centers, precision, groups, group_k):
+def _reference_lloyd_step(x, centers, precision, groups, group_k, weights=None):
     """The composition that the fused step replaces: assign, then update keeping empty clusters."""
     labels, sq = _reference_assign(x, centers, precision, groups, group_k)
-    new_centers, counts = _reference_update(x, labels, centers.shape[0], centers, True)
+    new_centers, counts = _reference_update(x, labels, centers.shape[0], centers, True, weights)
     return labels, sq, new_centers, counts
 
 
@@ -124,7 +129,7 @@ def _reference_lloyd_groups(x, offsets, centers, max_iter, tol, precision):
                                  tol, precision, _reference_assign, _reference_update)
 
 
-def _reference_plusplus(x, offsets, k, first, draws):
+def _reference_plusplus(x, offsets, k, first, draws, weights=None):
     """The reference algorithm of ``reference.kmeans_plusplus``, one segment at a time, on given draws."""
     acc = acc_dtype(x.dtype)
     xa = x.detach().to(acc)
@@ -132,17 +137,20 @@ def _reference_plusplus(x, offsets, k, first, draws):
     out = torch.empty((len(off) - 1, k), dtype=torch.int64, device=x.device)
     for g in range(len(off) - 1):
         seg = xa[off[g]:off[g + 1]]
+        wg = None if weights is None else weights[off[g]:off[g + 1]].to(acc)
         f = int(first[g]) - off[g]
         chosen = torch.zeros(seg.shape[0], dtype=torch.bool, device=x.device)
         chosen[f] = True
         idx = [f]
         closest = (seg - seg[f]).square().sum(1)
         for s in range(1, k):
-            pot = closest.to(torch.float64).sum()
-            weights = closest if pot > 0 else (~chosen).to(acc)
-            cand = _ref._sample(weights, draws[s - 1, g])
+            wd = closest if wg is None else wg * closest
+            pot = wd.to(torch.float64).sum()
+            free = ~chosen if wg is None else ~chosen & (wg > 0)
+            cand = _ref._sample(wd if pot > 0 else free.to(acc), draws[s - 1, g])
             dc = torch.stack([torch.minimum((seg - seg[c]).square().sum(1), closest) for c in cand.tolist()])
-            b = int(dc.to(torch.float64).sum(1).argmin())
+            pots = dc.to(torch.float64) if wg is None else dc.to(torch.float64) * wg.to(torch.float64)
+            b = int(pots.sum(1).argmin())
             closest = dc[b]
             idx.append(int(cand[b]))
             chosen[idx[-1]] = True
@@ -206,32 +214,39 @@ def _(x, centers, precision, groups, group_k):
     return x.new_empty((n,), dtype=torch.int64), x.new_empty((n,), dtype=acc_dtype(x.dtype))
 
 
+def _counts_dtype(x, weights):
+    """The dtype of the second output of the update: int64 counts, or the weight sums (accumulation dtype)."""
+    return torch.int64 if weights is None else acc_dtype(x.dtype)
+
+
 @torch.library.custom_op("clustr_fast::kmeans_update", mutates_args=())
 def kmeans_update_op(x: Tensor, labels: Tensor, k: int, prev_centers: Optional[Tensor],
-                     deterministic: bool) -> tuple[Tensor, Tensor]:
-    centers, counts = run("kmeans_update", x.device, _UPDATE, x, labels, k, prev_centers, deterministic)
-    return centers.to(acc_dtype(x.dtype)), counts
+                     deterministic: bool, weights: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    centers, counts = run("kmeans_update", x.device, _UPDATE, x, labels, k, prev_centers, deterministic, weights)
+    return centers.to(acc_dtype(x.dtype)), counts.to(_counts_dtype(x, weights))
 
 
 @kmeans_update_op.register_fake
-def _(x, labels, k, prev_centers, deterministic):
-    return x.new_empty((k, x.shape[1]), dtype=acc_dtype(x.dtype)), x.new_empty((k,), dtype=torch.int64)
+def _(x, labels, k, prev_centers, deterministic, weights=None):
+    return (x.new_empty((k, x.shape[1]), dtype=acc_dtype(x.dtype)),
+            x.new_empty((k,), dtype=_counts_dtype(x, weights)))
 
 
 @torch.library.custom_op("clustr_fast::kmeans_lloyd_step", mutates_args=())
 def kmeans_lloyd_step_op(x: Tensor, centers: Tensor, precision: int, groups: Optional[Tensor],
-                         group_k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                         group_k: int, weights: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     labels, sq, new_centers, counts = run("kmeans_lloyd_step", x.device, _LLOYD_STEP, x, centers, precision,
-                                          groups, group_k)
+                                          groups, group_k, weights)
     acc = acc_dtype(x.dtype)
-    return labels, sq.to(acc), new_centers.to(acc), counts
+    return labels, sq.to(acc), new_centers.to(acc), counts.to(_counts_dtype(x, weights))
 
 
 @kmeans_lloyd_step_op.register_fake
-def _(x, centers, precision, groups, group_k):
+def _(x, centers, precision, groups, group_k, weights=None):
     n, acc = x.shape[0], acc_dtype(x.dtype)
     return (x.new_empty((n,), dtype=torch.int64), x.new_empty((n,), dtype=acc),
-            x.new_empty(tuple(centers.shape), dtype=acc), x.new_empty((centers.shape[0],), dtype=torch.int64))
+            x.new_empty(tuple(centers.shape), dtype=acc),
+            x.new_empty((centers.shape[0],), dtype=_counts_dtype(x, weights)))
 
 
 @torch.library.custom_op("clustr_fast::kmeans_lloyd_groups", mutates_args=())
@@ -288,12 +303,13 @@ def lloyd_groups_runs_here(device: torch.device) -> bool:
 
 
 @torch.library.custom_op("clustr_fast::kmeans_plusplus", mutates_args=())
-def kmeans_plusplus_op(x: Tensor, offsets: Tensor, k: int, first: Tensor, draws: Tensor) -> Tensor:
-    return run("kmeans_plusplus", x.device, _PLUSPLUS, x, offsets, k, first, draws)
+def kmeans_plusplus_op(x: Tensor, offsets: Tensor, k: int, first: Tensor, draws: Tensor,
+                       weights: Optional[Tensor] = None) -> Tensor:
+    return run("kmeans_plusplus", x.device, _PLUSPLUS, x, offsets, k, first, draws, weights)
 
 
 @kmeans_plusplus_op.register_fake
-def _(x, offsets, k, first, draws):
+def _(x, offsets, k, first, draws, weights=None):
     return x.new_empty((offsets.shape[0] - 1, k), dtype=torch.int64)
 
 
@@ -305,27 +321,79 @@ def default_trials(k: int) -> int:
     return 2 + int(math.log(k))
 
 
-def plusplus_draws(sizes: Tensor, k: int, trials: int, generator, device):
-    """Random inputs of the seeding: first row of each segment (uniform) and the [k-1, G, T] uniforms.
+def plusplus_draws(sizes: Tensor, k: int, trials: int, generator, device, weights: Optional[Tensor] = None):
+    """Random inputs of the seeding: first row of each segment and the [k-1, G, T] uniforms.
 
-    Drawn on the generator's device (then moved to ``device``), so a CPU generator also seeds CUDA inputs.
+    The first row is uniform in its segment, or with ``weights [N]`` (rows in segment order) the
+    first row whose running weight in the segment exceeds ``u * (segment total)``. Drawn on the
+    generator's device (then moved to ``device``), so a CPU generator also seeds CUDA inputs.
     """
     g = sizes.numel()
     src = generator.device if generator is not None else torch.device(device)  # a CPU generator also serves CUDA x
     u0 = torch.rand(g, generator=generator, device=src, dtype=torch.float64).to(device)
     sizes = sizes.to(device)
-    first = torch.minimum((u0 * sizes.to(torch.float64)).long(), sizes - 1)
+    if weights is None:
+        first = torch.minimum((u0 * sizes.to(torch.float64)).long(), sizes - 1)
+    else:
+        first = _weighted_rows(weights.to(device), sizes, u0)
     draws = torch.rand((max(k - 1, 0), g, trials), generator=generator, device=src, dtype=torch.float64)
     return first, draws.to(device)
 
 
-def plusplus_segments(x: Tensor, offsets: Tensor, k: int, *, generator=None, n_local_trials=None) -> Tensor:
+def _weighted_rows(weights: Tensor, sizes: Tensor, u: Tensor) -> Tensor:
+    """Per segment, the first row (segment-relative) whose running weight exceeds ``u_g`` times the
+    segment's total weight, never past the segment's last row of positive weight."""
+    cum = torch.cumsum(weights.to(torch.float64), 0)
+    ends = torch.cumsum(sizes, 0)
+    starts = ends - sizes
+    base = torch.where(starts > 0, cum[(starts - 1).clamp(min=0)], 0.0)
+    total = cum[ends - 1] - base
+    rows = torch.searchsorted(cum, base + u * total, right=True)
+    positive = torch.arange(weights.shape[0], device=weights.device)[weights > 0]
+    last = positive[torch.searchsorted(positive, ends, right=False) - 1]  # last positive row of each segment
+    return torch.minimum(rows, last) - starts
+
+
+def check_random_state(seed) -> np.random.RandomState:
+    """scikit-learn's ``check_random_state``: None -> numpy's global RandomState, an int -> a new
+    RandomState seeded with it, a RandomState -> itself."""
+    if seed is None or seed is np.random:
+        return np.random.mtrand._rand
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        return np.random.RandomState(int(seed))
+    if isinstance(seed, np.random.RandomState):
+        return seed
+    raise ValueError(f"`random_state` must be None, an int or a numpy RandomState, got {seed!r}")
+
+
+def plusplus_random_state(x: Tensor, k: int, rs: np.random.RandomState, weights: Optional[Tensor] = None,
+                          n_local_trials: Optional[int] = None) -> Tensor:
+    """Greedy k-means++ on all of ``x`` with scikit-learn's random numbers from ``rs``.
+
+    As ``sklearn.cluster.kmeans_plusplus`` draws them: the first row is
+    ``rs.choice(N, p=w / sum(w))``, then each step takes ``rs.uniform(size=T)``; a candidate is the
+    first row whose running sum of ``w_i D_i^2`` exceeds ``u * sum_i w_i D_i^2``. Row indices int64 [k].
+    """
+    n = x.shape[0]
+    trials = default_trials(k) if n_local_trials is None else int(n_local_trials)
+    if weights is None:
+        p = np.ones(n, dtype=np.float64 if x.dtype == torch.float64 else np.float32)
+    else:
+        p = weights.detach().cpu().numpy()
+    first = torch.tensor([int(rs.choice(n, p=p / p.sum()))], dtype=torch.int64, device=x.device)
+    draws = torch.from_numpy(rs.uniform(size=(max(k - 1, 0), 1, trials))).to(x.device)
+    offsets = torch.tensor([0, n], dtype=torch.int64, device=x.device)
+    return kmeans_plusplus_op(x, offsets, k, first, draws, weights)[0]
+
+
+def plusplus_segments(x: Tensor, offsets: Tensor, k: int, *, generator=None, n_local_trials=None,
+                      weights: Optional[Tensor] = None) -> Tensor:
     """Greedy k-means++ in every segment ``x[offsets[g]:offsets[g+1]]`` -> row indices int64 [G, k]."""
     trials = default_trials(k) if n_local_trials is None else int(n_local_trials)
     sizes = (offsets[1:] - offsets[:-1]).to(device=x.device, dtype=torch.int64)
-    first, draws = plusplus_draws(sizes, k, trials, generator, x.device)
+    first, draws = plusplus_draws(sizes, k, trials, generator, x.device, weights)
     first = first + offsets[:-1].to(x.device)
-    return kmeans_plusplus_op(x, offsets.to(x.device, torch.int64), k, first, draws)
+    return kmeans_plusplus_op(x, offsets.to(x.device, torch.int64), k, first, draws, weights)
 
 
 def kmeans_assign(x: Tensor, centers: Tensor, *, precision: str = "highest"):
@@ -339,43 +407,77 @@ def kmeans_assign(x: Tensor, centers: Tensor, *, precision: str = "highest"):
     return kmeans_assign_op(x, centers, precision_code(precision), None, 0)
 
 
-def kmeans_update(x: Tensor, labels: Tensor, k: int, *, prev_centers: Optional[Tensor] = None):
-    """Lloyd update: ``(centers [k,d] in the accumulation dtype, counts int64 [k])``.
+def kmeans_update(x: Tensor, labels: Tensor, k: int, *, prev_centers: Optional[Tensor] = None,
+                  sample_weight: Optional[Tensor] = None):
+    """Lloyd update: ``centers_j = sum_{labels_i = j} w_i x_i / W_j``, ``W_j = sum_{labels_i = j} w_i``.
 
-    An empty cluster keeps its row of ``prev_centers`` (zero when None). On the GPU the sums use
-    atomics unless ``torch.are_deterministic_algorithms_enabled()``, which selects an ordered sum.
+    Returns ``(centers [k,d] in the accumulation dtype, counts)``: ``counts`` int64 [k] without
+    ``sample_weight [N]`` (w = 1), else the weight sums W [k] (accumulation dtype). A cluster with
+    W_j = 0 keeps its row of ``prev_centers`` (zero when None). On the GPU the sums use atomics
+    unless ``torch.are_deterministic_algorithms_enabled()``, which selects an ordered sum.
     """
-    check_kmeans_update(x, labels, k, prev_centers)
-    return kmeans_update_op(x, labels, int(k), prev_centers, torch.are_deterministic_algorithms_enabled())
+    check_kmeans_update(x, labels, k, prev_centers, sample_weight)
+    return kmeans_update_op(x, labels, int(k), prev_centers, torch.are_deterministic_algorithms_enabled(),
+                            sample_weight)
 
 
 def kmeans_lloyd_step(x: Tensor, centers: Tensor, *, groups: Optional[Tensor] = None, group_k: int = 0,
-                      precision: str = "highest"):
-    """One Lloyd step: ``kmeans_assign(x, centers)``, then ``kmeans_update(x, labels, K, prev_centers=centers)``.
+                      precision: str = "highest", sample_weight: Optional[Tensor] = None):
+    """One Lloyd step: ``kmeans_assign(x, centers)``, then ``kmeans_update(x, labels, K, prev_centers=centers,
+    sample_weight=sample_weight)``.
 
-    Returns ``(labels int64 [N], sqdist [N], new_centers [K,d], counts int64 [K])`` in the accumulation
-    dtype. With ``groups [N]``, row i only sees the centers ``[groups[i]*group_k, (groups[i]+1)*group_k)``.
-    Runs on the CPU (one pass over ``x``) and the reference backend.
+    Returns ``(labels int64 [N], sqdist [N], new_centers [K,d], counts [K])`` (counts: int64, or the
+    weight sums with ``sample_weight``) in the accumulation dtype. With ``groups [N]``, row i only sees
+    the centers ``[groups[i]*group_k, (groups[i]+1)*group_k)``. Runs on the CPU (one pass over ``x``)
+    and the reference backend.
     """
     check_kmeans_assign(x, centers, precision)
     if groups is not None:
         if int(group_k) < 1:
             raise ValueError(f"kmeans_lloyd_step: `group_k` must be >= 1 with `groups`, got {group_k}")
         check_ids(groups, "groups", centers.shape[0] // int(group_k), n=x.shape[0], op="kmeans_lloyd_step")
-    return kmeans_lloyd_step_op(x, centers, precision_code(precision), groups, int(group_k))
+    if sample_weight is not None:
+        check_sample_weight(sample_weight, x, op="kmeans_lloyd_step")
+    return kmeans_lloyd_step_op(x, centers, precision_code(precision), groups, int(group_k), sample_weight)
 
 
-def kmeans_plusplus(x: Tensor, k: int, *, generator: Optional[torch.Generator] = None,
-                    n_local_trials: Optional[int] = None):
+def kmeans_plusplus(x, k: int, *, sample_weight=None, x_squared_norms=None, random_state=None,
+                    generator: Optional[torch.Generator] = None, n_local_trials: Optional[int] = None):
     """Greedy k-means++ seeding of ``k`` centers from the rows of ``x [N,d]`` (scikit-learn's).
 
-    The first center is uniform; each later step draws ``n_local_trials`` candidates with
-    probability ``D^2 / sum D^2`` and keeps the one of least potential (``None`` -> ``2 + log k``,
-    1 = plain D^2 sampling). Every step reads ``x`` once. Deterministic for a given generator seed
-    and backend. Returns ``(centers [k,d] in the accumulation dtype, indices int64 [k])``.
+    The first center is drawn with probability ``w_i / sum w`` (uniform without ``sample_weight``);
+    each later step draws ``n_local_trials`` candidates with probability ``w_i D_i^2 / sum w D^2``
+    and keeps the one of least potential ``sum_i w_i D_i^2`` (``None`` -> ``2 + log k``, 1 = plain
+    D^2 sampling). Every step reads ``x`` once.
+
+    ``x`` is a tensor or, as for ``sklearn.cluster.kmeans_plusplus``, an array-like (numpy in,
+    numpy out). Random numbers: ``random_state`` (None, an int or a numpy RandomState) draws them
+    as scikit-learn does; otherwise ``generator`` (a ``torch.Generator``; None: torch's default).
+    Array-like ``x`` without either uses numpy's global RandomState, as scikit-learn.
+    ``x_squared_norms`` is accepted for scikit-learn's signature and not needed (distances are
+    explicit differences). Deterministic for a given seed and backend. Returns
+    ``(centers [k,d] in the accumulation dtype, indices int64 [k])``.
     """
-    trials = check_kmeans_plusplus(x, k, n_local_trials)
+    op = "kmeans_plusplus"
+    as_numpy = not isinstance(x, Tensor)
+    if as_numpy:
+        a = np.asarray(x)
+        if a.dtype not in (np.float32, np.float64):
+            a = a.astype(np.float64)
+        x = torch.from_numpy(np.ascontiguousarray(a))
+    if sample_weight is not None and not isinstance(sample_weight, Tensor):
+        sample_weight = torch.as_tensor(np.asarray(sample_weight, dtype=np.float64), device=x.device)
+    trials = check_kmeans_plusplus(x, k, n_local_trials, sample_weight)
+    if generator is not None and random_state is not None:
+        raise ValueError(f"{op}: pass `generator` or `random_state`, not both")
     k = int(k)
-    offsets = torch.tensor([0, x.shape[0]], dtype=torch.int64, device=x.device)
-    idx = plusplus_segments(x, offsets, k, generator=generator, n_local_trials=trials)[0]
-    return x.detach().to(acc_dtype(x.dtype))[idx], idx
+    w = None if sample_weight is None else sample_weight.detach().to(acc_dtype(x.dtype)).contiguous()
+    if generator is None and (random_state is not None or as_numpy):
+        idx = plusplus_random_state(x, k, check_random_state(random_state), w, trials)
+    else:
+        offsets = torch.tensor([0, x.shape[0]], dtype=torch.int64, device=x.device)
+        idx = plusplus_segments(x, offsets, k, generator=generator, n_local_trials=trials, weights=w)[0]
+    centers = x.detach().to(acc_dtype(x.dtype))[idx]
+    if as_numpy:
+        return centers.numpy(), idx.numpy()
+    return centers, idx

@@ -58,6 +58,7 @@ from .. import _backend
 from .._validate import acc_dtype, check_magnet_loss, check_magnet_loss_batch, variance_tensor
 from ..reference.cluster_means import _cluster_means, _cluster_variance
 from .cluster_means import cluster_variance_core
+from .kmeans import kmeans_assign_op
 from ..reference.pairwise_sqdist import _sqdist
 from ._dispatch import extension_kernel, run, triton_kernel
 
@@ -462,7 +463,7 @@ def _reduce(loss, reduction):
     return loss
 
 
-def magnet_loss(feats, centers, assign, center_classes, *, alpha=1.0, variance=None,
+def magnet_loss(feats, centers, assign=None, center_classes=None, *, alpha=1.0, variance=None,
                 eps=1e-8, reduction="mean"):
     """Magnet loss of ``feats`` [N, d] against ``centers`` [C, d] (see the module docstring).
 
@@ -471,9 +472,21 @@ def magnet_loss(feats, centers, assign, center_classes, *, alpha=1.0, variance=N
     variance is a constant. ``reduction``: "mean", "sum" or "none" ([N]).
     Returns the accumulation dtype; differentiable in ``feats`` and ``centers``.
     Under ``torch.compile`` the input checks (which read id values back) are skipped.
+
+    Defaults: ``assign=None`` puts each row with its nearest center,
+    ``a_i = argmin_k d_ik`` (:func:`clustr_fast.kmeans_assign`, ties to the lower index; no
+    gradient through the choice), so ``own_i = min_k d_ik``; ``center_classes=None`` makes
+    every center its own class, so the impostors of row i are all ``k != a_i``. With both::
+
+        loss_i = relu(-log(exp(-s min_k d_ik - alpha) / (sum_{k != a_i} exp(-s d_ik) + eps) + eps))
+        s = 1 / (2 sigma^2),   sigma^2 = sum_i min_k d_ik / (N - 1)   (variance=None)
     """
     if not torch.compiler.is_compiling():  # the id-range checks read values back
         check_magnet_loss(feats, centers, assign, center_classes, alpha, variance, eps, reduction)
+    if assign is None:
+        assign = kmeans_assign_op(feats.detach(), centers.detach(), 0, None, 0)[0]
+    if center_classes is None:
+        center_classes = torch.arange(centers.shape[0], device=centers.device)
     acc = acc_dtype(feats.dtype)
     weight = 1.0 / max(feats.shape[0], 1) if reduction == "mean" else 1.0
     if variance is None and fused_global_applies(feats, centers, None, reduction):

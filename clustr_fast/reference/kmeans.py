@@ -20,18 +20,30 @@ def kmeans_assign(x, centers, *, precision="highest"):
     return labels, d.gather(1, labels[:, None])[:, 0]
 
 
-def kmeans_update(x, labels, k, *, prev_centers=None):
-    """Lloyd update: the mean of each of the ``k`` clusters.
+def kmeans_update(x, labels, k, *, prev_centers=None, sample_weight=None):
+    """Lloyd update: the (weighted) mean of each of the ``k`` clusters.
 
-    Returns ``(centers [k, d] in the accumulation dtype, counts int64 [k])``. An empty
-    cluster keeps its row of ``prev_centers``; with ``prev_centers=None`` it is zero
-    (``counts == 0`` tells the caller).
+        centers_j = sum_{labels_i = j} w_i x_i / W_j,   W_j = sum_{labels_i = j} w_i
+
+    Returns ``(centers [k, d] in the accumulation dtype, counts)``: ``counts`` int64 [k] (the rows
+    of each cluster) without ``sample_weight``, else the weight sums ``W`` [k] (accumulation dtype).
+    A cluster with W_j = 0 (empty) keeps its row of ``prev_centers``; with ``prev_centers=None`` it
+    is zero.
     """
-    check_kmeans_update(x, labels, k, prev_centers)
+    check_kmeans_update(x, labels, k, prev_centers, sample_weight)
     acc = acc_dtype(x.dtype)
-    means, counts = _cluster_means(x.to(acc), labels, int(k))
+    if sample_weight is None:
+        means, counts = _cluster_means(x.to(acc), labels, int(k))
+        keep = counts > 0
+    else:
+        w = sample_weight.detach().to(acc)
+        counts = torch.zeros(int(k), dtype=acc, device=x.device).index_add_(0, labels.long(), w)
+        sums = torch.zeros((int(k), x.shape[1]), dtype=acc, device=x.device).index_add_(
+            0, labels.long(), x.to(acc) * w[:, None])
+        keep = counts > 0
+        means = torch.where(keep[:, None], sums / torch.where(keep, counts, 1)[:, None], 0.0)
     if prev_centers is not None:
-        means = torch.where((counts > 0)[:, None], means, prev_centers.to(acc))
+        means = torch.where(keep[:, None], means, prev_centers.to(acc))
     return means, counts
 
 
@@ -43,39 +55,46 @@ def _sample(weights, draws):
     return torch.minimum(idx, last)
 
 
-def kmeans_plusplus(x, k, *, generator=None, n_local_trials=None):
+def kmeans_plusplus(x, k, *, generator=None, n_local_trials=None, sample_weight=None):
     """Greedy k-means++ seeding of ``k`` centers from the rows of ``x`` [N, d] (scikit-learn's).
 
-    The first center is uniform. Each next step draws ``n_local_trials`` candidates
-    with probability proportional to ``D^2`` (the squared distance to the nearest
-    chosen center) and keeps the one giving the least potential ``sum_i D_i^2``
-    (ties: first candidate). ``n_local_trials=None`` -> ``2 + int(log k)``; 1 is
-    plain D^2 sampling (Arthur & Vassilvitskii). When every point already sits on a
-    chosen center (duplicates), candidates are drawn uniformly among the points
-    not chosen yet. Random numbers come from ``torch.rand``/``torch.randint`` with
-    ``generator`` on ``x``'s device, so a seed fixes the result.
+    The first center is uniform (with ``sample_weight``: drawn with probability ``w_i / sum w``).
+    Each next step draws ``n_local_trials`` candidates with probability proportional to
+    ``w_i D_i^2`` (``D_i^2`` the squared distance to the nearest chosen center, ``w_i = 1``
+    without weights) and keeps the one giving the least potential ``sum_i w_i D_i^2`` (ties:
+    first candidate). ``n_local_trials=None`` -> ``2 + int(log k)``; 1 is plain D^2 sampling
+    (Arthur & Vassilvitskii). When the potential is 0 (duplicates), candidates are drawn
+    uniformly among the rows of positive weight not chosen yet. Random numbers come from
+    ``torch.rand``/``torch.randint`` with ``generator`` on ``x``'s device, so a seed fixes the
+    result.
 
     Returns ``(centers [k, d] in the accumulation dtype, indices int64 [k])``.
     """
-    trials = check_kmeans_plusplus(x, k, n_local_trials)
+    trials = check_kmeans_plusplus(x, k, n_local_trials, sample_weight)
     k = int(k)
     acc = acc_dtype(x.dtype)
     with torch.no_grad():
         xa = x.detach().to(acc)
         n, dev = xa.shape[0], xa.device
+        w = None if sample_weight is None else sample_weight.detach().to(acc)
         chosen = torch.zeros(n, dtype=torch.bool, device=dev)
-        first = torch.randint(0, n, (1,), generator=generator, device=dev)
+        if w is None:
+            first = torch.randint(0, n, (1,), generator=generator, device=dev)
+        else:
+            first = _sample(w, torch.rand(1, generator=generator, device=dev, dtype=torch.float64))
         indices = [first]
         chosen[first] = True
         closest = torch.cdist(xa[first], xa, compute_mode="donot_use_mm_for_euclid_dist")[0].square()
         for _ in range(1, k):
-            pot = closest.sum()
-            weights = torch.where(pot > 0, closest, (~chosen).to(acc))
+            wd = closest if w is None else w * closest
+            pot = wd.sum()
+            free = ~chosen if w is None else ~chosen & (w > 0)
+            weights = torch.where(pot > 0, wd, free.to(acc))
             draws = torch.rand(trials, generator=generator, device=dev, dtype=torch.float64)
             cand = _sample(weights, draws)                          # [T]
             dc = torch.cdist(xa[cand], xa, compute_mode="donot_use_mm_for_euclid_dist").square()
             dc = torch.minimum(dc, closest[None, :])
-            best = dc.sum(1).argmin()
+            best = (dc if w is None else dc * w).sum(1).argmin()
             closest = dc[best]
             pick = cand[best].reshape(1)
             chosen[pick] = True

@@ -6,15 +6,17 @@
 //                      consumed at once by a vector argmin (cpu/nearest_center.h; no BLAS, no [N,K]
 //                      buffer). Grouped: row i only sees the centers
 //                      [groups[i]*group_k, (groups[i]+1)*group_k), by explicit differences.
-//   kmeans_update:     centers[j] = mean of the rows labelled j (prev_centers[j] or 0 when empty),
-//                      counts[j]; a counting sort by label, then one ordered sum per cluster
-//                      (float64 accumulators): deterministic for any thread count.
+//   kmeans_update:     centers[j] = sum_{labels_i = j} w_i x_i / W_j (w = 1 without weights;
+//                      prev_centers[j] or 0 when W_j = 0), counts[j] (W_j with weights); a counting
+//                      sort by label, then one ordered sum per cluster (float64 accumulators):
+//                      deterministic for any thread count.
 //   kmeans_lloyd_step: assign + update (prev_centers = centers) in one pass over x: each row block is
 //                      assigned by the kernels above and summed at once into float64 partials of its
 //                      fixed chunk; the partials are added in chunk order (deterministic).
-//   kmeans_plusplus:   greedy D^2 seeding in every segment [offsets[g], offsets[g+1]) of x; each step
-//                      is one parallel pass that folds in the last chosen center and computes the T
-//                      candidate distances by explicit differences with their partial potentials.
+//   kmeans_plusplus:   greedy D^2 seeding in every segment [offsets[g], offsets[g+1]) of x (weighted:
+//                      draws by w_i D_i^2, potential sum_i w_i D_i^2); each step is one parallel pass
+//                      that folds in the last chosen center and computes the T candidate distances by
+//                      explicit differences with their partial potentials.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -134,9 +136,10 @@ std::tuple<at::Tensor, at::Tensor> kmeans_assign_cpu(const at::Tensor& x_in, con
 // ------------------------------------------------------------------ update
 
 
+// w (optional): row weights; wout receives the weight sums W_j (counts are always the row counts).
 template <typename T>
-void update_sorted(const at::Tensor& x, const int64_t* lab, int64_t k, const T* prev, at::Tensor& centers,
-                   int64_t* counts) {
+void update_sorted(const at::Tensor& x, const int64_t* lab, int64_t k, const T* prev, const T* w, at::Tensor& centers,
+                   int64_t* counts, T* wout) {
   const int64_t N = x.size(0), D = x.size(1);
   std::vector<int64_t> start(k + 1, 0), order(N), fill;
   for (int64_t i = 0; i < N; ++i) ++counts[lab[i]];
@@ -149,20 +152,39 @@ void update_sorted(const at::Tensor& x, const int64_t* lab, int64_t k, const T* 
     std::vector<double> acc(D);
     for (int64_t j = j0; j < j1; ++j) {
       T* out = cp + j * D;
-      if (counts[j] == 0) {
+      std::fill(acc.begin(), acc.end(), 0.0);
+      double total = static_cast<double>(counts[j]);
+      if (w != nullptr) {
+        total = 0.0;
+        for (int64_t p = start[j]; p < start[j + 1]; ++p) {
+          const double wi = static_cast<double>(w[order[p]]);
+          add_row_scaled_any(acc.data(), xp + order[p] * D, wi, D);
+          total += wi;
+        }
+        wout[j] = static_cast<T>(total);
+      } else {
+        for (int64_t p = start[j]; p < start[j + 1]; ++p) add_row_any(acc.data(), xp + order[p] * D, D);
+      }
+      if (!(total > 0.0)) {
         for (int64_t e = 0; e < D; ++e) out[e] = prev ? prev[j * D + e] : T(0);
         continue;
       }
-      std::fill(acc.begin(), acc.end(), 0.0);
-      for (int64_t p = start[j]; p < start[j + 1]; ++p) add_row_any(acc.data(), xp + order[p] * D, D);
-      const double inv = 1.0 / static_cast<double>(counts[j]);
+      const double inv = 1.0 / total;
       for (int64_t e = 0; e < D; ++e) out[e] = static_cast<T>(acc[e] * inv);
     }
   });
 }
 
+// Row weights as a contiguous tensor of the accumulation dtype, checked against N (undefined when absent).
+at::Tensor row_weights(const std::optional<at::Tensor>& weights, int64_t N, at::ScalarType acc) {
+  if (!weights.has_value()) return at::Tensor();
+  TORCH_CHECK(weights->dim() == 1 && weights->size(0) == N, "weights must be 1-D of length N");
+  return weights->detach().to(acc).contiguous();
+}
+
 std::tuple<at::Tensor, at::Tensor> kmeans_update_cpu(const at::Tensor& x_in, const at::Tensor& labels_in, int64_t k,
-                                                     const std::optional<at::Tensor>& prev_in, bool deterministic) {
+                                                     const std::optional<at::Tensor>& prev_in, bool deterministic,
+                                                     const std::optional<at::Tensor>& weights_in) {
   (void)deterministic;  // always deterministic on the CPU
   check_matrix(x_in, "x");
   TORCH_CHECK(k >= 1, "k must be >= 1");
@@ -175,13 +197,16 @@ std::tuple<at::Tensor, at::Tensor> kmeans_update_cpu(const at::Tensor& x_in, con
     prev = prev_in->detach().to(acc).contiguous();
     TORCH_CHECK(prev.size(0) == k && prev.size(1) == x.size(1), "prev_centers must be [k, d]");
   }
+  const at::Tensor w = row_weights(weights_in, x.size(0), acc);
   at::Tensor centers = at::empty({k, x.size(1)}, x.options());
   at::Tensor counts = at::zeros({k}, x.options().dtype(at::kLong));
+  at::Tensor wsum = w.defined() ? at::zeros({k}, x.options()) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(acc, "kmeans_update_cpu", [&] {
     update_sorted<scalar_t>(x, labels.data_ptr<int64_t>(), k, prev.defined() ? prev.data_ptr<scalar_t>() : nullptr,
-                            centers, counts.data_ptr<int64_t>());
+                            w.defined() ? w.data_ptr<scalar_t>() : nullptr, centers, counts.data_ptr<int64_t>(),
+                            w.defined() ? wsum.data_ptr<scalar_t>() : nullptr);
   });
-  return {centers, counts};
+  return {centers, w.defined() ? wsum : counts};
 }
 
 // ------------------------------------------------------------------ fused Lloyd step
@@ -204,20 +229,31 @@ LloydChunks lloyd_chunks(int64_t N, int64_t K, int64_t D, int64_t block) {
   return ch;
 }
 
-// sums[lab[i] - k0] += x_i (float64), counts[lab[i] - k0] += 1 for the rows [i0, i1).
+// sums[lab[i]] += w_i x_i (float64; w = 1 when w is null), counts[lab[i]] += 1 and, with weights,
+// wsums[lab[i]] += w_i, for the rows [i0, i1).
 template <typename T>
-inline void accumulate_rows(const T* x, const int64_t* lab, int64_t i0, int64_t i1, int64_t D, double* sums,
-                            int64_t* counts) {
+inline void accumulate_rows(const T* x, const int64_t* lab, const T* w, int64_t i0, int64_t i1, int64_t D,
+                            double* sums, int64_t* counts, double* wsums) {
+  if (w == nullptr) {
+    for (int64_t i = i0; i < i1; ++i) {
+      add_row_any(sums + lab[i] * D, x + i * D, D);
+      ++counts[lab[i]];
+    }
+    return;
+  }
   for (int64_t i = i0; i < i1; ++i) {
-    add_row_any(sums + lab[i] * D, x + i * D, D);
+    const double wi = static_cast<double>(w[i]);
+    add_row_scaled_any(sums + lab[i] * D, x + i * D, wi, D);
     ++counts[lab[i]];
+    wsums[lab[i]] += wi;
   }
 }
 
-// new_centers[j] = sum_c partial[c, j] / count[j] (centers[j] when the cluster is empty).
+// new_centers[j] = sum_c partial[c, j] / W_j with W_j = sum_c pw[c, j] (weights) or the count
+// (centers[j] when W_j = 0); counts[j] the row count, wout[j] = W_j (weights only).
 template <typename T>
-void reduce_partials(const double* part, const int64_t* pcnt, int64_t nchunk, int64_t K, int64_t D, const T* prev,
-                     T* out, int64_t* counts) {
+void reduce_partials(const double* part, const int64_t* pcnt, const double* pw, int64_t nchunk, int64_t K, int64_t D,
+                     const T* prev, T* out, int64_t* counts, T* wout) {
   // a small reduction runs on one thread (a parallel region costs more on a busy machine)
   const int64_t grain = nchunk * K * D <= (int64_t(1) << 20) ? K : std::max<int64_t>(1, 4096 / std::max<int64_t>(D, 1));
   at::parallel_for(0, K, grain, [&](int64_t j0, int64_t j1) {
@@ -226,8 +262,14 @@ void reduce_partials(const double* part, const int64_t* pcnt, int64_t nchunk, in
       int64_t n = 0;
       for (int64_t c = 0; c < nchunk; ++c) n += pcnt[c * K + j];
       counts[j] = n;
+      double total = static_cast<double>(n);
+      if (pw != nullptr) {
+        total = 0.0;
+        for (int64_t c = 0; c < nchunk; ++c) total += pw[c * K + j];
+        wout[j] = static_cast<T>(total);
+      }
       T* o = out + j * D;
-      if (n == 0) {
+      if (!(total > 0.0)) {
         std::copy(prev + j * D, prev + (j + 1) * D, o);
         continue;
       }
@@ -237,7 +279,7 @@ void reduce_partials(const double* part, const int64_t* pcnt, int64_t nchunk, in
 #pragma omp simd
         for (int64_t e = 0; e < D; ++e) acc[e] += p[e];
       }
-      const double inv = 1.0 / static_cast<double>(n);
+      const double inv = 1.0 / total;
       for (int64_t e = 0; e < D; ++e) o[e] = static_cast<T>(acc[e] * inv);
     }
   });
@@ -246,13 +288,14 @@ void reduce_partials(const double* part, const int64_t* pcnt, int64_t nchunk, in
 // One pass over x: nearest center of every row (the kmeans_assign kernels, so the labels are
 // the same), and the float64 partial sums of the update, consumed right after each block.
 template <typename T>
-void lloyd_step_fused(const at::Tensor& x, const at::Tensor& c, const int64_t* groups, int64_t gk,
-                      const LloydChunks& ch, int64_t* lab, T* sq, T* out, int64_t* counts) {
+void lloyd_step_fused(const at::Tensor& x, const at::Tensor& c, const int64_t* groups, int64_t gk, const T* w,
+                      const LloydChunks& ch, int64_t* lab, T* sq, T* out, int64_t* counts, T* wout) {
   const int64_t N = x.size(0), D = x.size(1), K = c.size(0), RB = dense_rows(K);
   const T* xp = x.data_ptr<T>();
   const T* cp = c.data_ptr<T>();
   std::unique_ptr<double[]> part(new double[ch.count * K * D]);  // each chunk zeroes its own
   std::unique_ptr<int64_t[]> pcnt(new int64_t[ch.count * K]);
+  std::unique_ptr<double[]> pw(w != nullptr ? new double[ch.count * K] : nullptr);
   std::optional<PackedCenters<T>> dense;
   if (groups == nullptr) dense.emplace(c);
   auto init = [&] {
@@ -263,8 +306,10 @@ void lloyd_step_fused(const at::Tensor& x, const at::Tensor& c, const int64_t* g
   parallel_items(ch.count, init, [&](std::optional<NearestScratch<T>>& scratch, int64_t ci) {
     double* sums = part.get() + ci * K * D;
     int64_t* cnt = pcnt.get() + ci * K;
+    double* wsums = pw ? pw.get() + ci * K : nullptr;
     std::fill(sums, sums + K * D, 0.0);
     std::fill(cnt, cnt + K, int64_t(0));
+    if (wsums != nullptr) std::fill(wsums, wsums + K, 0.0);
     const int64_t end = std::min(N, (ci + 1) * ch.rows);
     for (int64_t r0 = ci * ch.rows; r0 < end; r0 += RB) {
       const int64_t r1 = std::min(end, r0 + RB);
@@ -272,15 +317,15 @@ void lloyd_step_fused(const at::Tensor& x, const at::Tensor& c, const int64_t* g
         nearest_centers_any(xp, r0, r1 - r0, *dense, *scratch, lab, sq);
       else
         assign_grouped_any(xp, cp, groups, gk, D, r0, r1, lab, sq);
-      accumulate_rows<T>(xp, lab, r0, r1, D, sums, cnt);
+      accumulate_rows<T>(xp, lab, w, r0, r1, D, sums, cnt, wsums);
     }
   });
-  reduce_partials<T>(part.get(), pcnt.get(), ch.count, K, D, cp, out, counts);
+  reduce_partials<T>(part.get(), pcnt.get(), pw.get(), ch.count, K, D, cp, out, counts, wout);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_lloyd_step_cpu(
     const at::Tensor& x_in, const at::Tensor& c_in, int64_t precision, const std::optional<at::Tensor>& groups_in,
-    int64_t group_k) {
+    int64_t group_k, const std::optional<at::Tensor>& weights_in) {
   const auto xc = points_and_centers(x_in, c_in, precision);
   const at::Tensor x = xc.first, c = xc.second;
   const auto acc = x.scalar_type();
@@ -291,34 +336,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_lloyd_step_cpu
     TORCH_CHECK(groups.dim() == 1 && groups.size(0) == N, "groups must be 1-D of length N");
     TORCH_CHECK(group_k >= 1, "group_k must be >= 1");
   }
+  const at::Tensor w = row_weights(weights_in, N, acc);
   const LloydChunks ch = lloyd_chunks(N, K, D, dense_rows(K));
   if (N == 0 || D == 0 || ch.count == 0) {  // nothing to fuse, or too many partial sums: two passes
     auto [labels, sqdist] = kmeans_assign_cpu(x, c, precision, groups_in, group_k);
-    auto [centers, counts] = kmeans_update_cpu(x, labels, K, c, true);
+    auto [centers, counts] = kmeans_update_cpu(x, labels, K, c, true, weights_in);
     return {labels, sqdist, centers, counts};
   }
   at::Tensor labels = at::empty({N}, x.options().dtype(at::kLong));
   at::Tensor sqdist = at::empty({N}, x.options());
   at::Tensor centers = at::empty({K, D}, x.options());
   at::Tensor counts = at::empty({K}, x.options().dtype(at::kLong));
+  at::Tensor wsum = w.defined() ? at::empty({K}, x.options()) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(acc, "kmeans_lloyd_step_cpu", [&] {
-    lloyd_step_fused<scalar_t>(x, c, groups.defined() ? groups.data_ptr<int64_t>() : nullptr, group_k, ch,
-                               labels.data_ptr<int64_t>(), sqdist.data_ptr<scalar_t>(), centers.data_ptr<scalar_t>(),
-                               counts.data_ptr<int64_t>());
+    lloyd_step_fused<scalar_t>(x, c, groups.defined() ? groups.data_ptr<int64_t>() : nullptr, group_k,
+                               w.defined() ? w.data_ptr<scalar_t>() : nullptr, ch, labels.data_ptr<int64_t>(),
+                               sqdist.data_ptr<scalar_t>(), centers.data_ptr<scalar_t>(), counts.data_ptr<int64_t>(),
+                               w.defined() ? wsum.data_ptr<scalar_t>() : nullptr);
   });
-  return {labels, sqdist, centers, counts};
+  return {labels, sqdist, centers, w.defined() ? wsum : counts};
 }
 
 // ------------------------------------------------------------------ k-means++ (kmeans_plusplus.h)
 
 at::Tensor kmeans_plusplus_cpu(const at::Tensor& x_in, const at::Tensor& offsets_in, int64_t k,
-                               const at::Tensor& first_in, const at::Tensor& draws_in) {
+                               const at::Tensor& first_in, const at::Tensor& draws_in,
+                               const std::optional<at::Tensor>& weights_in) {
   check_matrix(x_in, "x");
   const auto acc = acc_type(x_in.scalar_type());
   const at::Tensor x = x_in.detach().to(acc).contiguous();
   const at::Tensor offsets = offsets_in.detach().to(at::kLong).contiguous();
   const at::Tensor first = first_in.detach().to(at::kLong).contiguous();
   const at::Tensor draws = draws_in.detach().to(at::kDouble).contiguous();
+  const at::Tensor w = row_weights(weights_in, x.size(0), acc);
   const int64_t G = offsets.numel() - 1;
   TORCH_CHECK(G >= 0 && first.numel() == G, "first must have one entry per segment");
   TORCH_CHECK(draws.dim() == 3 && draws.size(0) == std::max<int64_t>(k - 1, 0) && draws.size(1) == G &&
@@ -331,7 +381,8 @@ at::Tensor kmeans_plusplus_cpu(const at::Tensor& x_in, const at::Tensor& offsets
   if (G == 0 || k == 0) return indices;
   AT_DISPATCH_FLOATING_TYPES(acc, "kmeans_plusplus_cpu", [&] {
     plusplus_impl<scalar_t>(x.data_ptr<scalar_t>(), x.size(0), x.size(1), op, G, k, first.data_ptr<int64_t>(),
-                            draws.data_ptr<double>(), draws.size(2), indices.data_ptr<int64_t>());
+                            draws.data_ptr<double>(), draws.size(2), indices.data_ptr<int64_t>(),
+                            w.defined() ? w.data_ptr<scalar_t>() : nullptr);
   });
   return indices;
 }

@@ -38,12 +38,14 @@ SegmentBlocks make_blocks(const int64_t* offsets, int64_t G, int64_t bs) {
 // The candidates' distances with one vector lane per candidate: lanes hold up to W candidates
 // (cT[j] = coordinate j of each), so a row costs D broadcasts, subtractions and FMAs for all of
 // them, with no horizontal sums; eight rows share each load of cT[j]. Same terms as
-// row_to_few, summed in coordinate order. Writes dc and adds the partial potentials to part.
-// cT: scratch of D * W values (plain T storage: a vector of V may not be 32-byte aligned).
-template <typename T>
+// row_to_few, summed in coordinate order. Writes dc and adds the partial potentials to part
+// (Weighted: each row's term times w[i]). cT: scratch of D * W values (plain T storage: a vector
+// of V may not be 32-byte aligned).
+template <typename T, bool Weighted>
 inline __attribute__((always_inline)) void eval_candidates_lanes(const T* x, int64_t N, int64_t D,
                                                                  const int64_t* cand, int64_t m, const T* closest,
-                                                                 int64_t i0, int64_t i1, T* dc, double* part, T* cT) {
+                                                                 const T* w, int64_t i0, int64_t i1, T* dc,
+                                                                 double* part, T* cT) {
   using V = typename Vec32<T>::type;
   constexpr int W = Vec32<T>::W;
   for (int64_t j = 0; j < D; ++j)
@@ -52,7 +54,12 @@ inline __attribute__((always_inline)) void eval_candidates_lanes(const T* x, int
   auto finish = [&](const V& acc, int64_t i) {
     const V cl = V{} + closest[i];
     const V mn = acc < cl ? acc : cl;
-    for (int l = 0; l < W; ++l) pacc[l] += static_cast<double>(mn[l]);  // every lane: vectorizes
+    if constexpr (Weighted) {
+      const double wi = static_cast<double>(w[i]);
+      for (int l = 0; l < W; ++l) pacc[l] += wi * static_cast<double>(mn[l]);
+    } else {
+      for (int l = 0; l < W; ++l) pacc[l] += static_cast<double>(mn[l]);  // every lane: vectorizes
+    }
     std::memcpy(dc + i * W, &acc, sizeof(V));  // lane layout: row i's W lanes side by side
   };
   constexpr int R = 8;  // rows at once: 8 independent FMA chains hide the FMA latency
@@ -96,18 +103,19 @@ inline std::pair<const T*, int64_t> slot_of(const T* dc, int64_t N, int64_t nt, 
   return {dc + t * N, 1};
 }
 
-// dc (layout above) = ||x_i - x_{cand_t}||^2 for the rows [i0, i1); part[t] = sum_i min(closest_i, dc).
-// scratch: D * Vec32<T>::W values (allocated by the caller: nothing may throw in a clone).
-template <typename T>
+// dc (layout above) = ||x_i - x_{cand_t}||^2 for the rows [i0, i1); part[t] = sum_i w_i min(closest_i, dc)
+// (w_i = 1 when w is null). scratch: D * Vec32<T>::W values (allocated by the caller: nothing may
+// throw in a clone).
+template <typename T, bool Weighted>
 inline __attribute__((always_inline)) void eval_candidates(const T* x, int64_t N, int64_t D, const int64_t* cand,
-                                                           int64_t nt, const T* closest, int64_t i0, int64_t i1,
-                                                           T* dc, double* part, T* scratch) {
+                                                           int64_t nt, const T* closest, const T* w, int64_t i0,
+                                                           int64_t i1, T* dc, double* part, T* scratch) {
   if (candidate_lanes(nt)) {
     constexpr int64_t W = Vec32<T>::W;
     for (int64_t t0 = 0; t0 < nt; t0 += W) {
       for (int64_t t = t0; t < std::min(nt, t0 + W); ++t) part[t] = 0.0;
-      eval_candidates_lanes<T>(x, N, D, cand + t0, std::min(W, nt - t0), closest, i0, i1, dc + t0 * N, part + t0,
-                               scratch);
+      eval_candidates_lanes<T, Weighted>(x, N, D, cand + t0, std::min(W, nt - t0), closest, w, i0, i1, dc + t0 * N,
+                                         part + t0, scratch);
     }
     return;
   }
@@ -122,39 +130,52 @@ inline __attribute__((always_inline)) void eval_candidates(const T* x, int64_t N
     }
     for (int64_t i = i0; i < i1; ++i) {
       sqdist_to_many<T>(x + i * D, cs, m, D, v);
+      const double wi = Weighted ? static_cast<double>(w[i]) : 1.0;
       for (int64_t t = 0; t < m; ++t) {
         dc[(t0 + t) * N + i] = v[t];
-        part[t0 + t] += static_cast<double>(std::min(v[t], closest[i]));
+        part[t0 + t] += wi * static_cast<double>(std::min(v[t], closest[i]));
       }
     }
   }
 }
+template <typename T>
+inline __attribute__((always_inline)) void eval_candidates_either(const T* x, int64_t N, int64_t D,
+                                                                  const int64_t* cand, int64_t nt, const T* cl,
+                                                                  const T* w, int64_t i0, int64_t i1, T* dc,
+                                                                  double* part, T* scratch) {
+  if (w != nullptr)
+    eval_candidates<T, true>(x, N, D, cand, nt, cl, w, i0, i1, dc, part, scratch);
+  else
+    eval_candidates<T, false>(x, N, D, cand, nt, cl, w, i0, i1, dc, part, scratch);
+}
 CLUSTR_VEC_CLONES void eval_candidates_f(const float* x, int64_t N, int64_t D, const int64_t* cand, int64_t nt,
-                                         const float* cl, int64_t i0, int64_t i1, float* dc, double* part,
-                                         float* scratch) {
-  eval_candidates<float>(x, N, D, cand, nt, cl, i0, i1, dc, part, scratch);
+                                         const float* cl, const float* w, int64_t i0, int64_t i1, float* dc,
+                                         double* part, float* scratch) {
+  eval_candidates_either<float>(x, N, D, cand, nt, cl, w, i0, i1, dc, part, scratch);
 }
 CLUSTR_VEC_CLONES void eval_candidates_d(const double* x, int64_t N, int64_t D, const int64_t* cand, int64_t nt,
-                                         const double* cl, int64_t i0, int64_t i1, double* dc, double* part,
-                                         double* scratch) {
-  eval_candidates<double>(x, N, D, cand, nt, cl, i0, i1, dc, part, scratch);
+                                         const double* cl, const double* w, int64_t i0, int64_t i1, double* dc,
+                                         double* part, double* scratch) {
+  eval_candidates_either<double>(x, N, D, cand, nt, cl, w, i0, i1, dc, part, scratch);
 }
 inline void eval_candidates_any(const float* x, int64_t N, int64_t D, const int64_t* cand, int64_t nt,
-                                const float* cl, int64_t i0, int64_t i1, float* dc, double* part, float* scratch) {
-  eval_candidates_f(x, N, D, cand, nt, cl, i0, i1, dc, part, scratch);
+                                const float* cl, const float* w, int64_t i0, int64_t i1, float* dc, double* part,
+                                float* scratch) {
+  eval_candidates_f(x, N, D, cand, nt, cl, w, i0, i1, dc, part, scratch);
 }
 inline void eval_candidates_any(const double* x, int64_t N, int64_t D, const int64_t* cand, int64_t nt,
-                                const double* cl, int64_t i0, int64_t i1, double* dc, double* part,
+                                const double* cl, const double* w, int64_t i0, int64_t i1, double* dc, double* part,
                                 double* scratch) {
-  eval_candidates_d(x, N, D, cand, nt, cl, i0, i1, dc, part, scratch);
+  eval_candidates_d(x, N, D, cand, nt, cl, w, i0, i1, dc, part, scratch);
 }
 
 // One D^2 draw in segment g: the first row whose running weight exceeds u * total, weights
-// D^2_i = min(closest[i], pending[i]) (pending: distances to the last chosen center, not yet
-// folded into closest; may be null), or 1 for rows not chosen yet when every D^2 is 0.
+// w_i D^2_i with D^2_i = min(closest[i], pending[i]) (pending: distances to the last chosen center,
+// not yet folded into closest; may be null; w_i = 1 when w is null), or 1 for rows of positive
+// weight not chosen yet when every such weight is 0.
 template <typename T>
 int64_t sample_row(const SegmentBlocks& blk, int64_t g, double u, const double* wsum, const double* wfree,
-                   const T* closest, const T* pending, int64_t pstride, const uint8_t* chosen) {
+                   const T* closest, const T* pending, int64_t pstride, const uint8_t* chosen, const T* w) {
   double total = 0.0, free = 0.0;
   for (int64_t b = blk.gblk[g]; b < blk.gblk[g + 1]; ++b) {
     total += wsum[b];
@@ -165,21 +186,22 @@ int64_t sample_row(const SegmentBlocks& blk, int64_t g, double u, const double* 
   double cum = 0.0;
   int64_t found = -1, last_pos = -1;
   for (int64_t b = blk.gblk[g]; b < blk.gblk[g + 1]; ++b) {
-    const double w = use_free ? wfree[b] : wsum[b];
-    if (w > 0.0) last_pos = b;
-    if (cum + w > target) {
+    const double v = use_free ? wfree[b] : wsum[b];
+    if (v > 0.0) last_pos = b;
+    if (cum + v > target) {
       found = b;
       break;
     }
-    cum += w;
+    cum += v;
   }
   const int64_t b = found >= 0 ? found : (last_pos >= 0 ? last_pos : blk.gblk[g]);
   int64_t pick = -1, last_row = blk.start[b];
   for (int64_t i = blk.start[b]; i < blk.end[b]; ++i) {
     const T d2 = pending ? std::min(closest[i], pending[i * pstride]) : closest[i];
-    const double w = use_free ? (chosen[i] ? 0.0 : 1.0) : static_cast<double>(d2);
-    if (w > 0.0) last_row = i;
-    cum += w;
+    const double wi = w != nullptr ? static_cast<double>(w[i]) : 1.0;
+    const double v = use_free ? (chosen[i] || !(wi > 0.0) ? 0.0 : 1.0) : wi * static_cast<double>(d2);
+    if (v > 0.0) last_row = i;
+    cum += v;
     if (found >= 0 && cum > target) {
       pick = i;
       break;
@@ -191,10 +213,11 @@ int64_t sample_row(const SegmentBlocks& blk, int64_t g, double u, const double* 
 // Greedy k-means++ with one parallel pass over x per step. The pass over a block first folds
 // the distances to the previous step's chosen center into `closest`, then computes the T
 // candidate distances and their partial potentials. The partial potential of the chosen
-// candidate is the block's D^2 weight of the next draw, so no second pass is needed.
+// candidate is the block's D^2 weight of the next draw, so no second pass is needed. w (may be
+// null): row weights, in the draws and the potentials.
 template <typename T>
 void plusplus_impl(const T* xp, int64_t N, int64_t D, const int64_t* offsets, int64_t G, int64_t k,
-                   const int64_t* first, const double* draws, int64_t nt, int64_t* indices) {
+                   const int64_t* first, const double* draws, int64_t nt, int64_t* indices, const T* w = nullptr) {
   constexpr int64_t BS = 512;
   const SegmentBlocks blk = make_blocks(offsets, G, BS);
   const int64_t NB = static_cast<int64_t>(blk.start.size());
@@ -203,7 +226,11 @@ void plusplus_impl(const T* xp, int64_t N, int64_t D, const int64_t* offsets, in
   std::vector<T> closest(N, std::numeric_limits<T>::infinity()), dc(slots * N);
   std::vector<uint8_t> chosen(N, 0);
   std::vector<double> wsum(NB, 0.0), wfree(NB), part(NB * nt);
-  for (int64_t b = 0; b < NB; ++b) wfree[b] = static_cast<double>(blk.end[b] - blk.start[b]);
+  for (int64_t b = 0; b < NB; ++b) {
+    wfree[b] = static_cast<double>(blk.end[b] - blk.start[b]);
+    if (w != nullptr)
+      for (int64_t i = blk.start[b]; i < blk.end[b]; ++i) wfree[b] -= w[i] > T(0) ? 0.0 : 1.0;
+  }
   std::vector<int64_t> cand(G * nt), pending(G, -1);  // pending[g]: slot of dc to fold into closest
   for (int64_t s = 0; s < k; ++s) {
     for (int64_t g = 0; g < G; ++g) {
@@ -212,7 +239,7 @@ void plusplus_impl(const T* xp, int64_t N, int64_t D, const int64_t* offsets, in
       for (int64_t t = 0; t < nt; ++t)
         cand[g * nt + t] = s == 0 ? first[g]
                                   : sample_row<T>(blk, g, draws[((s - 1) * G + g) * nt + t], wsum.data(),
-                                                  wfree.data(), closest.data(), pend, pstride, chosen.data());
+                                                  wfree.data(), closest.data(), pend, pstride, chosen.data(), w);
     }
     parallel_items(NB, [&] { return std::vector<T>(D * W); }, [&](std::vector<T>& scratch, int64_t b) {
       const int64_t g = blk.group[b];
@@ -220,7 +247,7 @@ void plusplus_impl(const T* xp, int64_t N, int64_t D, const int64_t* offsets, in
         const auto [row, stride] = slot_of<T>(dc.data(), N, nt, pending[g]);
         for (int64_t i = blk.start[b]; i < blk.end[b]; ++i) closest[i] = std::min(closest[i], row[i * stride]);
       }
-      eval_candidates_any(xp, N, D, cand.data() + g * nt, nt, closest.data(), blk.start[b], blk.end[b],
+      eval_candidates_any(xp, N, D, cand.data() + g * nt, nt, closest.data(), w, blk.start[b], blk.end[b],
                           dc.data(), part.data() + b * nt, scratch.data());
     });
     for (int64_t g = 0; g < G; ++g) {  // greedy choice: least potential, first on ties
@@ -236,7 +263,7 @@ void plusplus_impl(const T* xp, int64_t N, int64_t D, const int64_t* offsets, in
       }
       const int64_t row = cand[g * nt + bt];
       indices[g * k + s] = row;
-      if (!chosen[row]) wfree[blk.gblk[g] + (row - offsets[g]) / BS] -= 1.0;
+      if (!chosen[row] && (w == nullptr || w[row] > T(0))) wfree[blk.gblk[g] + (row - offsets[g]) / BS] -= 1.0;
       chosen[row] = 1;
       for (int64_t b = blk.gblk[g]; b < blk.gblk[g + 1]; ++b) wsum[b] = part[b * nt + bt];
       pending[g] = bt;

@@ -1,7 +1,7 @@
 // Row kernels shared by the CPU k-means sources (kmeans.cpp, kmeans_groups.cpp): the work
 // scheduler, 32-byte vectors (also used by center_panels.h and soft_cluster_logits.cpp),
 // squared distances of one row to a few centers, the nearest of a few centers, and the float64 row
-// sum of the Lloyd update.
+// sums (plain and weighted) of the Lloyd update.
 #pragma once
 #include <ATen/Parallel.h>
 
@@ -174,6 +174,21 @@ CLUSTR_VEC_CLONES void add_row_f(double* a, const float* r, int64_t d) { add_row
 CLUSTR_VEC_CLONES void add_row_d(double* a, const double* r, int64_t d) { add_row<double>(a, r, d); }
 inline void add_row_any(double* a, const float* r, int64_t d) { add_row_f(a, r, d); }
 inline void add_row_any(double* a, const double* r, int64_t d) { add_row_d(a, r, d); }
+
+// acc[j] += w * row[j] in float64 (the weighted Lloyd update).
+template <typename T>
+inline __attribute__((always_inline)) void add_row_scaled(double* acc, const T* row, double w, int64_t d) {
+#pragma omp simd
+  for (int64_t j = 0; j < d; ++j) acc[j] += w * static_cast<double>(row[j]);
+}
+CLUSTR_VEC_CLONES void add_row_scaled_f(double* a, const float* r, double w, int64_t d) {
+  add_row_scaled<float>(a, r, w, d);
+}
+CLUSTR_VEC_CLONES void add_row_scaled_d(double* a, const double* r, double w, int64_t d) {
+  add_row_scaled<double>(a, r, w, d);
+}
+inline void add_row_scaled_any(double* a, const float* r, double w, int64_t d) { add_row_scaled_f(a, r, w, d); }
+inline void add_row_scaled_any(double* a, const double* r, double w, int64_t d) { add_row_scaled_d(a, r, w, d); }
 
 }  // namespace
 }  // namespace clustr_fast

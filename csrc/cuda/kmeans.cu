@@ -241,23 +241,33 @@ std::tuple<at::Tensor, at::Tensor> kmeans_assign_cuda(const at::Tensor& x, const
 constexpr int UPD_ROWS = 256, UPD_DIMS = 32, SMALL_K = 64;
 
 // Block: UPD_ROWS rows x UPD_DIMS dims; sums per cluster in shared memory, then one atomic per sum.
+// w (may be null): row weights, summed times the rows, and their per-cluster sums into wsums.
 template <typename scalar_t, typename acc_t>
 __global__ void update_smallk_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ labels,
-                                     acc_t* __restrict__ sums, int* __restrict__ counts, int64_t N, int64_t D,
-                                     int64_t K, int64_t sxn, int64_t sxd) {
+                                     const acc_t* __restrict__ w, acc_t* __restrict__ sums, int* __restrict__ counts,
+                                     acc_t* __restrict__ wsums, int64_t N, int64_t D, int64_t K, int64_t sxn,
+                                     int64_t sxd) {
   __shared__ acc_t ssum[SMALL_K][UPD_DIMS];
+  __shared__ acc_t swt[SMALL_K];
   __shared__ int scnt[SMALL_K];
   const int tid = threadIdx.x;  // blockDim = 256 = 8 row lanes x 32 dims
   for (int e = tid; e < SMALL_K * UPD_DIMS; e += blockDim.x) ssum[e / UPD_DIMS][e % UPD_DIMS] = acc_t(0);
-  for (int e = tid; e < SMALL_K; e += blockDim.x) scnt[e] = 0;
+  for (int e = tid; e < SMALL_K; e += blockDim.x) {
+    scnt[e] = 0;
+    swt[e] = acc_t(0);
+  }
   __syncthreads();
   const int dl = tid % UPD_DIMS, rl = tid / UPD_DIMS;
   const int64_t d = (int64_t)blockIdx.y * UPD_DIMS + dl;
   const int64_t r0 = (int64_t)blockIdx.x * UPD_ROWS;
   for (int64_t r = r0 + rl; r < min(N, r0 + UPD_ROWS); r += blockDim.x / UPD_DIMS) {
     const int64_t l = labels[r];
-    if (d < D) atomicAdd(&ssum[l][dl], static_cast<acc_t>(x[r * sxn + d * sxd]));
-    if (dl == 0 && blockIdx.y == 0) atomicAdd(&scnt[l], 1);
+    const acc_t wr = w ? w[r] : acc_t(1);
+    if (d < D) atomicAdd(&ssum[l][dl], wr * static_cast<acc_t>(x[r * sxn + d * sxd]));
+    if (dl == 0 && blockIdx.y == 0) {
+      atomicAdd(&scnt[l], 1);
+      if (w) atomicAdd(&swt[l], wr);
+    }
   }
   __syncthreads();
   for (int e = tid; e < K * UPD_DIMS; e += blockDim.x) {
@@ -266,60 +276,82 @@ __global__ void update_smallk_kernel(const scalar_t* __restrict__ x, const int64
     if (gd < D && ssum[j][dd] != acc_t(0)) atomicAdd(&sums[j * D + gd], ssum[j][dd]);
   }
   if (blockIdx.y == 0)
-    for (int j = tid; j < K; j += blockDim.x)
+    for (int j = tid; j < K; j += blockDim.x) {
       if (scnt[j]) atomicAdd(&counts[j], scnt[j]);
+      if (w && swt[j] != acc_t(0)) atomicAdd(&wsums[j], swt[j]);
+    }
 }
 
 template <typename scalar_t, typename acc_t>
 __global__ void update_atomic_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ labels,
-                                     acc_t* __restrict__ sums, int* __restrict__ counts, int64_t N, int64_t D,
-                                     int64_t sxn, int64_t sxd) {
+                                     const acc_t* __restrict__ w, acc_t* __restrict__ sums, int* __restrict__ counts,
+                                     acc_t* __restrict__ wsums, int64_t N, int64_t D, int64_t sxn, int64_t sxd) {
   const int64_t r = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x & 31;
   if (r >= N) return;
   const int64_t l = labels[r];
-  for (int64_t e = lane; e < D; e += 32) atomicAdd(&sums[l * D + e], static_cast<acc_t>(x[r * sxn + e * sxd]));
-  if (lane == 0) atomicAdd(&counts[l], 1);
+  const acc_t wr = w ? w[r] : acc_t(1);
+  for (int64_t e = lane; e < D; e += 32) atomicAdd(&sums[l * D + e], wr * static_cast<acc_t>(x[r * sxn + e * sxd]));
+  if (lane == 0) {
+    atomicAdd(&counts[l], 1);
+    if (w) atomicAdd(&wsums[l], wr);
+  }
 }
 
+// out[j] = sums[j] / W_j with W_j = wsums[j] (weights) or counts[j]; prev[j] (or 0) when W_j = 0.
 template <typename acc_t>
 __global__ void update_finish_kernel(const acc_t* __restrict__ sums, const int* __restrict__ counts,
-                                     const acc_t* __restrict__ prev, acc_t* __restrict__ out, int64_t* __restrict__ cnt64,
-                                     int64_t K, int64_t D) {
+                                     const acc_t* __restrict__ wsums, const acc_t* __restrict__ prev,
+                                     acc_t* __restrict__ out, int64_t* __restrict__ cnt64, int64_t K, int64_t D) {
   const int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (e >= K * D) return;
   const int64_t j = e / D;
   const int n = counts[j];
-  out[e] = n > 0 ? sums[e] / static_cast<acc_t>(n) : (prev ? prev[e] : acc_t(0));
+  const acc_t total = wsums ? wsums[j] : static_cast<acc_t>(n);
+  out[e] = total > acc_t(0) ? sums[e] / total : (prev ? prev[e] : acc_t(0));
   if (e % D == 0) cnt64[j] = n;
 }
 
 // Deterministic: cluster j sums the rows order[start[j]:start[j+1]] in that order (one block per
-// (cluster, 32-dim slice), 8 row lanes combined in a fixed tree).
+// (cluster, 32-dim slice), 8 row lanes combined in a fixed tree); with weights w each row times
+// its weight, over the cluster's weight sum (written to wout[j]).
 template <typename scalar_t, typename acc_t>
 __global__ void update_segment_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ order,
-                                      const int64_t* __restrict__ start, const acc_t* __restrict__ prev,
-                                      acc_t* __restrict__ out, int64_t D, int64_t sxn, int64_t sxd) {
+                                      const int64_t* __restrict__ start, const acc_t* __restrict__ w,
+                                      const acc_t* __restrict__ prev, acc_t* __restrict__ out,
+                                      acc_t* __restrict__ wout, int64_t D, int64_t sxn, int64_t sxd) {
   __shared__ acc_t part[8][UPD_DIMS];
+  __shared__ acc_t wpart[8][UPD_DIMS];
   const int64_t j = blockIdx.x;
   const int dl = threadIdx.x % UPD_DIMS, rl = threadIdx.x / UPD_DIMS;
   const int64_t d = (int64_t)blockIdx.y * UPD_DIMS + dl;
   const int64_t s = start[j], e = start[j + 1];
-  acc_t acc = 0;
+  acc_t acc = 0, wacc = 0;
   if (d < D)
-    for (int64_t p = s + rl; p < e; p += 8) acc += static_cast<acc_t>(x[order[p] * sxn + d * sxd]);
+    for (int64_t p = s + rl; p < e; p += 8) {
+      const acc_t wr = w ? w[order[p]] : acc_t(1);
+      acc += wr * static_cast<acc_t>(x[order[p] * sxn + d * sxd]);
+      wacc += wr;
+    }
   part[rl][dl] = acc;
+  wpart[rl][dl] = wacc;
   __syncthreads();
   if (rl == 0 && d < D) {
-    acc_t t = 0;
+    acc_t t = 0, total = 0;
 #pragma unroll
-    for (int q = 0; q < 8; ++q) t += part[q][dl];
-    out[j * D + d] = e > s ? t / static_cast<acc_t>(e - s) : (prev ? prev[j * D + d] : acc_t(0));
+    for (int q = 0; q < 8; ++q) {
+      t += part[q][dl];
+      total += wpart[q][dl];
+    }
+    if (!w) total = static_cast<acc_t>(e - s);
+    out[j * D + d] = total > acc_t(0) ? t / total : (prev ? prev[j * D + d] : acc_t(0));
+    if (w && blockIdx.y == 0 && dl == 0) wout[j] = total;
   }
 }
 
 std::tuple<at::Tensor, at::Tensor> kmeans_update_cuda(const at::Tensor& x, const at::Tensor& labels_in, int64_t k,
-                                                      const std::optional<at::Tensor>& prev_in, bool deterministic) {
+                                                      const std::optional<at::Tensor>& prev_in, bool deterministic,
+                                                      const std::optional<at::Tensor>& weights_in) {
   check_matrix(x, "x");
   TORCH_CHECK(k >= 1, "k must be >= 1");
   const c10::cuda::CUDAGuard guard(x.device());
@@ -332,6 +364,11 @@ std::tuple<at::Tensor, at::Tensor> kmeans_update_cuda(const at::Tensor& x, const
     prev = prev_in->to(acc).contiguous();
     TORCH_CHECK(prev.size(0) == k && prev.size(1) == D, "prev_centers must be [k, d]");
   }
+  at::Tensor w;
+  if (weights_in.has_value()) {
+    TORCH_CHECK(weights_in->dim() == 1 && weights_in->size(0) == N, "weights must be 1-D of length N");
+    w = weights_in->to(x.device(), acc).contiguous();
+  }
   at::Tensor out = at::empty({k, D}, x.options().dtype(acc));
   auto stream = at::cuda::getCurrentCUDAStream();
   if (deterministic) {
@@ -340,32 +377,37 @@ std::tuple<at::Tensor, at::Tensor> kmeans_update_cuda(const at::Tensor& x, const
     const at::Tensor order = std::get<1>(sorted).contiguous();
     const at::Tensor start = at::searchsorted(sorted_labels, at::arange(k + 1, labels.options())).contiguous();
     at::Tensor counts = start.slice(0, 1) - start.slice(0, 0, k);
-    if (D == 0) return {out, counts};
+    at::Tensor wout = w.defined() ? at::zeros({k}, x.options().dtype(acc)) : at::Tensor();
+    if (D == 0) return {out, w.defined() ? wout.index_add_(0, labels, w) : counts};
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "kmeans_update_det_cuda", [&] {
       using acc_t = typename AccOf<scalar_t>::type;
       const dim3 grid(k, (D + UPD_DIMS - 1) / UPD_DIMS);
       update_segment_kernel<scalar_t, acc_t><<<grid, 256, 0, stream>>>(
           x.data_ptr<scalar_t>(), order.data_ptr<int64_t>(), start.data_ptr<int64_t>(),
-          prev.defined() ? prev.data_ptr<acc_t>() : nullptr, out.data_ptr<acc_t>(), D, x.stride(0), x.stride(1));
+          w.defined() ? w.data_ptr<acc_t>() : nullptr, prev.defined() ? prev.data_ptr<acc_t>() : nullptr,
+          out.data_ptr<acc_t>(), w.defined() ? wout.data_ptr<acc_t>() : nullptr, D, x.stride(0), x.stride(1));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
-    return {out, counts};
+    return {out, w.defined() ? wout : counts};
   }
   at::Tensor sums = at::zeros({k, D}, x.options().dtype(acc));
   at::Tensor cnt = at::zeros({k}, x.options().dtype(at::kInt));
+  at::Tensor wsums = w.defined() ? at::zeros({k}, x.options().dtype(acc)) : at::Tensor();
   at::Tensor counts = at::empty({k}, x.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "kmeans_update_cuda", [&] {
     using acc_t = typename AccOf<scalar_t>::type;
+    const acc_t* wp = w.defined() ? w.data_ptr<acc_t>() : nullptr;
+    acc_t* wsp = w.defined() ? wsums.data_ptr<acc_t>() : nullptr;
     if (N > 0) {
       if (k <= SMALL_K) {
         const dim3 grid((N + UPD_ROWS - 1) / UPD_ROWS, std::max<int64_t>(1, (D + UPD_DIMS - 1) / UPD_DIMS));
         update_smallk_kernel<scalar_t, acc_t><<<grid, 256, 0, stream>>>(
-            x.data_ptr<scalar_t>(), labels.data_ptr<int64_t>(), sums.data_ptr<acc_t>(), cnt.data_ptr<int>(), N, D, k,
-            x.stride(0), x.stride(1));
+            x.data_ptr<scalar_t>(), labels.data_ptr<int64_t>(), wp, sums.data_ptr<acc_t>(), cnt.data_ptr<int>(), wsp,
+            N, D, k, x.stride(0), x.stride(1));
       } else {
         update_atomic_kernel<scalar_t, acc_t><<<(N + 7) / 8, 256, 0, stream>>>(
-            x.data_ptr<scalar_t>(), labels.data_ptr<int64_t>(), sums.data_ptr<acc_t>(), cnt.data_ptr<int>(), N, D,
-            x.stride(0), x.stride(1));
+            x.data_ptr<scalar_t>(), labels.data_ptr<int64_t>(), wp, sums.data_ptr<acc_t>(), cnt.data_ptr<int>(), wsp,
+            N, D, x.stride(0), x.stride(1));
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
@@ -375,21 +417,23 @@ std::tuple<at::Tensor, at::Tensor> kmeans_update_cuda(const at::Tensor& x, const
       return;
     }
     update_finish_kernel<acc_t><<<(total + 255) / 256, 256, 0, stream>>>(
-        sums.data_ptr<acc_t>(), cnt.data_ptr<int>(), prev.defined() ? prev.data_ptr<acc_t>() : nullptr,
+        sums.data_ptr<acc_t>(), cnt.data_ptr<int>(), wsp, prev.defined() ? prev.data_ptr<acc_t>() : nullptr,
         out.data_ptr<acc_t>(), counts.data_ptr<int64_t>(), k, D);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {out, counts};
+  return {out, w.defined() ? wsums : counts};
 }
 
 // ------------------------------------------------------------------ k-means++
 
 constexpr int PP_THREADS = 256;
 
-// dc[t*N + i] = ||x_i - x_{cand_t}||^2 (one warp per row); part[b*T + t] = sum_i min(closest_i, dc).
+// dc[t*N + i] = ||x_i - x_{cand_t}||^2 (one warp per row); part[b*T + t] = sum_i w_i min(closest_i, dc)
+// (w_i = 1 when w is null).
 template <typename scalar_t, typename acc_t>
 __global__ void pp_eval_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ cand,
-                               const acc_t* __restrict__ closest, acc_t* __restrict__ dc, double* __restrict__ part,
+                               const acc_t* __restrict__ closest, const acc_t* __restrict__ w,
+                               acc_t* __restrict__ dc, double* __restrict__ part,
                                const int64_t* __restrict__ bstart, const int64_t* __restrict__ bend,
                                const int64_t* __restrict__ bgroup, int64_t N, int64_t D, int64_t T, int64_t sxn,
                                int64_t sxd) {
@@ -409,7 +453,7 @@ __global__ void pp_eval_kernel(const scalar_t* __restrict__ x, const int64_t* __
       v = warp_sum(v);
       if (lane == 0) {
         dc[t * N + r] = v;
-        p += static_cast<double>(v < closest[r] ? v : closest[r]);
+        p += (w ? static_cast<double>(w[r]) : 1.0) * static_cast<double>(v < closest[r] ? v : closest[r]);
       }
     }
     if (lane == 0) wpart[warp * T + t] = p;
@@ -453,10 +497,12 @@ __global__ void pp_select_kernel(const double* __restrict__ part, const int64_t*
   }
 }
 
-// closest = min(closest, dc[best]) over one block; the block's weight sums for the next draw.
+// closest = min(closest, dc[best]) over one block; the block's weight sums for the next draw:
+// sum_i w_i closest_i and the rows of positive weight not chosen yet (w_i = 1 when w is null).
 template <typename acc_t>
 __global__ void pp_update_kernel(acc_t* __restrict__ closest, const acc_t* __restrict__ dc,
                                  const int64_t* __restrict__ best, const int8_t* __restrict__ chosen,
+                                 const acc_t* __restrict__ w,
                                  double* __restrict__ wsum, double* __restrict__ wfree, const int64_t* __restrict__ bstart,
                                  const int64_t* __restrict__ bend, const int64_t* __restrict__ bgroup, int64_t N) {
   using Reduce = cub::BlockReduce<double, PP_THREADS>;
@@ -467,8 +513,9 @@ __global__ void pp_update_kernel(acc_t* __restrict__ closest, const acc_t* __res
   for (int64_t i = s + threadIdx.x; i < e; i += blockDim.x) {
     const acc_t v = closest[i] < row[i] ? closest[i] : row[i];
     closest[i] = v;
-    ws += static_cast<double>(v);
-    wf += chosen[i] ? 0.0 : 1.0;
+    const double wi = w ? static_cast<double>(w[i]) : 1.0;
+    ws += wi * static_cast<double>(v);
+    wf += chosen[i] || !(wi > 0.0) ? 0.0 : 1.0;
   }
   const double a = Reduce(tmp).Sum(ws);
   __syncthreads();
@@ -532,11 +579,13 @@ __device__ void block_search(int64_t lo, int64_t hi, double base, double target,
   __syncthreads();
 }
 
-// One D^2 draw per (group, trial): block sums locate the block, a scan inside it the row.
+// One D^2 draw per (group, trial): block sums locate the block, a scan inside it the row. Row
+// weights w_i closest_i (w_i = 1 when w is null), or 1 for rows of positive weight not chosen yet.
 template <typename acc_t>
 __global__ void pp_sample_kernel(const double* __restrict__ draws, const double* __restrict__ wsum,
                                  const double* __restrict__ wfree, const acc_t* __restrict__ closest,
-                                 const int8_t* __restrict__ chosen, const int64_t* __restrict__ bstart,
+                                 const int8_t* __restrict__ chosen, const acc_t* __restrict__ w,
+                                 const int64_t* __restrict__ bstart,
                                  const int64_t* __restrict__ bend, const int64_t* __restrict__ gblk,
                                  int64_t* __restrict__ cand, int64_t T) {
   using Reduce = cub::BlockReduce<double, PP_THREADS>;
@@ -568,8 +617,11 @@ __global__ void pp_sample_kernel(const double* __restrict__ draws, const double*
   double rbefore;
   block_search(
       bstart[blk], bend[blk], found ? before : 0.0, target, found,
-      [&](int64_t i) { return use_free ? (chosen[i] ? 0.0 : 1.0) : static_cast<double>(closest[i]); }, &rhit,
-      &rbefore, &rlast);
+      [&](int64_t i) {
+        const double wi = w ? static_cast<double>(w[i]) : 1.0;
+        return use_free ? (chosen[i] || !(wi > 0.0) ? 0.0 : 1.0) : wi * static_cast<double>(closest[i]);
+      },
+      &rhit, &rbefore, &rlast);
   if (threadIdx.x == 0) cand[g * T + t] = rhit < bend[blk] ? rhit : (rlast >= 0 ? rlast : bstart[blk]);
 }
 
@@ -580,7 +632,8 @@ __global__ void fill_candidates_kernel(const int64_t* __restrict__ first, int64_
 }
 
 at::Tensor kmeans_plusplus_cuda(const at::Tensor& x, const at::Tensor& offsets_in, int64_t k,
-                                const at::Tensor& first_in, const at::Tensor& draws_in) {
+                                const at::Tensor& first_in, const at::Tensor& draws_in,
+                                const std::optional<at::Tensor>& weights_in) {
   check_matrix(x, "x");
   const c10::cuda::CUDAGuard guard(x.device());
   const auto acc = acc_type(x.scalar_type());
@@ -612,6 +665,11 @@ at::Tensor kmeans_plusplus_cuda(const at::Tensor& x, const at::Tensor& offsets_i
   const at::Tensor bstart = to_dev(bs_v), bend = to_dev(be_v), bgroup = to_dev(bg_v), gblk = to_dev(gb_v);
   const at::Tensor first = first_in.to(x.device(), at::kLong).contiguous();
   const at::Tensor draws = draws_in.to(x.device(), at::kDouble).contiguous();
+  at::Tensor w;
+  if (weights_in.has_value()) {
+    TORCH_CHECK(weights_in->dim() == 1 && weights_in->size(0) == N, "weights must be 1-D of length N");
+    w = weights_in->to(x.device(), acc).contiguous();
+  }
   auto fopt = x.options();
   at::Tensor closest = at::full({N}, std::numeric_limits<double>::infinity(), fopt.dtype(acc));
   at::Tensor chosen = at::zeros({N}, fopt.dtype(at::kChar));
@@ -628,16 +686,17 @@ at::Tensor kmeans_plusplus_cuda(const at::Tensor& x, const at::Tensor& offsets_i
   const size_t eval_smem = sizeof(double) * (PP_THREADS / 32) * T;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "kmeans_plusplus_cuda", [&] {
     using acc_t = typename AccOf<scalar_t>::type;
+    const acc_t* wp = w.defined() ? w.data_ptr<acc_t>() : nullptr;
     for (int64_t s = 0; s < k; ++s) {
       if (s > 0) {
         pp_sample_kernel<acc_t><<<dim3(G, T), PP_THREADS, 0, stream>>>(
             draws.data_ptr<double>() + (s - 1) * G * T, wsum.data_ptr<double>(), wfree.data_ptr<double>(),
-            closest.data_ptr<acc_t>(), chosen.data_ptr<int8_t>(), bstart.data_ptr<int64_t>(),
+            closest.data_ptr<acc_t>(), chosen.data_ptr<int8_t>(), wp, bstart.data_ptr<int64_t>(),
             bend.data_ptr<int64_t>(), gblk.data_ptr<int64_t>(), cand.data_ptr<int64_t>(), T);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
       pp_eval_kernel<scalar_t, acc_t><<<NB, PP_THREADS, eval_smem, stream>>>(
-          x.data_ptr<scalar_t>(), cand.data_ptr<int64_t>(), closest.data_ptr<acc_t>(), dc.data_ptr<acc_t>(),
+          x.data_ptr<scalar_t>(), cand.data_ptr<int64_t>(), closest.data_ptr<acc_t>(), wp, dc.data_ptr<acc_t>(),
           part.data_ptr<double>(), bstart.data_ptr<int64_t>(), bend.data_ptr<int64_t>(), bgroup.data_ptr<int64_t>(),
           N, D, T, x.stride(0), x.stride(1));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -647,7 +706,7 @@ at::Tensor kmeans_plusplus_cuda(const at::Tensor& x, const at::Tensor& offsets_i
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       if (s + 1 < k) {
         pp_update_kernel<acc_t><<<NB, PP_THREADS, 0, stream>>>(
-            closest.data_ptr<acc_t>(), dc.data_ptr<acc_t>(), best.data_ptr<int64_t>(), chosen.data_ptr<int8_t>(),
+            closest.data_ptr<acc_t>(), dc.data_ptr<acc_t>(), best.data_ptr<int64_t>(), chosen.data_ptr<int8_t>(), wp,
             wsum.data_ptr<double>(), wfree.data_ptr<double>(), bstart.data_ptr<int64_t>(), bend.data_ptr<int64_t>(),
             bgroup.data_ptr<int64_t>(), N);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -757,7 +816,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_lloyd_groups_c
   at::Tensor shift = at::zeros({G}, x.options().dtype(at::kDouble));
   auto stream = at::cuda::getCurrentCUDAStream();
   for (int64_t it = 0; it < max_iter && N > 0; ++it) {
-    at::Tensor updated = std::get<0>(kmeans_update_cuda(x, labels, K, centers, deterministic));
+    at::Tensor updated = std::get<0>(kmeans_update_cuda(x, labels, K, centers, deterministic, std::nullopt));
     AT_DISPATCH_FLOATING_TYPES(acc, "kmeans_lloyd_groups_cuda", [&] {
       groups_mask_shift_kernel<scalar_t><<<K, 128, 0, stream>>>(updated.data_ptr<scalar_t>(),
                                                                 centers.data_ptr<scalar_t>(), active.data_ptr<int>(),
