@@ -32,8 +32,7 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Cluster
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Hidden, Interval, StrOptions
-from sklearn.utils.validation import (_check_sample_weight, _is_arraylike_not_scalar, check_array, check_is_fitted,
-                                      validate_data)
+from sklearn.utils.validation import _is_arraylike_not_scalar, check_array, check_is_fitted, validate_data
 
 from ._validate import PRECISIONS, precision_code
 from .kmeans import lloyd_step, tolerance

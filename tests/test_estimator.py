@@ -14,7 +14,6 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-import clustr_fast
 from clustr_fast import estimator as est_mod
 from clustr_fast.estimator import KMeans
 from clustr_fast.ops.kmeans import plusplus_random_state
@@ -269,6 +268,9 @@ def test_cuda_tensor_fits_on_the_gpu():
 
 
 def test_methods_and_attributes():
+    import clustr_fast
+    from clustr_fast import KMeans as exported
+    assert clustr_fast.KMeans is KMeans and exported is KMeans and "KMeans" in clustr_fast.__all__
     km = KMeans(3, random_state=0)
     with pytest.raises(NotFittedError):
         km.predict(BLOB_X)
