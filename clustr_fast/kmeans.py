@@ -7,8 +7,6 @@
   launch for all groups, and a group that has stopped keeps its centers.
 - ``lloyd_step``: the (weighted) Lloyd step of :class:`clustr_fast.KMeans`
   (:mod:`clustr_fast.estimator`) on the fused ops.
-- ``_lloyd``: plain Lloyd iterations (stop when no label changes or the squared center shift
-  is at most the absolute ``tol``), the single-process loop of ``clustr_fast.distributed``.
 """
 from __future__ import annotations
 
@@ -28,9 +26,6 @@ def tolerance(x: torch.Tensor, tol: float) -> float:
     return float(x.var(0, unbiased=False).mean()) * tol
 
 
-_tolerance = tolerance  # the name clustr_fast.distributed imports
-
-
 def lloyd_step(x, centers, weights=None, precision=0):
     """One Lloyd step of ``clustr_fast.KMeans``: assign to ``centers``, then the (weighted) means.
 
@@ -46,41 +41,6 @@ def lloyd_step(x, centers, weights=None, precision=0):
     new, counts = kmeans_update_op(x, labels, centers.shape[0], centers, torch.are_deterministic_algorithms_enabled(),
                                    weights)
     return labels, sq, new, counts
-
-
-def _lloyd(x, centers, max_iter, tol, *, precision=0):
-    """Lloyd iterations from ``centers``; returns (centers, labels, inertia, n_iter)."""
-    if lloyd_step_runs_here(x.device):
-        return _lloyd_fused(x, centers, max_iter, tol, precision)
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    labels, d = kmeans_assign_op(x, centers, precision, None, 0)
-    n_iter = 0
-    for n_iter in range(1, max_iter + 1):
-        new_centers, _ = kmeans_update_op(x, labels, centers.shape[0], centers, deterministic)
-        shift = (new_centers - centers).square().sum()
-        centers = new_centers
-        new_labels, d = kmeans_assign_op(x, centers, precision, None, 0)
-        stop = bool(((new_labels != labels).sum() == 0) | (shift <= tol))
-        labels = new_labels
-        if stop:
-            break
-    return centers, labels, float(d.sum(dtype=torch.float64)), n_iter
-
-
-def _lloyd_fused(x, centers, max_iter, tol, precision):
-    """The iterations of :func:`_lloyd` with one fused step per iteration: the step that assigns
-    to ``centers`` also returns their update, so n iterations read x n + 1 times."""
-    labels, d, new_centers, _ = kmeans_lloyd_step_op(x, centers, precision, None, 0)
-    n_iter = 0
-    for n_iter in range(1, max_iter + 1):
-        shift = float((new_centers - centers).square().sum())
-        centers = new_centers
-        new_labels, d, new_centers, _ = kmeans_lloyd_step_op(x, centers, precision, None, 0)
-        stop = torch.equal(new_labels, labels) or shift <= tol
-        labels = new_labels
-        if stop:
-            break
-    return centers, labels, float(d.sum(dtype=torch.float64)), n_iter
 
 
 def _trials(k, n_local_trials):
