@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Compile CUDA sources of csrc/cuda/ for one arch (default sm_90) to catch
 # compile errors quickly, without building the whole extension.
-#   scripts/nvcc_check.sh csrc/cuda/magnet_loss.cu [more.cu ...]
+#   scripts/nvcc_check.sh csrc/cuda/magnet_loss_global.cu [more.cu ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ARCH=${ARCH:-90}
