@@ -16,7 +16,7 @@ import torch
 
 import clustr_fast
 from clustr_fast import reference
-from clustr_fast.ops import magnet_loss as _magnet_ops
+from clustr_fast import _backend
 from common import Case, compiled, randn
 from conftest import bench_params
 from shapes import MAGNET_BATCH, MAGNET_GLOBAL_CPU, MAGNET_GLOBAL_GPU
@@ -90,14 +90,14 @@ def _run_batch_variant(reduction, variance=None, fused=True):
         if provider == "reference":
             out = reference.magnet_loss_batch(f, ids, cls, alpha=ALPHA, variance=variance, reduction=reduction)
         else:
-            saved = _magnet_ops.FUSED_MAX_CPU_ENTRIES, _magnet_ops.FUSED_MAX_CLUSTERS
+            saved = _backend.FUSED_BATCH_MAX_CPU_ENTRIES, _backend.FUSED_BATCH_MAX_CLUSTERS
             if not fused:
-                _magnet_ops.FUSED_MAX_CPU_ENTRIES, _magnet_ops.FUSED_MAX_CLUSTERS = -1, -1
+                _backend.FUSED_BATCH_MAX_CPU_ENTRIES, _backend.FUSED_BATCH_MAX_CLUSTERS = -1, -1
             try:
                 out = clustr_fast.magnet_loss_batch(f, ids, cls, alpha=ALPHA, variance=variance,
                                                     reduction=reduction)
             finally:
-                _magnet_ops.FUSED_MAX_CPU_ENTRIES, _magnet_ops.FUSED_MAX_CLUSTERS = saved
+                _backend.FUSED_BATCH_MAX_CPU_ENTRIES, _backend.FUSED_BATCH_MAX_CLUSTERS = saved
         grad = t.get("g") if reduction == "none" else None
         return torch.autograd.grad(out, (f,), grad_outputs=grad)
     return run

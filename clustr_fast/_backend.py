@@ -11,6 +11,10 @@ threads, which run CUDA backward passes, see it too), then the ``CLUSTR_FAST_BAC
 An explicit backend that cannot run the op on the tensors' device raises
 ``RuntimeError``; ``auto`` picks the fastest available one and falls back to the
 reference silently.
+
+This module is the only reader of the requested backend. ``TABLE`` lists every op's
+implementations per device type; on a change of the choice, ``refresh`` registers the
+chosen kernel of every (op, device type) with the dispatcher, so a call pays no choice.
 """
 from __future__ import annotations
 
@@ -29,34 +33,45 @@ _CHOICES = ("auto",) + NAMES
 _override: list[str] = []  # stack of use_backend() choices, innermost last
 _override_lock = threading.Lock()
 
-# ``auto`` order on CUDA tensors, per op: the faster backend first, as timed by
-# benchmarks/report.py on an H200 (torch 2.11, Triton 3.6, 2026-11-26).
-# Ops not listed use _DEFAULT_CUDA_ORDER.
-_DEFAULT_CUDA_ORDER = ("cuda", "triton", "reference")
-AUTO_CUDA_ORDER: dict[str, tuple[str, ...]] = {
-    # pairwise_sqdist fwd 1M x 1024 x 128: Triton 6.0 ms (tensor cores, 3xTF32), CUDA 13.7 ms (SIMT).
-    "pairwise_sqdist": ("triton", "cuda", "reference"),
-    # pairwise_sqdist backward 50k x 200 x 512 (fwd+bwd minus fwd): CUDA about 0.9 ms,
-    # Triton about 3.7 ms. Any backward takes any forward's inputs.
-    "pairwise_sqdist_backward": ("cuda", "triton", "reference"),
-    # kmeans_assign 1M x 1024 x 128 "highest": Triton 5.1 ms, CUDA 14.1 ms.
-    "kmeans_assign": ("triton", "cuda", "reference"),
-    # per-class refresh (k-means++ + Lloyd per group): CUDA 5.8 ms, Triton 15.7 ms -> default order.
-    # k-means++ 1M x 1024 x 128: Triton 1006 ms, CUDA 1672-1896 ms.
-    "kmeans_plusplus": ("triton", "cuda", "reference"),
-    # soft_cluster_logits 50k x 200 x 512, D=20: fwd Triton 0.76-0.88 / CUDA 2.3 ms; backward
-    # kernel (profiled) CUDA 1.07 / Triton 1.5 ms. The two passes pick separately: any
-    # backward takes any forward's (out, idx).
-    "soft_cluster_logits": ("triton", "cuda", "reference"),
-    "soft_cluster_logits_backward": ("cuda", "triton", "reference"),
-    # certified_radius 50k x 200 x 512: Triton 2.95 / CUDA 5.56 ms.
-    "certified_radius": ("triton", "cuda", "reference"),
-    # magnet_loss (global form) 50k x 200 x 512: fwd Triton 0.71 / CUDA 1.40 ms, fwd+bwd
-    # Triton 3.36 / CUDA 3.70 ms.
-    "magnet_loss": ("triton", "cuda", "reference"),
-    # magnet_loss_batch (fused, 12 x 20 x 512): fwd+bwd CUDA 0.51 ms, Triton 0.93 ms -> default order.
+# One table of backends: for each op and device type, the implementations it has, in the order
+# ``auto`` tries them ("cpu"/"cuda": the extension's kernel; "triton"; "reference": plain PyTorch).
+# ``auto`` never takes "triton" on the CPU (the interpreter is for tests). An op without an entry
+# for a device does not run there: the callers of the fused ops (``runs``) then compose smaller ones.
+# The CUDA orders come from benchmarks/report.py on an H200 (torch 2.11, Triton 3.6, 2026-11-26).
+_CPU = ("cpu", "reference", "triton")
+_CUDA = ("cuda", "triton", "reference")
+_TRITON_FIRST = ("triton", "cuda", "reference")
+TABLE: dict[str, dict[str, tuple[str, ...]]] = {
+    # fwd 1M x 1024 x 128: Triton 6.0 ms (tensor cores, 3xTF32), CUDA 13.7 ms (SIMT).
+    "pairwise_sqdist": {"cpu": _CPU, "cuda": _TRITON_FIRST},
+    # backward 50k x 200 x 512 (fwd+bwd minus fwd): CUDA about 0.9 ms, Triton about 3.7 ms.
+    # Any backward takes any forward's inputs.
+    "pairwise_sqdist_backward": {"cpu": _CPU, "cuda": _CUDA},
+    # 50k x 200 x 512, D=20: fwd Triton 0.76-0.88 / CUDA 2.3 ms; backward kernel (profiled) CUDA 1.07 /
+    # Triton 1.5 ms. Any backward takes any forward's (out, idx).
+    "soft_cluster_logits": {"cpu": _CPU, "cuda": _TRITON_FIRST},
+    "soft_cluster_logits_backward": {"cpu": _CPU, "cuda": _CUDA},
+    # 50k x 200 x 512: Triton 2.95 / CUDA 5.56 ms.
+    "certified_radius": {"cpu": _CPU, "cuda": _TRITON_FIRST},
+    # global form 50k x 200 x 512: fwd Triton 0.71 / CUDA 1.40 ms, fwd+bwd Triton 3.36 / CUDA 3.70 ms.
+    "magnet_loss_fwd": {"cpu": _CPU, "cuda": _TRITON_FIRST},
+    "magnet_loss_bwd": {"cpu": _CPU, "cuda": _TRITON_FIRST},
+    # global form with its gradient in one pass: the CPU only (the GPU runs fwd, then bwd).
+    "magnet_loss_fused": {"cpu": ("cpu", "reference")},
+    # batch form, fused (12 x 20 x 512): fwd+bwd CUDA 0.51 ms, Triton 0.93 ms.
+    "magnet_loss_batch": {"cpu": _CPU, "cuda": _CUDA},
+    # 1M x 1024 x 128 "highest": Triton 5.1 ms, CUDA 14.1 ms.
+    "kmeans_assign": {"cpu": _CPU, "cuda": _TRITON_FIRST},
+    "kmeans_update": {"cpu": _CPU, "cuda": _CUDA},
+    # 1M x 1024 x 128: Triton 1006 ms, CUDA 1672-1896 ms.
+    "kmeans_plusplus": {"cpu": _CPU, "cuda": _TRITON_FIRST},
+    # fused Lloyd step and loops: the CPU, and the CUDA Lloyd loop (a few launches and one 4-byte
+    # read per iteration); elsewhere the callers run kmeans_assign and kmeans_update step by step.
+    "kmeans_lloyd_step": {"cpu": ("cpu", "reference")},
+    "kmeans_lloyd_groups": {"cpu": ("cpu", "reference"), "cuda": ("cuda",)},
+    "kmeans_fit_groups": {"cpu": ("cpu", "reference")},
 }
-_CPU_ORDER = ("cpu", "reference")
+DEVICE_TYPES = ("cpu", "cuda")
 
 # --------------------------------------------------------------------------- extension
 
@@ -65,7 +80,7 @@ def _load_extension():
     if os.environ.get("CLUSTR_FAST_NO_EXT", "0") == "1":
         return None, "disabled by CLUSTR_FAST_NO_EXT=1"
     try:
-        from . import _C  # noqa: F401  (loading it registers torch.ops.clustr_fast_C)
+        from . import _C  # noqa: F401  (loading it registers the kernels of torch.ops.clustr_fast)
 
         return _C, None
     except Exception as exc:  # pragma: no cover - depends on the install
@@ -82,20 +97,33 @@ if _C is None and os.environ.get("CLUSTR_FAST_NO_EXT", "0") != "1":
     )
 
 
-@functools.cache
-def extension_has(kernel: str, device_type: str) -> bool:
-    """True when ``torch.ops.clustr_fast_C.<kernel>`` has a kernel for ``device_type``.
+_extension_kernels: dict[tuple[str, str], bool] = {}
 
-    Cached: the extension registers its kernels once, when it loads (a dispatcher lookup
-    costs a few microseconds, and every op call asks).
+
+def extension_has(op: str, device_type: str) -> bool:
+    """True when the extension registered a kernel of ``torch.ops.clustr_fast.<op>`` for ``device_type``.
+
+    Read once per (op, device) before any Python kernel is registered for it (see ``refresh``).
     """
-    if _C is None:
-        return False
-    key = "CPU" if device_type == "cpu" else "CUDA"
-    try:
-        return torch._C._dispatch_has_kernel_for_dispatch_key(f"clustr_fast_C::{kernel}", key)
-    except RuntimeError:
-        return False
+    key = (op, device_type)
+    if key not in _extension_kernels:
+        has = False
+        if _C is not None:
+            try:
+                has = torch._C._dispatch_has_kernel_for_dispatch_key(
+                    f"clustr_fast::{op}", "CPU" if device_type == "cpu" else "CUDA")
+            except RuntimeError:
+                has = False
+        _extension_kernels[key] = has
+    return _extension_kernels[key]
+
+
+def ops_available() -> bool:
+    """The op layer runs: the extension is loaded (it holds the ops' autograd, csrc/autograd.cpp).
+
+    Without it, the public functions run the plain reference functions (``clustr_fast.reference``).
+    """
+    return _C is not None
 
 
 def _cuda_extension_built() -> bool:
@@ -151,11 +179,13 @@ def use_backend(name: str) -> Iterator[None]:
         )
     with _override_lock:
         _override.append(name)
+        refresh()
     try:
         yield
     finally:
         with _override_lock:
             _override.pop()
+            refresh()
 
 
 def requested() -> str:
@@ -165,62 +195,121 @@ def requested() -> str:
     return _check_name(os.environ.get("CLUSTR_FAST_BACKEND", "auto"))
 
 
-def _can_run(backend: str, op: str, device: torch.device, kernel: str | None) -> bool:
+def _can_run(backend: str, op: str, device_type: str) -> bool:
     if backend == "reference":
         return True
-    if backend == "cpu":
-        return device.type == "cpu" and extension_has(kernel or op, "cpu")
-    if backend == "cuda":
-        return device.type == "cuda" and extension_has(kernel or op, "cuda")
+    if backend in ("cpu", "cuda"):
+        return device_type == backend and extension_has(op, device_type)
     if backend == "triton":
-        if not _triton_importable():
-            return False
-        return device.type == "cuda" or (device.type == "cpu" and triton_interpreted())
+        return _triton_importable() and (device_type == "cuda" or triton_interpreted())
     return False
 
 
 # Backends whose kernel for an op gives run-to-run different results on CUDA tensors (float
 # atomics in an order the hardware picks). Under ``torch.use_deterministic_algorithms(True)``
-# ``auto`` passes over them, and naming one raises (warns, with ``warn_only=True``), as PyTorch's
-# own nondeterministic ops do. Kernels with a deterministic mode of their own (the Triton
-# soft-logits and pairwise backward passes, ``kmeans_update``) switch to it instead.
+# ``auto`` passes over them, and the kernel itself raises (warns, with ``warn_only=True``) when
+# named, as PyTorch's own nondeterministic ops do. Kernels with a deterministic mode of their own
+# (the Triton soft-logits and pairwise backward passes, ``kmeans_update``) switch to it instead.
 NONDETERMINISTIC_CUDA: dict[str, tuple[str, ...]] = {
     "soft_cluster_logits_backward": ("cuda",),  # atomicAdd into grad_centers
 }
 
 
-def _nondeterministic(op: str, backend: str, device: torch.device) -> bool:
-    return (device.type == "cuda" and backend in NONDETERMINISTIC_CUDA.get(op, ())
-            and torch.are_deterministic_algorithms_enabled())
-
-
-def _alert_nondeterministic(op: str, backend: str) -> None:
-    msg = (f"clustr_fast: {op} on the {backend!r} backend does not have a deterministic implementation, "
-           f"but torch.use_deterministic_algorithms(True) is set; use backend 'auto' or 'triton'")
-    if torch.is_deterministic_algorithms_warn_only_enabled():
-        warnings.warn(msg, UserWarning, stacklevel=3)
-    else:
-        raise RuntimeError(msg)
-
-
-def pick(op: str, device: torch.device, implemented: tuple[str, ...], kernel: str | None = None) -> str:
-    """Backend that runs ``op`` on ``device``.
-
-    ``implemented`` lists the backends the op has; ``kernel`` is the name of its
-    extension kernel (defaults to ``op``).
-    """
-    name = requested()
+def resolve(op: str, device_type: str, name: str, deterministic: bool) -> str | None:
+    """The backend of ``op`` on ``device_type`` when ``name`` is requested; None: it does not run there."""
+    impls = TABLE[op].get(device_type, ())
     if name != "auto":
-        if name not in implemented or not _can_run(name, op, device, kernel):
-            raise RuntimeError(
-                f"clustr_fast: backend {name!r} cannot run {op} on {device.type} tensors "
-                f"(available backends here: {backends()})"
-            )
-        if _nondeterministic(op, name, device):
-            _alert_nondeterministic(op, name)
-        return name
-    order = AUTO_CUDA_ORDER.get(op, _DEFAULT_CUDA_ORDER) if device.type == "cuda" else _CPU_ORDER
-    for cand in order:
-        if cand in implemented and _can_run(cand, op, device, kernel) and not _nondeterministic(op, cand, device):
+        return name if name in impls and _can_run(name, op, device_type) else None
+    for cand in impls:
+        if cand == "triton" and device_type == "cpu":
+            continue
+        if deterministic and device_type == "cuda" and cand in NONDETERMINISTIC_CUDA.get(op, ()):
+            continue
+        if _can_run(cand, op, device_type):
             return cand
-    return "reference"
+    return None
+
+
+# When a fused variant applies. ``magnet_loss_batch`` runs as one call (forward with its gradient)
+# within these limits. GPU kernels: at most this many clusters (one Triton register tile) and rows,
+# and the means, their gradient and the [N, M] distances within this many bytes (the CUDA kernel's
+# one block keeps them in shared memory; the Triton kernels split d over programs). CPU kernels: at
+# most FUSED_BATCH_MAX_CPU_ENTRIES = N * M (the [N, M] distance buffer). Beyond them the batch form
+# runs as the global form on the batch means.
+FUSED_BATCH_MAX_CLUSTERS = 64
+FUSED_BATCH_MAX_ROWS = 4096
+FUSED_BATCH_MAX_SHARED_BYTES = 96 * 1024
+FUSED_BATCH_MAX_CPU_ENTRIES = 1 << 24
+
+
+def fused_batch_shared_bytes(n: int, m: int, d: int, dtype: torch.dtype) -> int:
+    """Shared memory of the CUDA kernel: means and their gradient [M, d], P [N, M], R [N], [M] sums, counts."""
+    size = 8 if dtype == torch.float64 else 4
+    return size * (2 * m * d + n * m + n + m) + 4 * m
+
+
+def fused_batch_fits(backend: str | None, device_type: str, n: int, m: int, d: int, dtype: torch.dtype) -> bool:
+    """``magnet_loss_batch`` of [N, d] rows in M clusters runs fused on ``backend`` (None: it does not run)."""
+    if backend is None:
+        return False
+    if device_type == "cpu" and backend != "triton":
+        return n * m <= FUSED_BATCH_MAX_CPU_ENTRIES
+    return (m <= FUSED_BATCH_MAX_CLUSTERS and n <= FUSED_BATCH_MAX_ROWS
+            and fused_batch_shared_bytes(n, m, d, dtype) <= FUSED_BATCH_MAX_SHARED_BYTES)
+
+
+# --------------------------------------------------------------------------- registration
+# The backend of every (op, device type) is chosen when the choice changes (import, use_backend,
+# CLUSTR_FAST_BACKEND, torch.use_deterministic_algorithms), not per call: the chosen kernel is
+# registered as the op's kernel for the device's dispatch key. The extension's own kernels need
+# nothing; a Triton or reference kernel (a Python function, clustr_fast/ops/_library.py) is
+# registered over it, and unregistered when the choice moves back.
+
+_state: tuple | None = None
+_chosen: dict[tuple[str, str], str | None] = {}
+_registered: dict[tuple[str, str], tuple[str | None, object]] = {}
+
+
+def chosen(op: str, device_type: str) -> str | None:
+    """The backend that runs ``op`` on ``device_type`` now (None: the op does not run there)."""
+    refresh()
+    return _chosen.get((op, device_type))
+
+
+def runs(op: str, device: torch.device) -> bool:
+    """``op`` has a kernel for ``device``'s type under the current choice (the fused ops' test)."""
+    return chosen(op, torch.device(device).type) is not None
+
+
+def refresh() -> None:
+    """Register the kernels of the current choice if it changed since the last call (a tuple compare)."""
+    global _state
+    if torch.compiler.is_compiling():
+        return
+    state = (_override[-1] if _override else os.environ.get("CLUSTR_FAST_BACKEND", "auto"),
+             torch.are_deterministic_algorithms_enabled())
+    if state == _state:
+        return
+    name = _check_name(state[0])
+    from .ops import _library  # the ops' Python kernels; imports this module first
+
+    for op in TABLE:  # read the extension's kernels before any Python kernel covers them
+        for dev in DEVICE_TYPES:
+            extension_has(op, dev)
+    for op in TABLE:
+        if op not in _library.PYTHON_KERNELS:
+            continue
+        for dev in DEVICE_TYPES:
+            backend = resolve(op, dev, name, state[1])
+            _chosen[(op, dev)] = backend
+            native = backend == dev
+            prev = _registered.get((op, dev))
+            if prev is not None and prev[0] == backend:
+                continue
+            if prev is not None:
+                prev[1]._destroy()
+                del _registered[(op, dev)]
+            if not native:
+                kernel = _library.kernel(op, backend, dev, name, backends())
+                _registered[(op, dev)] = (backend, _library.register_kernel(op, dev, kernel))
+    _state = state

@@ -7,8 +7,8 @@ import torch
 import clustr_fast
 from clustr_fast import reference
 from clustr_fast.ops import magnet_loss as ops
-from clustr_fast.ops.magnet_loss import (fused_batch_applies, magnet_loss_batch_fused_op,
-                                         magnet_loss_batch_rows_bwd_op, magnet_loss_batch_rows_op)
+from clustr_fast import _backend
+from clustr_fast.ops.magnet_loss import fused_batch_applies, magnet_loss_batch_op
 
 from conftest import assert_close_f64, low_precision_dtypes
 
@@ -64,7 +64,7 @@ def test_matches_float64(backend, n, m, d, dtype):
     name, dev = backend
     if name == "triton" and dev.type == "cpu" and n * m * d > 40_000:
         pytest.skip("interpreter time: smaller shapes cover this case (and the GPU tests this one)")
-    if name == "triton" and m > ops.FUSED_MAX_CLUSTERS:
+    if name == "triton" and m > _backend.FUSED_BATCH_MAX_CLUSTERS:
         pytest.skip("more clusters than one Triton tile: magnet_loss_batch takes the unfused path")
     variance = 1.3 if n <= m else None  # singleton clusters only: the batch variance is 0
     reduction = "none" if dtype == torch.float32 else "mean"
@@ -191,26 +191,30 @@ def test_low_precision_inputs(backend):
 # --------------------------------------------------------------------------- op layer
 
 
-def test_routing_uses_the_fused_ops(backend):
-    """mean/sum record the fused op (gradient saved by the forward), "none" the rows op."""
+def test_routing_uses_the_fused_op(backend):
+    """Every reduction records the fused op (its autograd, csrc/autograd.cpp); no gradient wanted: none."""
     name, dev = backend
     feats, ids, classes = _inputs(24, 12, 8, torch.float32, dev, seed=15)
     f = feats.requires_grad_(True)
-    assert "magnet_loss_batch_fused" in type(clustr_fast.magnet_loss_batch(f, ids, classes).grad_fn).__name__
+    assert "MagnetLossBatch" in clustr_fast.magnet_loss_batch(f, ids, classes).grad_fn.name()
     rows = clustr_fast.magnet_loss_batch(f, ids, classes, reduction="none")
-    assert "magnet_loss_batch_rows" in type(rows.grad_fn).__name__
-    with torch.no_grad():  # no gradient wanted: the rows op, no gradient work
+    assert "MagnetLossBatch" in rows.grad_fn.name()
+    with torch.no_grad():  # no gradient wanted: no gradient work
         assert clustr_fast.magnet_loss_batch(f, ids, classes).grad_fn is None
 
 
 def test_fused_applies_rule():
     f = torch.zeros(240, 512)
     assert fused_batch_applies(f, 12)
-    gpu_like = torch.zeros(240, 512, device="meta")  # the GPU rule: one block / shared memory
-    assert fused_batch_applies(gpu_like, 12)
-    assert not fused_batch_applies(gpu_like, ops.FUSED_MAX_CLUSTERS + 1)
-    assert not fused_batch_applies(torch.zeros(ops.FUSED_MAX_ROWS + 1, 4, device="meta"), 2)
-    assert not fused_batch_applies(torch.zeros(240, 4096, device="meta"), 12)
+    fits = _backend.fused_batch_fits  # the GPU rule: one block / shared memory
+    assert fits("cuda", "cuda", 240, 12, 512, torch.float32)
+    assert fits("triton", "cuda", 240, 12, 512, torch.float32)
+    assert not fits("cuda", "cuda", 240, _backend.FUSED_BATCH_MAX_CLUSTERS + 1, 512, torch.float32)
+    assert not fits("cuda", "cuda", _backend.FUSED_BATCH_MAX_ROWS + 1, 2, 4, torch.float32)
+    assert not fits("cuda", "cuda", 240, 12, 4096, torch.float32)
+    assert not fits(None, "cuda", 240, 12, 512, torch.float32)
+    assert fits("cpu", "cpu", 4096, 4096, 1, torch.float32)
+    assert not fits("cpu", "cpu", 4097, 4096, 1, torch.float32)
 
 
 def test_unfused_fallback_still_correct(backend):
@@ -218,17 +222,17 @@ def test_unfused_fallback_still_correct(backend):
     _, dev = backend
     feats, ids, classes = _inputs(20, 4, 5, torch.float32, dev, seed=16)
     ids = torch.where(ids == 3, 2, ids)  # cluster 3 empty: its "mean" is no impostor (the valid mask)
-    old = ops.FUSED_MAX_CPU_ENTRIES, ops.FUSED_MAX_CLUSTERS
-    ops.FUSED_MAX_CPU_ENTRIES, ops.FUSED_MAX_CLUSTERS = 0, 0
+    old = _backend.FUSED_BATCH_MAX_CPU_ENTRIES, _backend.FUSED_BATCH_MAX_CLUSTERS
+    _backend.FUSED_BATCH_MAX_CPU_ENTRIES, _backend.FUSED_BATCH_MAX_CLUSTERS = 0, 0
     try:
         assert not fused_batch_applies(feats, 4)
         f = feats.clone().requires_grad_(True)
         out = clustr_fast.magnet_loss_batch(f, ids, classes, alpha=5.0, reduction="none")
-        assert "magnet_loss_batch" not in type(out.grad_fn).__name__
+        assert "MagnetLossBatch" not in out.grad_fn.name()
         g = torch.randn(out.shape, generator=torch.Generator().manual_seed(17), dtype=torch.float64) + 1.5
         out.backward(g.to(device=dev, dtype=out.dtype))
     finally:
-        ops.FUSED_MAX_CPU_ENTRIES, ops.FUSED_MAX_CLUSTERS = old
+        _backend.FUSED_BATCH_MAX_CPU_ENTRIES, _backend.FUSED_BATCH_MAX_CLUSTERS = old
     f64 = feats.detach().cpu().double().requires_grad_(True)
     ref = reference.magnet_loss_batch(f64, ids.cpu(), classes.cpu(), alpha=5.0, reduction="none")
     ref.backward(g)
@@ -251,10 +255,11 @@ def test_opcheck_forward_and_backward(backend, var):
     variance = torch.tensor(1.7, dtype=torch.float32) if var == "tensor" else None
     feats, ids, classes, v, value, alpha, eps = _op_args(torch.float32, variance, 1.7 if var == "value" else 0.0)
     f = feats.requires_grad_(True)
-    torch.library.opcheck(magnet_loss_batch_fused_op, (f, ids, classes, v, value, alpha, eps, 1.0 / 9))
-    torch.library.opcheck(magnet_loss_batch_rows_op, (f, ids, classes, v, value, alpha, eps))
-    g = torch.randn(9, generator=torch.Generator().manual_seed(19))
-    torch.library.opcheck(magnet_loss_batch_rows_bwd_op, (g, feats.detach(), ids, classes, v, value, alpha, eps))
+    with clustr_fast.use_backend(name):
+        torch.library.opcheck(magnet_loss_batch_op, (f, ids, classes, v, value, alpha, eps, None, 1.0 / 9, True))
+        torch.library.opcheck(magnet_loss_batch_op, (f, ids, classes, v, value, alpha, eps, None, 1.0, False))
+        g = torch.randn(9, generator=torch.Generator().manual_seed(19))
+        torch.library.opcheck(magnet_loss_batch_op, (feats.detach(), ids, classes, v, value, alpha, eps, g, 1.0, True))
 
 
 @pytest.mark.parametrize("name", ["reference", "cpu"])
@@ -283,7 +288,8 @@ def test_kernel_agrees_with_reference_backend_directly():
     w = torch.randn(33, generator=torch.Generator().manual_seed(23), dtype=torch.float64)
     for variance, value in ((None, 0.0), (None, 2.2), (torch.tensor(0.7, dtype=torch.float64), 0.0)):
         args = (feats, ids, classes, variance, value, 2.0, 1e-8, w, 1.0, True)
-        got = torch.ops.clustr_fast_C.magnet_loss_batch(*args)
+        with clustr_fast.use_backend("cpu"):
+            got = torch.ops.clustr_fast.magnet_loss_batch(*args)
         want = ops._reference_batch(*args)
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

@@ -113,18 +113,15 @@ def test_backward_on_another_backend_matches_float64(pair):
     _check_values(out.detach(), ref, torch.float32)
 
 
-def test_auto_picks_each_pass_on_its_own():
-    """The backward has its own entry in the auto order, so it can differ from the forward's."""
+def test_auto_picks_each_pass_on_its_own(monkeypatch):
+    """The backward has its own entry in the backend table, so it can differ from the forward's."""
     from clustr_fast import _backend
-    assert "soft_cluster_logits_backward" in _backend.AUTO_CUDA_ORDER
-    impls = ("reference", "cpu", "cuda", "triton")
-    cuda = torch.device("cuda")
-    if {"cuda", "triton"} <= set(clustr_fast.backends()):
-        assert _backend.pick("soft_cluster_logits", cuda, impls) == "triton"
-        assert _backend.pick("soft_cluster_logits_backward", cuda, impls,
-                             "soft_cluster_logits_backward") == "cuda"
-    assert _backend.pick("soft_cluster_logits_backward", torch.device("cpu"), impls,
-                         "soft_cluster_logits_backward") == ("cpu" if "cpu" in clustr_fast.backends() else "reference")
+    cpu = "cpu" if "cpu" in clustr_fast.backends() else "reference"
+    assert _backend.chosen("soft_cluster_logits_backward", "cpu") == cpu
+    monkeypatch.setattr(_backend, "_can_run", lambda *args: True)  # as on a machine with both GPU backends
+    assert _backend.resolve("soft_cluster_logits", "cuda", "auto", False) == "triton"
+    assert _backend.resolve("soft_cluster_logits_backward", "cuda", "auto", False) == "cuda"
+    assert _backend.resolve("soft_cluster_logits_backward", "cpu", "auto", False) == "cpu"
 
 
 def _triton_leaves(backend, n, c, d, k, seed):
@@ -161,24 +158,35 @@ def deterministic():
 
 def test_deterministic_mode_passes_over_the_atomic_cuda_backward(monkeypatch, deterministic):
     """Under torch.use_deterministic_algorithms(True), auto does not pick a backward with float
-    atomics on CUDA tensors, and naming it raises (or warns with warn_only)."""
+    atomics on CUDA tensors; named, it is registered (its kernel raises: the GPU test below)."""
     from clustr_fast import _backend
     monkeypatch.setattr(_backend, "_can_run", lambda *args: True)  # as on a machine with both GPU backends
-    impls = ("reference", "cpu", "cuda", "triton")
-    cuda = torch.device("cuda")
     name = "soft_cluster_logits_backward"
-    assert _backend.pick(name, cuda, impls, name) == "triton"
-    assert _backend.pick("soft_cluster_logits", cuda, impls) == "triton"
-    monkeypatch.setattr(_backend, "requested", lambda: "cuda")
-    with pytest.raises(RuntimeError, match="deterministic"):
-        _backend.pick(name, cuda, impls, name)
-    assert _backend.pick("soft_cluster_logits", cuda, impls) == "cuda"  # the forward has no atomics
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    with pytest.warns(UserWarning, match="deterministic"):
-        assert _backend.pick(name, cuda, impls, name) == "cuda"
-    torch.use_deterministic_algorithms(False)
-    monkeypatch.setattr(_backend, "requested", lambda: "auto")
-    assert _backend.pick(name, cuda, impls, name) == "cuda"
+    assert _backend.resolve(name, "cuda", "auto", True) == "triton"
+    assert _backend.resolve(name, "cuda", "auto", False) == "cuda"
+    assert _backend.resolve("soft_cluster_logits", "cuda", "auto", True) == "triton"
+    assert _backend.resolve(name, "cuda", "cuda", True) == "cuda"
+    assert _backend.resolve("soft_cluster_logits", "cuda", "cuda", True) == "cuda"  # the forward has no atomics
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif("cuda" not in clustr_fast.backends(), reason="needs the CUDA backend")
+def test_named_atomic_cuda_backward_raises_in_deterministic_mode(deterministic):
+    """The CUDA backward alerts like PyTorch's own nondeterministic ops: raises, or warns with warn_only."""
+    f, mu, cls, nc, var = _inputs(33, 9, 16, 3, torch.float32, torch.device("cuda"), seed=5)
+    f.requires_grad_(True)
+    with clustr_fast.use_backend("cuda"):
+        out = clustr_fast.soft_cluster_logits(f, mu, cls, nc, variance=var, top_d=3)
+        with pytest.raises(RuntimeError, match="deterministic"):
+            torch.autograd.grad(out.sum(), f)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        out = clustr_fast.soft_cluster_logits(f, mu, cls, nc, variance=var, top_d=3)
+        with pytest.warns(UserWarning, match="deterministic"):
+            torch.autograd.grad(out.sum(), f)
+    torch.use_deterministic_algorithms(True)
+    with clustr_fast.use_backend("auto"):  # auto takes the Triton backward, without atomics
+        out = clustr_fast.soft_cluster_logits(f, mu, cls, nc, variance=var, top_d=3)
+        torch.autograd.grad(out.sum(), f)
 
 
 def test_triton_backward_is_deterministic_in_deterministic_mode(backend, deterministic):

@@ -1,6 +1,7 @@
-"""Custom ops (``torch.ops.clustr_fast.*``) and the public functions that call them.
+"""The ops ``torch.ops.clustr_fast.*`` and the public functions that call them.
 
-Each module validates its inputs, registers its forward and backward as
-``torch.library.custom_op`` with ``register_fake`` and ``register_autograd``,
-and dispatches at run time to one backend (see ``clustr_fast._backend``).
+Each module defines its ops once (``_library.define``: schema, fake, Python kernels),
+validates the inputs of its public functions and calls the ops; the C++ kernels and the
+autograd of the differentiable ops come from the extension (csrc/), and which kernel a
+device runs is chosen by ``clustr_fast._backend``.
 """

@@ -1,5 +1,5 @@
 """``certified_radius``: the l2 robustness radius of the nearest-center classifier
-(ClusTR Theorem 1) as a custom op.
+(ClusTR Theorem 1) as an op.
 
 With ``d_j = ||f - mu_j||^2``, ``mu_1`` the nearest center (ties: lower index) and
 ``g_j = ||mu_j - mu_1||``:
@@ -19,31 +19,24 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .. import _backend
 from .._validate import RADIUS_MODES, acc_dtype, check_certified_radius
 from ..reference import certified_radius as _reference
-from ._dispatch import extension_kernel, run, triton_kernel
+from ._library import define
 
 def _reference_impl(feats, centers, classes, lipschitz, mode):
     return _reference(feats, centers, classes, lipschitz, mode=RADIUS_MODES[mode])
 
 
-_IMPLS = {
-    "reference": _reference_impl,
-    "cpu": extension_kernel("certified_radius"),
-    "cuda": extension_kernel("certified_radius"),
-    "triton": triton_kernel("certified_radius", "certified_radius"),
-}
-
-
-@torch.library.custom_op("clustr_fast::certified_radius", mutates_args=())
-def certified_radius_op(feats: Tensor, centers: Tensor, center_classes: Tensor, lipschitz: float,
-                        mode: int) -> Tensor:
-    return run("certified_radius", feats.device, _IMPLS, feats, centers, center_classes, lipschitz, mode)
-
-
-@certified_radius_op.register_fake
-def _(feats, centers, center_classes, lipschitz, mode):
+def _fake(feats, centers, center_classes, lipschitz, mode):
+    torch._check(feats.dim() == 2 and centers.dim() == 2 and feats.shape[1] == centers.shape[1],
+                 lambda: "certified_radius: feats [N,d] and centers [C,d] with the same d")
     return feats.new_empty((feats.shape[0],), dtype=acc_dtype(feats.dtype))
+
+
+certified_radius_op = define(
+    "certified_radius(Tensor feats, Tensor centers, Tensor center_classes, float lipschitz, int mode) -> Tensor",
+    _fake, reference=_reference_impl, triton=("certified_radius", "certified_radius"))
 
 
 def certified_radius(feats: Tensor, centers: Tensor, center_classes: Tensor, lipschitz, *,
@@ -74,5 +67,6 @@ def certified_radius(feats: Tensor, centers: Tensor, center_classes: Tensor, lip
     check_certified_radius(feats, centers, center_classes, lipschitz, mode)
     lip = float(lipschitz.detach().item() if isinstance(lipschitz, Tensor) else lipschitz)
     classes = center_classes.to(torch.int64).contiguous()
+    _backend.refresh()
     with torch.no_grad():
         return certified_radius_op(feats.detach(), centers.detach(), classes, lip, RADIUS_MODES.index(mode))

@@ -34,7 +34,7 @@ from .. import _backend
 from .._validate import (acc_dtype, check_ids, check_kmeans_assign, check_kmeans_plusplus, check_kmeans_update,
                          check_sample_weight, precision_code, precision_name)
 from ..reference import kmeans as _ref
-from ._dispatch import extension_kernel, run, triton_kernel
+from ._library import define
 
 # --------------------------------------------------------------------------- reference backend
 
@@ -118,7 +118,7 @@ def lloyd_groups_stepwise(x, offsets, centers, max_iter, tol, precision, assign,
 
 
 # Iterations between two host reads of "any segment still active" in the Lloyd loops over
-# segments on a GPU (here and kLloydSyncEvery in csrc/cuda/kmeans.cu). Each read waits for the
+# segments on a GPU (here and kLloydSyncEvery in csrc/cuda/kmeans_lloyd_groups.cu). Each read waits for the
 # GPU; between reads the host queues the next iterations' launches while the GPU runs. At most
 # LLOYD_SYNC_EVERY - 1 iterations run after the last segment stops, and change nothing.
 LLOYD_SYNC_EVERY = 4
@@ -158,29 +158,7 @@ def _reference_plusplus(x, offsets, k, first, draws, weights=None):
     return out
 
 
-# --------------------------------------------------------------------------- custom ops
-
-_ASSIGN = {
-    "reference": _reference_assign,
-    "cpu": extension_kernel("kmeans_assign"),
-    "cuda": extension_kernel("kmeans_assign"),
-    "triton": triton_kernel("kmeans", "kmeans_assign"),
-}
-_UPDATE = {
-    "reference": _reference_update,
-    "cpu": extension_kernel("kmeans_update"),
-    "cuda": extension_kernel("kmeans_update"),
-    "triton": triton_kernel("kmeans", "kmeans_update"),
-}
-_LLOYD_STEP = {
-    "reference": _reference_lloyd_step,
-    "cpu": extension_kernel("kmeans_lloyd_step"),
-}
-_LLOYD_GROUPS = {
-    "reference": _reference_lloyd_groups,
-    "cpu": extension_kernel("kmeans_lloyd_groups"),
-    "cuda": extension_kernel("kmeans_lloyd_groups"),
-}
+# --------------------------------------------------------------------------- ops
 
 
 def _reference_fit_groups(x, offsets, k, first, draws, max_iter, tol, precision):
@@ -189,128 +167,131 @@ def _reference_fit_groups(x, offsets, k, first, draws, max_iter, tol, precision)
     return _reference_lloyd_groups(x, offsets, centers, max_iter, tol, precision)
 
 
-_FIT_GROUPS = {
-    "reference": _reference_fit_groups,
-    "cpu": extension_kernel("kmeans_fit_groups"),
-}
-_PLUSPLUS = {
-    "reference": _reference_plusplus,
-    "cpu": extension_kernel("kmeans_plusplus"),
-    "cuda": extension_kernel("kmeans_plusplus"),
-    "triton": triton_kernel("kmeans", "kmeans_plusplus"),
-}
-
-
-@torch.library.custom_op("clustr_fast::kmeans_assign", mutates_args=())
-def kmeans_assign_op(x: Tensor, centers: Tensor, precision: int, groups: Optional[Tensor],
-                     group_k: int) -> tuple[Tensor, Tensor]:
-    labels, sq = run("kmeans_assign", x.device, _ASSIGN, x, centers, precision, groups, group_k)
-    return labels, sq.to(acc_dtype(x.dtype))
-
-
-@kmeans_assign_op.register_fake
-def _(x, centers, precision, groups, group_k):
-    n = x.shape[0]
-    return x.new_empty((n,), dtype=torch.int64), x.new_empty((n,), dtype=acc_dtype(x.dtype))
-
-
 def _counts_dtype(x, weights):
     """The dtype of the second output of the update: int64 counts, or the weight sums (accumulation dtype)."""
     return torch.int64 if weights is None else acc_dtype(x.dtype)
 
 
-@torch.library.custom_op("clustr_fast::kmeans_update", mutates_args=())
-def kmeans_update_op(x: Tensor, labels: Tensor, k: int, prev_centers: Optional[Tensor],
-                     deterministic: bool, weights: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-    centers, counts = run("kmeans_update", x.device, _UPDATE, x, labels, k, prev_centers, deterministic, weights)
-    return centers.to(acc_dtype(x.dtype)), counts.to(_counts_dtype(x, weights))
+def _assign_outputs(fn):
+    def call(x, centers, precision, groups, group_k):
+        labels, sq = fn(x, centers, precision, groups, group_k)
+        return labels, sq.to(acc_dtype(x.dtype))
+    return call
 
 
-@kmeans_update_op.register_fake
-def _(x, labels, k, prev_centers, deterministic, weights=None):
+def _update_outputs(fn):
+    def call(x, labels, k, prev_centers, deterministic, weights=None):
+        centers, counts = fn(x, labels, k, prev_centers, deterministic, weights)
+        return centers.to(acc_dtype(x.dtype)), counts.to(_counts_dtype(x, weights))
+    return call
+
+
+def _loop_outputs(fn):
+    def call(x, *args):
+        labels, sq, centers, last = fn(x, *args)
+        acc = acc_dtype(x.dtype)
+        return labels, sq.to(acc), centers.to(acc), last
+    return call
+
+
+def _triton(name):
+    def call(*args):
+        from ..kernels import kmeans as kernels
+        return getattr(kernels, name)(*args)
+    return call
+
+
+def _check_rows(x, name):
+    torch._check(x.dim() == 2, lambda: f"{name}: x must be [N, d]")
+
+
+def _fake_assign(x, centers, precision, groups, group_k):
+    _check_rows(x, "kmeans_assign")
+    torch._check(centers.dim() == 2 and centers.shape[1] == x.shape[1],
+                 lambda: "kmeans_assign: centers must be [K, d] with the d of x")
+    n = x.shape[0]
+    return x.new_empty((n,), dtype=torch.int64), x.new_empty((n,), dtype=acc_dtype(x.dtype))
+
+
+def _fake_update(x, labels, k, prev_centers, deterministic, weights=None):
+    _check_rows(x, "kmeans_update")
+    torch._check(labels.shape[0] == x.shape[0], lambda: "kmeans_update: labels must be [N]")
     return (x.new_empty((k, x.shape[1]), dtype=acc_dtype(x.dtype)),
             x.new_empty((k,), dtype=_counts_dtype(x, weights)))
 
 
-@torch.library.custom_op("clustr_fast::kmeans_lloyd_step", mutates_args=())
-def kmeans_lloyd_step_op(x: Tensor, centers: Tensor, precision: int, groups: Optional[Tensor],
-                         group_k: int, weights: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    labels, sq, new_centers, counts = run("kmeans_lloyd_step", x.device, _LLOYD_STEP, x, centers, precision,
-                                          groups, group_k, weights)
-    acc = acc_dtype(x.dtype)
-    return labels, sq.to(acc), new_centers.to(acc), counts.to(_counts_dtype(x, weights))
-
-
-@kmeans_lloyd_step_op.register_fake
-def _(x, centers, precision, groups, group_k, weights=None):
+def _fake_lloyd_step(x, centers, precision, groups, group_k, weights=None):
+    _check_rows(x, "kmeans_lloyd_step")
     n, acc = x.shape[0], acc_dtype(x.dtype)
     return (x.new_empty((n,), dtype=torch.int64), x.new_empty((n,), dtype=acc),
             x.new_empty(tuple(centers.shape), dtype=acc),
             x.new_empty((centers.shape[0],), dtype=_counts_dtype(x, weights)))
 
 
-@torch.library.custom_op("clustr_fast::kmeans_lloyd_groups", mutates_args=())
-def kmeans_lloyd_groups_op(x: Tensor, offsets: Tensor, centers: Tensor, max_iter: int, tol: float,
-                           precision: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    labels, sq, new_centers, n_iter = run("kmeans_lloyd_groups", x.device, _LLOYD_GROUPS, x, offsets, centers,
-                                          max_iter, tol, precision)
-    acc = acc_dtype(x.dtype)
-    return labels, sq.to(acc), new_centers.to(acc), n_iter
-
-
-@kmeans_lloyd_groups_op.register_fake
-def _(x, offsets, centers, max_iter, tol, precision):
+def _fake_lloyd_groups(x, offsets, centers, max_iter, tol, precision):
+    _check_rows(x, "kmeans_lloyd_groups")
     n, acc = x.shape[0], acc_dtype(x.dtype)
     return (x.new_empty((n,), dtype=torch.int64), x.new_empty((n,), dtype=acc),
             x.new_empty(tuple(centers.shape), dtype=acc), x.new_empty((offsets.shape[0] - 1,), dtype=torch.int64))
 
 
-@torch.library.custom_op("clustr_fast::kmeans_fit_groups", mutates_args=())
-def kmeans_fit_groups_op(x: Tensor, offsets: Tensor, k: int, first: Tensor, draws: Tensor, max_iter: int,
-                         tol: float, precision: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Greedy k-means++ (``kmeans_plusplus_op`` on the same draws), then ``kmeans_lloyd_groups_op``, in
-    every segment; on the CPU each segment is seeded and iterated while it sits in cache."""
-    labels, sq, centers, n_iter = run("kmeans_fit_groups", x.device, _FIT_GROUPS, x, offsets, k, first, draws,
-                                      max_iter, tol, precision)
-    acc = acc_dtype(x.dtype)
-    return labels, sq.to(acc), centers.to(acc), n_iter
-
-
-@kmeans_fit_groups_op.register_fake
-def _(x, offsets, k, first, draws, max_iter, tol, precision):
+def _fake_fit_groups(x, offsets, k, first, draws, max_iter, tol, precision):
+    _check_rows(x, "kmeans_fit_groups")
     n, g, acc = x.shape[0], offsets.shape[0] - 1, acc_dtype(x.dtype)
     return (x.new_empty((n,), dtype=torch.int64), x.new_empty((n,), dtype=acc),
             x.new_empty((g * k, x.shape[1]), dtype=acc), x.new_empty((g,), dtype=torch.int64))
 
 
+def _fake_plusplus(x, offsets, k, first, draws, weights=None):
+    _check_rows(x, "kmeans_plusplus")
+    return x.new_empty((offsets.shape[0] - 1, k), dtype=torch.int64)
+
+
+# labels[i] = argmin_k ||x_i - c_k||^2 (first minimum), sqdist[i] = that minimum (accumulation dtype).
+# With groups: row i only sees centers [groups[i]*group_k, (groups[i]+1)*group_k).
+kmeans_assign_op = define(
+    "kmeans_assign(Tensor x, Tensor centers, int precision, Tensor? groups, int group_k) -> (Tensor, Tensor)",
+    _fake_assign, reference=_assign_outputs(_reference_assign), triton=_assign_outputs(_triton("kmeans_assign")))
+# centers[j] = sum_{labels_i = j} w_i x_i / W_j (prev_centers[j], else 0, when W_j = 0), and counts
+# int64 [k] (without weights) or W [k] (accumulation dtype).
+kmeans_update_op = define(
+    "kmeans_update(Tensor x, Tensor labels, int k, Tensor? prev_centers, bool deterministic, "
+    "Tensor? weights=None) -> (Tensor, Tensor)",
+    _fake_update, reference=_update_outputs(_reference_update), triton=_update_outputs(_triton("kmeans_update")))
+# One Lloyd step in one pass: kmeans_assign, then kmeans_update with prev_centers = centers.
+kmeans_lloyd_step_op = define(
+    "kmeans_lloyd_step(Tensor x, Tensor centers, int precision, Tensor? groups, int group_k, "
+    "Tensor? weights=None) -> (Tensor, Tensor, Tensor, Tensor)",
+    _fake_lloyd_step, reference=_loop_outputs(_reference_lloyd_step))
+# Lloyd to convergence in every segment [offsets[g], offsets[g+1]) from the centers [g*k, (g+1)*k),
+# each segment stopping on its own. -> (labels = g*k + j, sqdist, centers [G*k, d], n_iter int64 [G]).
+kmeans_lloyd_groups_op = define(
+    "kmeans_lloyd_groups(Tensor x, Tensor offsets, Tensor centers, int max_iter, float tol, int precision) "
+    "-> (Tensor, Tensor, Tensor, Tensor)",
+    _fake_lloyd_groups, reference=_loop_outputs(_reference_lloyd_groups))
+# Greedy k-means++ (kmeans_plusplus on the same draws), then kmeans_lloyd_groups, in every segment; on
+# the CPU each segment is seeded and iterated while it sits in cache.
+kmeans_fit_groups_op = define(
+    "kmeans_fit_groups(Tensor x, Tensor offsets, int k, Tensor first, Tensor draws, int max_iter, float tol, "
+    "int precision) -> (Tensor, Tensor, Tensor, Tensor)",
+    _fake_fit_groups, reference=_loop_outputs(_reference_fit_groups))
+# Greedy k-means++ in every segment: first[g] the first row, draws [k-1, G, T] the uniforms of the T
+# local trials of each later step; with weights the candidates are drawn by w_i D_i^2. -> int64 [G, k].
+kmeans_plusplus_op = define(
+    "kmeans_plusplus(Tensor x, Tensor offsets, int k, Tensor first, Tensor draws, Tensor? weights=None) -> Tensor",
+    _fake_plusplus, reference=_reference_plusplus, triton=_triton("kmeans_plusplus"))
+
+
 def lloyd_step_runs_here(device: torch.device) -> bool:
-    """True when the fused step can run on ``device`` under the requested backend (CPU: auto, cpu, reference)."""
-    return torch.device(device).type == "cpu" and _backend.requested() in ("auto", "cpu", "reference")
+    """True when the fused step runs on ``device`` under the current choice (``_backend.TABLE``)."""
+    return _backend.runs("kmeans_lloyd_step", device)
 
 
 def lloyd_groups_runs_here(device: torch.device) -> bool:
-    """True when ``kmeans_lloyd_groups_op`` runs on ``device`` under the requested backend.
-
-    CPU tensors: as :func:`lloyd_step_runs_here`. CUDA tensors: under "auto" or "cuda" when the
-    extension has CUDA kernels (the Lloyd loop runs in the extension: a few launches and one
-    4-byte read per iteration). Elsewhere (Triton) :func:`lloyd_groups_stepwise` runs in Python.
-    """
-    dev = torch.device(device)
-    if dev.type == "cpu":
-        return lloyd_step_runs_here(dev)
-    return (dev.type == "cuda" and _backend.requested() in ("auto", "cuda")
-            and _backend.extension_has("kmeans_lloyd_groups", "cuda"))
-
-
-@torch.library.custom_op("clustr_fast::kmeans_plusplus", mutates_args=())
-def kmeans_plusplus_op(x: Tensor, offsets: Tensor, k: int, first: Tensor, draws: Tensor,
-                       weights: Optional[Tensor] = None) -> Tensor:
-    return run("kmeans_plusplus", x.device, _PLUSPLUS, x, offsets, k, first, draws, weights)
-
-
-@kmeans_plusplus_op.register_fake
-def _(x, offsets, k, first, draws, weights=None):
-    return x.new_empty((offsets.shape[0] - 1, k), dtype=torch.int64)
+    """True when ``kmeans_lloyd_groups_op`` runs on ``device`` under the current choice: the CPU, and
+    CUDA tensors under "auto" or "cuda" (the Lloyd loop in the extension: a few launches and one
+    4-byte read per iteration). Elsewhere (Triton) :func:`lloyd_groups_stepwise` runs in Python."""
+    return _backend.runs("kmeans_lloyd_groups", device)
 
 
 # --------------------------------------------------------------------------- public functions
@@ -404,6 +385,7 @@ def kmeans_assign(x: Tensor, centers: Tensor, *, precision: str = "highest"):
     or "medium" (bf16 products on the GPU).
     """
     check_kmeans_assign(x, centers, precision)
+    _backend.refresh()
     return kmeans_assign_op(x, centers, precision_code(precision), None, 0)
 
 
@@ -417,6 +399,7 @@ def kmeans_update(x: Tensor, labels: Tensor, k: int, *, prev_centers: Optional[T
     unless ``torch.are_deterministic_algorithms_enabled()``, which selects an ordered sum.
     """
     check_kmeans_update(x, labels, k, prev_centers, sample_weight)
+    _backend.refresh()
     return kmeans_update_op(x, labels, int(k), prev_centers, torch.are_deterministic_algorithms_enabled(),
                             sample_weight)
 
@@ -438,6 +421,7 @@ def kmeans_lloyd_step(x: Tensor, centers: Tensor, *, groups: Optional[Tensor] = 
         check_ids(groups, "groups", centers.shape[0] // int(group_k), n=x.shape[0], op="kmeans_lloyd_step")
     if sample_weight is not None:
         check_sample_weight(sample_weight, x, op="kmeans_lloyd_step")
+    _backend.refresh()
     return kmeans_lloyd_step_op(x, centers, precision_code(precision), groups, int(group_k), sample_weight)
 
 
@@ -472,6 +456,7 @@ def kmeans_plusplus(x, k: int, *, sample_weight=None, x_squared_norms=None, rand
         raise ValueError(f"{op}: pass `generator` or `random_state`, not both")
     k = int(k)
     w = None if sample_weight is None else sample_weight.detach().to(acc_dtype(x.dtype)).contiguous()
+    _backend.refresh()
     if generator is None and (random_state is not None or as_numpy):
         idx = plusplus_random_state(x, k, check_random_state(random_state), w, trials)
     else:

@@ -1,4 +1,4 @@
-"""``magnet_loss`` and ``magnet_loss_batch`` as custom ops.
+"""``magnet_loss`` and ``magnet_loss_batch`` as ops.
 
 With ``s = 1 / (2 var)``, ``own_i = ||f_i - mu_{a_i}||^2``, ``d_ik = ||f_i - mu_k||^2``
 and the impostors of row i the centers of another class (and, in the batch form,
@@ -39,13 +39,14 @@ Liger-Kernel: the forward computes the gradient at once)::
     gmu_k = 2 (colsum(P)_k mu_k - sum_i P_ik f_i),   R_i = rowsum(P)_i
     cv = 2 grad_var / (N - 1)  (batch variance; 0 for a given one)
 
-- reduction "mean"/"sum": ``clustr_fast::magnet_loss_batch_fused`` returns (total,
-  grad) with ``w_i = 1/N`` or 1; its backward only scales the saved gradient by
-  grad_output (no second pass over the batch; not twice differentiable).
-- reduction "none": ``clustr_fast::magnet_loss_batch_rows`` returns the losses [N]; its
-  backward op ``clustr_fast::magnet_loss_batch_rows_bwd`` runs the same fused kernel
-  once more with ``w = grad_output`` (the vector-Jacobian product, recomputed from
-  the inputs in one call instead of saving [M, d] and [N, M] statistics).
+The op ``clustr_fast::magnet_loss_batch`` returns (losses [N], total, grad):
+
+- reduction "mean"/"sum": the total with ``w_i = 1/N`` or 1 and its gradient; the backward
+  only scales the saved gradient by grad_output (no second pass over the batch; not twice
+  differentiable).
+- reduction "none": the losses [N]; the backward runs the same fused kernel once more with
+  ``w = grad_output`` (the vector-Jacobian product, recomputed from the inputs in one call
+  instead of saving [M, d] and [N, M] statistics).
 """
 from __future__ import annotations
 
@@ -54,15 +55,14 @@ import math
 import torch
 from torch import Tensor
 
-from .. import _backend
+from .. import _backend, reference
 from .._validate import acc_dtype, check_magnet_loss, check_magnet_loss_batch, variance_tensor
 from ..reference.cluster_means import _cluster_means, _cluster_variance
 from .cluster_means import cluster_variance_core
 from .kmeans import kmeans_assign_op
 from ..reference.pairwise_sqdist import _sqdist
-from ._dispatch import extension_kernel, run, triton_kernel
+from ._library import define
 
-_OP = "magnet_loss"
 
 
 # --------------------------------------------------------------------------- reference backend
@@ -139,70 +139,53 @@ def _reference_bwd(grad, feats, centers, assign, classes, valid, var, loss, stat
     return grad_f, grad_mu, grad_var
 
 
-_FWD = {
-    "reference": _reference_fwd,
-    "cpu": extension_kernel("magnet_loss_fwd"),
-    "cuda": extension_kernel("magnet_loss_fwd"),
-    "triton": triton_kernel("magnet_loss", "magnet_loss_fwd"),
-}
-_BWD = {
-    "reference": _reference_bwd,
-    "cpu": extension_kernel("magnet_loss_bwd"),
-    "cuda": extension_kernel("magnet_loss_bwd"),
-    "triton": triton_kernel("magnet_loss", "magnet_loss_bwd"),
-}
+def _reference_backward(grad, feats, centers, assign, classes, valid, var, loss, stats, alpha, eps):
+    gf, gc, gv = _reference_bwd(grad, feats, centers, assign, classes, valid, var, loss, stats, alpha, eps)
+    return _cast_grads(gf, gc, gv, feats, centers, var)
 
 
-# --------------------------------------------------------------------------- custom ops
+def _triton_backward(grad, feats, centers, assign, classes, valid, var, loss, stats, alpha, eps):
+    from ..kernels.magnet_loss import magnet_loss_bwd
+
+    gf, gc, gv = magnet_loss_bwd(grad, feats, centers, assign, classes, valid, var, loss, stats, alpha, eps)
+    return _cast_grads(gf, gc, gv, feats, centers, var)
 
 
-@torch.library.custom_op("clustr_fast::magnet_loss_fwd", mutates_args=())
-def magnet_loss_fwd_op(feats: Tensor, centers: Tensor, assign: Tensor, classes: Tensor,
-                       valid: Tensor | None, var: Tensor, alpha: float, eps: float) -> tuple[Tensor, Tensor]:
-    """Per-row Magnet losses [N] and stats [3, N] = (own, L, E) in the accumulation dtype."""
-    return run(_OP, feats.device, _FWD, feats, centers, assign, classes, valid, var, alpha, eps,
-               kernel="magnet_loss_fwd")
+def _cast_grads(gf, gc, gv, feats, centers, var):
+    return gf.to(feats.dtype), gc.to(centers.dtype), gv.to(var.dtype).reshape(var.shape)
 
 
-@magnet_loss_fwd_op.register_fake
-def _(feats, centers, assign, classes, valid, var, alpha, eps):
+def _check_global(feats, centers, assign, classes, op):
+    torch._check(feats.dim() == 2 and centers.dim() == 2 and feats.shape[1] == centers.shape[1],
+                 lambda: f"{op}: feats [N,d] and centers [C,d] with the same d")
+    torch._check(assign.shape[0] == feats.shape[0], lambda: f"{op}: assign must be [N]")
+    torch._check(classes.shape[0] == centers.shape[0], lambda: f"{op}: classes must be [C]")
+
+
+def _fake_fwd(feats, centers, assign, classes, valid, var, alpha, eps):
+    _check_global(feats, centers, assign, classes, "magnet_loss_fwd")
     acc = acc_dtype(feats.dtype)
     n = feats.shape[0]
     return feats.new_empty((n,), dtype=acc), feats.new_empty((3, n), dtype=acc)
 
 
-@torch.library.custom_op("clustr_fast::magnet_loss_bwd", mutates_args=())
-def magnet_loss_bwd_op(grad: Tensor, feats: Tensor, centers: Tensor, assign: Tensor, classes: Tensor,
-                       valid: Tensor | None, var: Tensor, loss: Tensor, stats: Tensor,
-                       alpha: float, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    """(grad_feats, grad_centers, grad_var) for the per-row loss gradient ``grad`` [N]."""
-    gf, gc, gv = run(_OP, feats.device, _BWD, grad, feats, centers, assign, classes, valid, var,
-                     loss, stats, alpha, eps, kernel="magnet_loss_bwd")
-    return gf.to(feats.dtype), gc.to(centers.dtype), gv.to(var.dtype).reshape(var.shape)
-
-
-@magnet_loss_bwd_op.register_fake
-def _(grad, feats, centers, assign, classes, valid, var, loss, stats, alpha, eps):
+def _fake_bwd(grad, feats, centers, assign, classes, valid, var, loss, stats, alpha, eps):
+    _check_global(feats, centers, assign, classes, "magnet_loss_bwd")
     return torch.empty_like(feats), torch.empty_like(centers), torch.empty_like(var)
 
 
-def _setup_context(ctx, inputs, output):
-    feats, centers, assign, classes, valid, var, alpha, eps = inputs
-    loss, stats = output
-    ctx.save_for_backward(feats, centers, assign, classes, valid, var, loss, stats)
-    ctx.alpha, ctx.eps = alpha, eps
-
-
-def _backward(ctx, grad_loss, grad_stats):
-    feats, centers, assign, classes, valid, var, loss, stats = ctx.saved_tensors
-    if grad_loss is None:
-        grad_loss = torch.zeros_like(loss)
-    gf, gc, gv = magnet_loss_bwd_op(grad_loss.contiguous(), feats, centers, assign, classes, valid, var,
-                                    loss, stats, ctx.alpha, ctx.eps)
-    return gf, gc, None, None, None, gv, None, None
-
-
-magnet_loss_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+# Per-row losses [N] and stats [3, N] = (own, L (-inf if no impostor), E) in the accumulation dtype;
+# valid [C] (optional) removes centers from every impostor set; var is a 0-d tensor (sigma^2).
+magnet_loss_fwd_op = define(
+    "magnet_loss_fwd(Tensor feats, Tensor centers, Tensor assign, Tensor classes, Tensor? valid, Tensor var, "
+    "float alpha, float eps) -> (Tensor, Tensor)", _fake_fwd,
+    reference=_reference_fwd, triton=("magnet_loss", "magnet_loss_fwd"))
+# (grad_feats, grad_centers, grad_var) for the gradient [N] of the per-row losses (autograd:
+# csrc/autograd.cpp saves the inputs, loss and stats).
+magnet_loss_bwd_op = define(
+    "magnet_loss_bwd(Tensor grad, Tensor feats, Tensor centers, Tensor assign, Tensor classes, Tensor? valid, "
+    "Tensor var, Tensor loss, Tensor stats, float alpha, float eps) -> (Tensor, Tensor, Tensor)", _fake_bwd,
+    reference=_reference_backward, triton=_triton_backward)
 
 
 # --------------------------------------------------------------------------- global form, fused (CPU)
@@ -226,89 +209,52 @@ def _reference_fused(feats, centers, assign, classes, valid, var, alpha, eps, we
     return (loss.to(torch.float64).sum() * weight).to(loss.dtype), gf, gc, gv
 
 
-_FUSED = {
-    "reference": _reference_fused,
-    "cpu": extension_kernel("magnet_loss_fused"),
-}
 
-
-@torch.library.custom_op("clustr_fast::magnet_loss_fused", mutates_args=())
-def magnet_loss_fused_op(feats: Tensor, centers: Tensor, assign: Tensor, classes: Tensor, valid: Tensor | None,
-                         var: Tensor | None, alpha: float, eps: float,
-                         weight: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(total = weight * sum_i loss_i as a 0-d tensor, and its gradients in feats, centers and var).
-
-    One pass: each block's products f.mu give the row losses and, at once, the matrix P of the
-    gradient (the unfused path computes them again in its backward: one product less). The
-    gradients are saved; the backward scales them by grad_output (not twice differentiable).
-    ``var=None``: sigma^2 is ``cluster_variance(feats, centers, assign)``, computed in the same call,
-    and its gradient is folded into those of feats and centers (the returned grad_var is 0).
-    """
-    total, gf, gc, gv = run(_OP, feats.device, _FUSED, feats, centers, assign, classes, valid, var, alpha, eps,
-                            weight, kernel="magnet_loss_fused")
+def _fused_outputs(total, gf, gc, gv, feats, centers, var):
     acc = acc_dtype(feats.dtype)
-    if var is None:
-        gv = gv.to(acc).reshape(())
-    else:
-        gv = gv.to(var.dtype).reshape(var.shape)
+    gv = gv.to(acc).reshape(()) if var is None else gv.to(var.dtype).reshape(var.shape)
     return total.to(acc).reshape(()), gf.to(feats.dtype), gc.to(centers.dtype), gv
 
 
-@magnet_loss_fused_op.register_fake
-def _(feats, centers, assign, classes, valid, var, alpha, eps, weight):
+def _reference_fused_kernel(feats, centers, assign, classes, valid, var, alpha, eps, weight):
+    return _fused_outputs(*_reference_fused(feats, centers, assign, classes, valid, var, alpha, eps, weight),
+                          feats, centers, var)
+
+
+def _fake_fused(feats, centers, assign, classes, valid, var, alpha, eps, weight):
+    _check_global(feats, centers, assign, classes, "magnet_loss_fused")
     acc = acc_dtype(feats.dtype)
     gv = feats.new_empty((), dtype=acc) if var is None else torch.empty_like(var)
     return feats.new_empty((), dtype=acc), torch.empty_like(feats), torch.empty_like(centers), gv
 
 
-def _global_fused_setup_context(ctx, inputs, output):
-    ctx.mark_non_differentiable(*output[1:])
-    ctx.save_for_backward(*output[1:])
-    ctx.has_var = inputs[5] is not None
-
-
-def _global_fused_backward(ctx, grad_total, *_):
-    gf, gc, gv = ctx.saved_tensors
-    grad_var = gv * grad_total.to(gv.dtype) if ctx.has_var else None
-    return gf * grad_total.to(gf.dtype), gc * grad_total.to(gc.dtype), None, None, None, grad_var, None, None, None
-
-
-magnet_loss_fused_op.register_autograd(_global_fused_backward, setup_context=_global_fused_setup_context)
+# (total = weight * sum_i loss_i as a 0-d tensor, and its gradients in feats, centers and var) in one
+# pass: each block's products f.mu give the row losses and, at once, the matrix P of the gradient
+# (one product less than forward + backward). Autograd (csrc/autograd.cpp) scales the saved gradients
+# by grad_output (not twice differentiable). var=None: sigma^2 is cluster_variance(feats, centers,
+# assign), computed in the same call, and its gradient is folded into those of feats and centers.
+magnet_loss_fused_op = define(
+    "magnet_loss_fused(Tensor feats, Tensor centers, Tensor assign, Tensor classes, Tensor? valid, Tensor? var, "
+    "float alpha, float eps, float weight) -> (Tensor, Tensor, Tensor, Tensor)", _fake_fused,
+    reference=_reference_fused_kernel)
 
 
 def fused_global_applies(feats: Tensor, centers: Tensor, var: Tensor | None, reduction: str) -> bool:
     """The global form runs as :func:`magnet_loss_fused_op` (forward with its gradient) when a gradient
-    is wanted of a reduced loss on the CPU backends (the GPU backends run forward, then backward)."""
+    is wanted of a reduced loss and the op runs on the device (``_backend.TABLE``: the CPU backends;
+    the GPU backends run forward, then backward)."""
     var_grad = var is not None and var.requires_grad
     wants_grad = torch.is_grad_enabled() and (feats.requires_grad or centers.requires_grad or var_grad)
-    return (reduction != "none" and wants_grad and feats.device.type == "cpu"
-            and _backend.requested() in ("auto", "cpu", "reference"))
+    return reduction != "none" and wants_grad and _backend.runs("magnet_loss_fused", feats.device)
 
 
 # --------------------------------------------------------------------------- batch form, fused
 
-# A GPU batch runs fused within these limits: at most this many clusters (one Triton register
-# tile) and rows, and the means, their gradient and the [N, M] distances within this many bytes
-# (the CUDA kernel's one block keeps them in shared memory; the Triton kernels split d over programs).
-FUSED_MAX_CLUSTERS = 64
-FUSED_MAX_ROWS = 4096
-FUSED_MAX_SHARED_BYTES = 96 * 1024
-FUSED_MAX_CPU_ENTRIES = 1 << 24  # N * M on the CPU (the [N, M] distance buffer)
-
-
-def fused_batch_shared_bytes(n: int, m: int, d: int, dtype: torch.dtype) -> int:
-    """Shared memory of the CUDA kernel: means and their gradient [M, d], P [N, M], R [N], [M] sums, counts."""
-    size = 8 if dtype == torch.float64 else 4
-    return size * (2 * m * d + n * m + n + m) + 4 * m
-
-
 def fused_batch_applies(feats: Tensor, m: int) -> bool:
     """True when ``magnet_loss_batch`` on ``feats`` with ``m`` clusters runs as one fused call."""
     n, d = feats.shape
-    if feats.device.type == "cpu" and (torch.compiler.is_compiling() or _backend.requested() != "triton"):
-        return n * m <= FUSED_MAX_CPU_ENTRIES
-    return (m <= FUSED_MAX_CLUSTERS and n <= FUSED_MAX_ROWS
-            and fused_batch_shared_bytes(n, m, d, acc_dtype(feats.dtype)) <= FUSED_MAX_SHARED_BYTES)
+    dev = feats.device.type
+    return _backend.fused_batch_fits(_backend.chosen("magnet_loss_batch", dev), dev, n, m, d, acc_dtype(feats.dtype))
 
 
 def _reference_batch(feats, ids, classes, variance, variance_value, alpha, eps, row_weight, weight, with_grad):
@@ -342,88 +288,24 @@ def _reference_batch(feats, ids, classes, variance, variance_value, alpha, eps, 
     return loss, total, grad.to(feats.dtype)
 
 
-_BATCH = {
-    "reference": _reference_batch,
-    "cpu": extension_kernel("magnet_loss_batch"),
-    "cuda": extension_kernel("magnet_loss_batch"),
-    "triton": triton_kernel("magnet_loss_batch", "magnet_loss_batch"),
-}
+def _fake_batch(feats, ids, classes, variance, variance_value, alpha, eps, row_weight, weight, with_grad):
+    torch._check(feats.dim() == 2, lambda: "magnet_loss_batch: feats must be [N, d]")
+    torch._check(ids.shape[0] == feats.shape[0], lambda: "magnet_loss_batch: ids must be [N]")
+    acc = acc_dtype(feats.dtype)
+    n, d = feats.shape
+    return (feats.new_empty((n,), dtype=acc), feats.new_empty((), dtype=acc),
+            feats.new_empty((n if with_grad else 0, d)))
 
 
-def _run_batch(feats, ids, classes, variance, variance_value, alpha, eps, row_weight, weight, with_grad):
-    return run("magnet_loss_batch", feats.device, _BATCH, feats, ids, classes, variance, variance_value, alpha,
-               eps, row_weight, weight, with_grad)
-
-
-@torch.library.custom_op("clustr_fast::magnet_loss_batch_fused", mutates_args=())
-def magnet_loss_batch_fused_op(feats: Tensor, ids: Tensor, classes: Tensor, variance: Tensor | None,
-                               variance_value: float, alpha: float, eps: float,
-                               weight: float) -> tuple[Tensor, Tensor]:
-    """(weight * sum_i loss_i as a 0-d tensor, its gradient in feats [N, d]), in one fused call.
-
-    The gradient is computed by the forward and saved; the backward only scales it by
-    grad_output. ``variance`` (0-d) or ``variance_value > 0`` give sigma^2, else the batch variance.
-    """
-    _, total, grad = _run_batch(feats, ids, classes, variance, variance_value, alpha, eps, None, weight, True)
-    return total, grad
-
-
-@magnet_loss_batch_fused_op.register_fake
-def _(feats, ids, classes, variance, variance_value, alpha, eps, weight):
-    return feats.new_empty((), dtype=acc_dtype(feats.dtype)), torch.empty_like(feats)
-
-
-def _fused_setup_context(ctx, inputs, output):
-    ctx.mark_non_differentiable(output[1])
-    ctx.save_for_backward(output[1])
-
-
-def _fused_backward(ctx, grad_total, _grad_grad):
-    (grad,) = ctx.saved_tensors
-    return grad * grad_total.to(grad.dtype), None, None, None, None, None, None, None
-
-
-magnet_loss_batch_fused_op.register_autograd(_fused_backward, setup_context=_fused_setup_context)
-
-
-@torch.library.custom_op("clustr_fast::magnet_loss_batch_rows", mutates_args=())
-def magnet_loss_batch_rows_op(feats: Tensor, ids: Tensor, classes: Tensor, variance: Tensor | None,
-                              variance_value: float, alpha: float, eps: float) -> Tensor:
-    """Per-row batch-form losses [N] in the accumulation dtype (one fused call, no gradient)."""
-    return _run_batch(feats, ids, classes, variance, variance_value, alpha, eps, None, 1.0, False)[0]
-
-
-@magnet_loss_batch_rows_op.register_fake
-def _(feats, ids, classes, variance, variance_value, alpha, eps):
-    return feats.new_empty((feats.shape[0],), dtype=acc_dtype(feats.dtype))
-
-
-@torch.library.custom_op("clustr_fast::magnet_loss_batch_rows_bwd", mutates_args=())
-def magnet_loss_batch_rows_bwd_op(grad: Tensor, feats: Tensor, ids: Tensor, classes: Tensor,
-                                  variance: Tensor | None, variance_value: float, alpha: float,
-                                  eps: float) -> Tensor:
-    """Gradient in feats of sum_i grad_i loss_i: the fused kernel run again with row weights ``grad``."""
-    return _run_batch(feats, ids, classes, variance, variance_value, alpha, eps, grad, 1.0, True)[2]
-
-
-@magnet_loss_batch_rows_bwd_op.register_fake
-def _(grad, feats, ids, classes, variance, variance_value, alpha, eps):
-    return torch.empty_like(feats)
-
-
-def _rows_setup_context(ctx, inputs, output):
-    feats, ids, classes, variance, variance_value, alpha, eps = inputs
-    ctx.save_for_backward(feats, ids, classes, variance)
-    ctx.scalars = (variance_value, alpha, eps)
-
-
-def _rows_backward(ctx, grad):
-    feats, ids, classes, variance = ctx.saved_tensors
-    gf = magnet_loss_batch_rows_bwd_op(grad.contiguous(), feats, ids, classes, variance, *ctx.scalars)
-    return gf, None, None, None, None, None, None
-
-
-magnet_loss_batch_rows_op.register_autograd(_rows_backward, setup_context=_rows_setup_context)
+# Batch form, fused: means of the batch clusters, sigma^2 (variance tensor, else variance_value > 0,
+# else the batch variance), per-row losses [N], total = sum_i w_i loss_i (w = row_weight, else
+# weight) and, with with_grad, d total / d feats [N, d] (else [0, d]), through means and sigma^2.
+# Autograd (csrc/autograd.cpp): the saved gradient times grad(total) when only the total has a
+# gradient; otherwise the op once more with row weights grad(losses) + grad(total) w.
+magnet_loss_batch_op = define(
+    "magnet_loss_batch(Tensor feats, Tensor ids, Tensor classes, Tensor? variance, float variance_value, "
+    "float alpha, float eps, Tensor? row_weight, float weight, bool with_grad) -> (Tensor, Tensor, Tensor)",
+    _fake_batch, reference=_reference_batch, triton=("magnet_loss_batch", "magnet_loss_batch"))
 
 
 def _fused_variance(variance, feats):
@@ -437,11 +319,11 @@ def _fused_variance(variance, feats):
 
 def _magnet_loss_batch_fused(feats, cluster_ids, cluster_classes, alpha, variance, eps, reduction):
     var_t, var_v = _fused_variance(variance, feats)
-    args = (feats, cluster_ids, cluster_classes, var_t, var_v, float(alpha), float(eps))
+    args = (feats, cluster_ids, cluster_classes, var_t, var_v, float(alpha), float(eps), None)
     if reduction == "none" or not (torch.is_grad_enabled() and feats.requires_grad):
-        return _reduce(magnet_loss_batch_rows_op(*args), reduction)
+        return _reduce(magnet_loss_batch_op(*args, 1.0, False)[0], reduction)
     weight = 1.0 / max(feats.shape[0], 1) if reduction == "mean" else 1.0
-    return magnet_loss_batch_fused_op(*args, weight)[0]
+    return magnet_loss_batch_op(*args, weight, True)[1]
 
 
 # --------------------------------------------------------------------------- public functions
@@ -483,10 +365,14 @@ def magnet_loss(feats, centers, assign=None, center_classes=None, *, alpha=1.0, 
     """
     if not torch.compiler.is_compiling():  # the id-range checks read values back
         check_magnet_loss(feats, centers, assign, center_classes, alpha, variance, eps, reduction)
+    _backend.refresh()
     if assign is None:
         assign = kmeans_assign_op(feats.detach(), centers.detach(), 0, None, 0)[0]
     if center_classes is None:
         center_classes = torch.arange(centers.shape[0], device=centers.device)
+    if not _backend.ops_available():
+        return reference.magnet_loss(feats, centers, assign, center_classes, alpha=alpha, variance=variance, eps=eps,
+                                     reduction=reduction)
     acc = acc_dtype(feats.dtype)
     weight = 1.0 / max(feats.shape[0], 1) if reduction == "mean" else 1.0
     if variance is None and fused_global_applies(feats, centers, None, reduction):
@@ -516,6 +402,10 @@ def magnet_loss_batch(feats, cluster_ids, cluster_classes, *, alpha=1.0, varianc
     """
     if not torch.compiler.is_compiling():
         check_magnet_loss_batch(feats, cluster_ids, cluster_classes, alpha, variance, eps, reduction)
+    if not _backend.ops_available():
+        return reference.magnet_loss_batch(feats, cluster_ids, cluster_classes, alpha=alpha, variance=variance,
+                                           eps=eps, reduction=reduction)
+    _backend.refresh()
     if fused_batch_applies(feats, cluster_classes.shape[0]):
         return _magnet_loss_batch_fused(feats, cluster_ids, cluster_classes, alpha, variance, eps, reduction)
     f = feats.to(acc_dtype(feats.dtype))

@@ -1,21 +1,24 @@
-"""``pairwise_sqdist``: squared Euclidean distances between rows, as a custom op.
+"""``pairwise_sqdist``: squared Euclidean distances between rows, as an op.
 
     out[i,k] = max(||x_i||^2 + ||c_k||^2 - 2 x_i.c_k, 0)      x [N,d], c [K,d] -> [N,K]
 
 Accumulated in float32 (float64 for float64 inputs); the result has that dtype.
-Backward (also a custom op): grad_x = 2 (rowsum(g) x - g c), grad_c = 2 (colsum(g) c - g^T x).
+Backward (op ``pairwise_sqdist_backward``): grad_x = 2 (rowsum(g) x - g c),
+grad_c = 2 (colsum(g) c - g^T x), in the inputs' dtypes.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
+from .. import _backend
+from .. import reference
 from .._validate import acc_dtype, check_pairwise_sqdist, precision_code, precision_name
-from ..reference import pairwise_sqdist as _reference
-from ._dispatch import extension_kernel, run, triton_kernel
+from ._library import define
+
 
 def _reference_fwd(x, c, precision):
-    return _reference(x, c, precision=precision_name(precision))
+    return reference.pairwise_sqdist(x, c, precision=precision_name(precision))
 
 
 def _reference_bwd(grad, x, c, precision):
@@ -24,58 +27,33 @@ def _reference_bwd(grad, x, c, precision):
     g, xa, ca = grad.to(acc), x.to(acc), c.to(acc)
     gx = 2.0 * (g.sum(1, keepdim=True) * xa - g @ ca)
     gc = 2.0 * (g.sum(0).unsqueeze(1) * ca - g.t() @ xa)
-    return gx, gc
-
-
-_FWD = {
-    "reference": _reference_fwd,
-    "cpu": extension_kernel("pairwise_sqdist"),
-    "cuda": extension_kernel("pairwise_sqdist"),
-    "triton": triton_kernel("pairwise_sqdist", "pairwise_sqdist"),
-}
-_BWD = {
-    "reference": _reference_bwd,
-    "cpu": extension_kernel("pairwise_sqdist_backward"),
-    "cuda": extension_kernel("pairwise_sqdist_backward"),
-    "triton": triton_kernel("pairwise_sqdist", "pairwise_sqdist_backward"),
-}
-
-
-@torch.library.custom_op("clustr_fast::pairwise_sqdist", mutates_args=())
-def pairwise_sqdist_op(x: Tensor, c: Tensor, precision: int) -> Tensor:
-    return run("pairwise_sqdist", x.device, _FWD, x, c, precision)
-
-
-@pairwise_sqdist_op.register_fake
-def _(x, c, precision):
-    return x.new_empty((x.shape[0], c.shape[0]), dtype=acc_dtype(x.dtype))
-
-
-@torch.library.custom_op("clustr_fast::pairwise_sqdist_backward", mutates_args=())
-def pairwise_sqdist_backward_op(grad: Tensor, x: Tensor, c: Tensor, precision: int) -> tuple[Tensor, Tensor]:
-    gx, gc = run("pairwise_sqdist_backward", x.device, _BWD, grad, x, c, precision,
-                 kernel="pairwise_sqdist_backward")
     return gx.to(x.dtype), gc.to(c.dtype)
 
 
-@pairwise_sqdist_backward_op.register_fake
-def _(grad, x, c, precision):
+def _triton_bwd(grad, x, c, precision):
+    from ..kernels.pairwise_sqdist import pairwise_sqdist_backward
+
+    gx, gc = pairwise_sqdist_backward(grad, x, c, precision)
+    return gx.to(x.dtype), gc.to(c.dtype)
+
+
+def _fake_fwd(x, c, precision):
+    torch._check(x.dim() == 2 and c.dim() == 2 and x.shape[1] == c.shape[1],
+                 lambda: f"pairwise_sqdist: x [N,d] and c [K,d] with the same d, got {tuple(x.shape)}, {tuple(c.shape)}")
+    return x.new_empty((x.shape[0], c.shape[0]), dtype=acc_dtype(x.dtype))
+
+
+def _fake_bwd(grad, x, c, precision):
+    torch._check(grad.shape[0] == x.shape[0] and grad.shape[1] == c.shape[0],
+                 lambda: "pairwise_sqdist_backward: grad must be [N, K]")
     return torch.empty_like(x), torch.empty_like(c)
 
 
-def _setup_context(ctx, inputs, output):
-    x, c, precision = inputs
-    ctx.save_for_backward(x, c)
-    ctx.precision = precision
-
-
-def _backward(ctx, grad):
-    x, c = ctx.saved_tensors
-    gx, gc = pairwise_sqdist_backward_op(grad.contiguous(), x, c, ctx.precision)
-    return gx, gc, None
-
-
-pairwise_sqdist_op.register_autograd(_backward, setup_context=_setup_context)
+pairwise_sqdist_op = define("pairwise_sqdist(Tensor x, Tensor c, int precision) -> Tensor", _fake_fwd,
+                            reference=_reference_fwd, triton=("pairwise_sqdist", "pairwise_sqdist"))
+pairwise_sqdist_backward_op = define(
+    "pairwise_sqdist_backward(Tensor grad, Tensor x, Tensor c, int precision) -> (Tensor, Tensor)", _fake_bwd,
+    reference=_reference_bwd, triton=_triton_bwd)
 
 
 def pairwise_sqdist(x: Tensor, c: Tensor, *, precision: str = "highest") -> Tensor:
@@ -86,4 +64,7 @@ def pairwise_sqdist(x: Tensor, c: Tensor, *, precision: str = "highest") -> Tens
     """
     code = precision_code(precision)
     check_pairwise_sqdist(x, c)
+    if not _backend.ops_available():
+        return reference.pairwise_sqdist(x, c, precision=precision)
+    _backend.refresh()
     return pairwise_sqdist_op(x, c, code)

@@ -1,5 +1,5 @@
 """``soft_cluster_logits`` / ``soft_cluster_predict``: the top-D soft nearest-cluster
-classifier of ClusTR Eq. 4 as custom ops.
+classifier of ClusTR Eq. 4 as ops.
 
 With ``d_ij = ||f_i - mu_j||^2``, ``s = 1 / (2 sigma^2)`` and ``S_i`` the ``top_d``
 nearest centers of row i (ties: lower index),
@@ -17,7 +17,7 @@ selection's distances instead: docs/decisions.md.)
 
 Forward op returns ``(out, idx)``; ``idx [N,D]`` int64 holds the selected centers and
 is all the backward saves besides its inputs. Any backend's backward accepts any backend's
-``(out, idx)``, so ``auto`` picks the two passes separately (``_backend.AUTO_CUDA_ORDER``).
+``(out, idx)``, so ``auto`` picks the two passes separately (``_backend.TABLE``).
 Backward (also a custom op), with
 ``p_j = exp(z_j - Z)``, ``w_j = exp(z_j - logit_{c_j})`` (within-class weight),
 ``G = sum of grad over present classes`` and ``a_j = -s (grad_{c_j} w_j - G p_j)``:
@@ -32,10 +32,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .. import _backend, reference
 from .._validate import acc_dtype, check_soft_cluster_logits, precision_code
-from ..reference import soft_cluster_logits as _reference
 from ..reference.pairwise_sqdist import _sqdist
-from ._dispatch import extension_kernel, run, triton_kernel
+from ._library import define
 
 
 def _variance_value(variance) -> float:
@@ -43,7 +43,7 @@ def _variance_value(variance) -> float:
 
 
 def _reference_fwd(feats, centers, classes, num_classes, variance, top_d, precision):
-    out = _reference(feats, centers, classes, num_classes, variance=variance, top_d=top_d)
+    out = reference.soft_cluster_logits(feats, centers, classes, num_classes, variance=variance, top_d=top_d)
     acc = acc_dtype(feats.dtype)
     d = _sqdist(feats.detach().to(acc), centers.detach().to(acc))
     idx = torch.sort(d, dim=1, stable=True).indices[:, :top_d].contiguous()
@@ -75,65 +75,45 @@ def _reference_bwd(grad, out, idx, feats, centers, classes, variance):
     return gf, gc
 
 
-_FWD = {
-    "reference": _reference_fwd,
-    "cpu": extension_kernel("soft_cluster_logits"),
-    "cuda": extension_kernel("soft_cluster_logits"),
-    "triton": triton_kernel("soft_cluster_logits", "soft_cluster_logits"),
-}
-_BWD = {
-    "reference": _reference_bwd,
-    "cpu": extension_kernel("soft_cluster_logits_backward"),
-    "cuda": extension_kernel("soft_cluster_logits_backward"),
-    "triton": triton_kernel("soft_cluster_logits", "soft_cluster_logits_backward"),
-}
+def _cast_grads(gf, gc, feats, centers):
+    return gf.to(feats.dtype), gc.to(centers.dtype)
 
 
-@torch.library.custom_op("clustr_fast::soft_cluster_logits", mutates_args=())
-def soft_cluster_logits_op(feats: Tensor, centers: Tensor, center_classes: Tensor, num_classes: int,
-                           variance: float, top_d: int, precision: int) -> tuple[Tensor, Tensor]:
-    out, idx = run("soft_cluster_logits", feats.device, _FWD, feats, centers, center_classes,
-                   num_classes, variance, top_d, precision)
-    return out, idx
+def _reference_backward(grad, out, idx, feats, centers, classes, variance):
+    return _cast_grads(*_reference_bwd(grad, out, idx, feats, centers, classes, variance), feats, centers)
 
 
-@soft_cluster_logits_op.register_fake
-def _(feats, centers, center_classes, num_classes, variance, top_d, precision):
+def _triton_backward(grad, out, idx, feats, centers, classes, variance):
+    from ..kernels.soft_cluster_logits import soft_cluster_logits_backward
+
+    return _cast_grads(*soft_cluster_logits_backward(grad, out, idx, feats, centers, classes, variance), feats, centers)
+
+
+def _fake_fwd(feats, centers, center_classes, num_classes, variance, top_d, precision):
+    torch._check(feats.dim() == 2 and centers.dim() == 2 and feats.shape[1] == centers.shape[1],
+                 lambda: "soft_cluster_logits: feats [N,d] and centers [C,d] with the same d")
+    torch._check(center_classes.shape[0] == centers.shape[0],
+                 lambda: "soft_cluster_logits: center_classes must be [C]")
+    torch._check(1 <= top_d <= centers.shape[0], lambda: "soft_cluster_logits: top_d must be in [1, C]")
     n = feats.shape[0]
     out = feats.new_empty((n, num_classes), dtype=acc_dtype(feats.dtype))
     return out, feats.new_empty((n, top_d), dtype=torch.int64)
 
 
-@torch.library.custom_op("clustr_fast::soft_cluster_logits_backward", mutates_args=())
-def soft_cluster_logits_backward_op(grad: Tensor, out: Tensor, idx: Tensor, feats: Tensor, centers: Tensor,
-                                    center_classes: Tensor, variance: float) -> tuple[Tensor, Tensor]:
-    gf, gc = run("soft_cluster_logits_backward", feats.device, _BWD, grad, out, idx, feats, centers, center_classes,
-                 variance, kernel="soft_cluster_logits_backward")
-    return gf.to(feats.dtype), gc.to(centers.dtype)
-
-
-@soft_cluster_logits_backward_op.register_fake
-def _(grad, out, idx, feats, centers, center_classes, variance):
+def _fake_bwd(grad, out, idx, feats, centers, center_classes, variance):
+    torch._check(grad.shape == out.shape, lambda: "soft_cluster_logits_backward: grad must have the shape of out")
     return torch.empty_like(feats), torch.empty_like(centers)
 
 
-def _setup_context(ctx, inputs, output):
-    feats, centers, classes, _, variance, _, _ = inputs
-    out, idx = output
-    ctx.save_for_backward(out, idx, feats, centers, classes)
-    ctx.variance = variance
-
-
-def _backward(ctx, grad_out, grad_idx):
-    out, idx, feats, centers, classes = ctx.saved_tensors
-    if grad_out is None:
-        grad_out = torch.zeros_like(out)
-    gf, gc = soft_cluster_logits_backward_op(grad_out.contiguous(), out, idx, feats, centers, classes,
-                                             ctx.variance)
-    return gf, gc, None, None, None, None, None
-
-
-soft_cluster_logits_op.register_autograd(_backward, setup_context=_setup_context)
+# Autograd (csrc/autograd.cpp) saves (out, idx, feats, centers, classes) and calls the backward op.
+soft_cluster_logits_op = define(
+    "soft_cluster_logits(Tensor feats, Tensor centers, Tensor center_classes, int num_classes, float variance, "
+    "int top_d, int precision) -> (Tensor, Tensor)", _fake_fwd,
+    reference=_reference_fwd, triton=("soft_cluster_logits", "soft_cluster_logits"))
+soft_cluster_logits_backward_op = define(
+    "soft_cluster_logits_backward(Tensor grad, Tensor out, Tensor idx, Tensor feats, Tensor centers, "
+    "Tensor center_classes, float variance) -> (Tensor, Tensor)", _fake_bwd,
+    reference=_reference_backward, triton=_triton_backward)
 
 
 def soft_cluster_logits(feats: Tensor, centers: Tensor, center_classes: Tensor, num_classes: int, *,
@@ -153,6 +133,10 @@ def soft_cluster_logits(feats: Tensor, centers: Tensor, center_classes: Tensor, 
         top_d = centers.shape[0] if top_d is None else int(top_d)
     else:
         top_d = check_soft_cluster_logits(feats, centers, center_classes, num_classes, variance, top_d)
+    if not _backend.ops_available():
+        return reference.soft_cluster_logits(feats, centers, center_classes, num_classes, variance=variance,
+                                             top_d=top_d)
+    _backend.refresh()
     classes = center_classes.to(torch.int64).contiguous()
     out, _ = soft_cluster_logits_op(feats, centers, classes, int(num_classes), _variance_value(variance),
                                     top_d, code)

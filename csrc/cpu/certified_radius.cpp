@@ -110,7 +110,7 @@ at::Tensor certified_radius_cpu(const at::Tensor& feats, const at::Tensor& cente
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(clustr_fast_C, CPU, m) {
+TORCH_LIBRARY_IMPL(clustr_fast, CPU, m) {
   m.impl("certified_radius", &certified_radius_cpu);
 }
 

@@ -389,7 +389,7 @@ at::Tensor kmeans_plusplus_cpu(const at::Tensor& x_in, const at::Tensor& offsets
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(clustr_fast_C, CPU, m) {
+TORCH_LIBRARY_IMPL(clustr_fast, CPU, m) {
   m.impl("kmeans_assign", &kmeans_assign_cpu);
   m.impl("kmeans_update", &kmeans_update_cpu);
   m.impl("kmeans_plusplus", &kmeans_plusplus_cpu);

@@ -286,7 +286,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_fit_groups_cpu
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(clustr_fast_C, CPU, m) {
+TORCH_LIBRARY_IMPL(clustr_fast, CPU, m) {
   m.impl("kmeans_lloyd_groups", &kmeans_lloyd_groups_cpu);
   m.impl("kmeans_fit_groups", &kmeans_fit_groups_cpu);
 }

@@ -207,7 +207,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> magnet_loss_batch_cpu(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(clustr_fast_C, CPU, m) {
+TORCH_LIBRARY_IMPL(clustr_fast, CPU, m) {
   m.impl("magnet_loss_batch", &magnet_loss_batch_cpu);
 }
 

@@ -181,7 +181,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> magnet_loss_fused_cpu
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(clustr_fast_C, CPU, m) {
+TORCH_LIBRARY_IMPL(clustr_fast, CPU, m) {
   m.impl("magnet_loss_fused", &magnet_loss_fused_cpu);
 }
 

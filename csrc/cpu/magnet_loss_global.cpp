@@ -169,7 +169,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> magnet_loss_bwd_cpu(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(clustr_fast_C, CPU, m) {
+TORCH_LIBRARY_IMPL(clustr_fast, CPU, m) {
   m.impl("magnet_loss_fwd", &magnet_loss_fwd_cpu);
   m.impl("magnet_loss_bwd", &magnet_loss_bwd_cpu);
 }

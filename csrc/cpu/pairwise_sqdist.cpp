@@ -130,7 +130,7 @@ std::tuple<at::Tensor, at::Tensor> pairwise_sqdist_backward_cpu(const at::Tensor
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(clustr_fast_C, CPU, m) {
+TORCH_LIBRARY_IMPL(clustr_fast, CPU, m) {
   m.impl("pairwise_sqdist", &pairwise_sqdist_cpu);
   m.impl("pairwise_sqdist_backward", &pairwise_sqdist_backward_cpu);
 }

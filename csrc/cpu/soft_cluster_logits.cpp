@@ -352,7 +352,7 @@ std::tuple<at::Tensor, at::Tensor> soft_cluster_logits_backward_cpu(const at::Te
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(clustr_fast_C, CPU, m) {
+TORCH_LIBRARY_IMPL(clustr_fast, CPU, m) {
   m.impl("soft_cluster_logits", &soft_cluster_logits_cpu);
   m.impl("soft_cluster_logits_backward", &soft_cluster_logits_backward_cpu);
 }

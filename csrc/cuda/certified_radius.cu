@@ -99,7 +99,7 @@ at::Tensor certified_radius_cuda(const at::Tensor& feats_in, const at::Tensor& c
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(clustr_fast_C, CUDA, m) {
+TORCH_LIBRARY_IMPL(clustr_fast, CUDA, m) {
   m.impl("certified_radius", &certified_radius_cuda);
 }
 

@@ -77,10 +77,13 @@ __global__ void __launch_bounds__(tile::THREADS)
           }
         }
       }
-      group_argmin<tile::LANES>(v, a);  // over the lanes sharing these rows
-      if (v < best[i]) {
-        best[i] = v;
-        arg[i] = a;
+      // over the lanes sharing these rows; on copies, which keeps the column checks above predicated
+      acc_t gv = v;
+      int64_t ga = a;
+      group_argmin<tile::LANES>(gv, ga);
+      if (gv < best[i]) {
+        best[i] = gv;
+        arg[i] = ga;
       }
     }
   }
@@ -176,7 +179,7 @@ std::tuple<at::Tensor, at::Tensor> kmeans_assign_cuda(const at::Tensor& x, const
   return {labels, sq};
 }
 
-TORCH_LIBRARY_IMPL(clustr_fast_C, CUDA, m) {
+TORCH_LIBRARY_IMPL(clustr_fast, CUDA, m) {
   m.impl("kmeans_assign", &kmeans_assign_cuda);
 }
 

@@ -308,7 +308,7 @@ at::Tensor kmeans_plusplus_cuda(const at::Tensor& x, const at::Tensor& offsets_i
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(clustr_fast_C, CUDA, m) {
+TORCH_LIBRARY_IMPL(clustr_fast, CUDA, m) {
   m.impl("kmeans_plusplus", &kmeans_plusplus_cuda);
 }
 

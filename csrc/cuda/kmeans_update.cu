@@ -206,7 +206,7 @@ std::tuple<at::Tensor, at::Tensor> kmeans_update_cuda(const at::Tensor& x, const
   return {out, w.defined() ? wsums : counts};
 }
 
-TORCH_LIBRARY_IMPL(clustr_fast_C, CUDA, m) {
+TORCH_LIBRARY_IMPL(clustr_fast, CUDA, m) {
   m.impl("kmeans_update", &kmeans_update_cuda);
 }
 

@@ -232,7 +232,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> magnet_loss_batch_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(clustr_fast_C, CUDA, m) {
+TORCH_LIBRARY_IMPL(clustr_fast, CUDA, m) {
   m.impl("magnet_loss_batch", &magnet_loss_batch_cuda);
 }
 

@@ -293,7 +293,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> magnet_loss_bwd_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(clustr_fast_C, CUDA, m) {
+TORCH_LIBRARY_IMPL(clustr_fast, CUDA, m) {
   m.impl("magnet_loss_fwd", &magnet_loss_fwd_cuda);
   m.impl("magnet_loss_bwd", &magnet_loss_bwd_cuda);
 }

@@ -87,7 +87,7 @@ std::tuple<at::Tensor, at::Tensor> pairwise_sqdist_backward_cuda(const at::Tenso
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(clustr_fast_C, CUDA, m) {
+TORCH_LIBRARY_IMPL(clustr_fast, CUDA, m) {
   m.impl("pairwise_sqdist", &pairwise_sqdist_cuda);
   m.impl("pairwise_sqdist_backward", &pairwise_sqdist_backward_cuda);
 }

@@ -251,6 +251,8 @@ std::tuple<at::Tensor, at::Tensor> soft_cluster_logits_backward_cuda(const at::T
                                                                      const at::Tensor& centers_in,
                                                                      const at::Tensor& center_classes,
                                                                      double variance) {
+  // atomicAdd into grad_centers: raises (warns) under torch.use_deterministic_algorithms(True)
+  at::globalContext().alertNotDeterministic("clustr_fast soft_cluster_logits_backward on the 'cuda' backend");
   check_matrix(feats_in, "feats");
   check_matrix(centers_in, "centers");
   TORCH_CHECK(grad.sizes() == out.sizes(), "grad and out must have the same shape");
@@ -286,7 +288,7 @@ std::tuple<at::Tensor, at::Tensor> soft_cluster_logits_backward_cuda(const at::T
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(clustr_fast_C, CUDA, m) {
+TORCH_LIBRARY_IMPL(clustr_fast, CUDA, m) {
   m.impl("soft_cluster_logits", &soft_cluster_logits_cuda);
   m.impl("soft_cluster_logits_backward", &soft_cluster_logits_backward_cuda);
 }
