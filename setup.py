@@ -5,7 +5,7 @@ The CPU sources (csrc/*.cpp, csrc/cpu/*.cpp) are always compiled. CUDA sources
 (``CUDA_HOME``, else /usr/local/cuda), or when ``FORCE_CUDA=1``.
 
 Environment:
-  CLUSTR_FAST_SKIP_EXT=1   pure-Python install (Triton + reference backends only)
+  CLUSTR_FAST_SKIP_EXT=1   pure-Python install (the reference backend only)
   CLUSTR_FAST_CPU_ONLY=1   build the C++ CPU kernels only (skip csrc/cuda)
   FORCE_CUDA=1             build the CUDA sources even if detection says no
   TORCH_CUDA_ARCH_LIST     CUDA archs, default "8.0;9.0"

@@ -91,7 +91,7 @@ _C, _C_ERROR = _load_extension()
 if _C is None and os.environ.get("CLUSTR_FAST_NO_EXT", "0") != "1":
     warnings.warn(
         "clustr_fast: the C++ extension clustr_fast._C is not available "
-        f"({_C_ERROR}); running on the Triton and reference backends only.",
+        f"({_C_ERROR}); running on the reference backend only.",
         RuntimeWarning,
         stacklevel=2,
     )
@@ -151,7 +151,8 @@ def backends() -> list[str]:
         out.append("cpu")
     if _cuda_extension_built() and torch.cuda.is_available():
         out.append("cuda")
-    if _triton_importable() and (torch.cuda.is_available() or triton_interpreted()):
+    # the ops' autograd lives in the extension, so Triton needs it too
+    if _C is not None and _triton_importable() and (torch.cuda.is_available() or triton_interpreted()):
         out.append("triton")
     return out
 
@@ -201,7 +202,7 @@ def _can_run(backend: str, op: str, device_type: str) -> bool:
     if backend in ("cpu", "cuda"):
         return device_type == backend and extension_has(op, device_type)
     if backend == "triton":
-        return _triton_importable() and (device_type == "cuda" or triton_interpreted())
+        return _C is not None and _triton_importable() and (device_type == "cuda" or triton_interpreted())
     return False
 
 
