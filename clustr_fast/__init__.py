@@ -5,6 +5,7 @@ nearest-cluster classification (Eq. 4), the certified radius of Theorem 1,
 k-means, and backend selection.
 """
 from . import nn  # noqa: F401  (clustr_fast.nn.MagnetLoss, SoftClusterHead)
+from . import _backend
 from ._backend import backends, use_backend
 from .kmeans import kmeans_per_group
 from .ops.certified_radius import certified_radius
@@ -15,6 +16,8 @@ from .ops.pairwise_sqdist import pairwise_sqdist
 from .ops.soft_cluster_logits import soft_cluster_logits, soft_cluster_predict
 
 __version__ = "0.1.0"
+
+_backend.refresh()  # register the kernels of the current backend choice, before any call (or trace)
 
 
 __all__ = [

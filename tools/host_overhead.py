@@ -5,7 +5,8 @@ checks, backend choice, the custom-op and autograd layers, launches, device sync
 plus kernel time. On tiny inputs the kernels take microseconds, so the median wall time of a call
 is close to its host time. Each row times the public call (forward alone, or forward and backward
 through ``torch.autograd.grad`` as the "full" benchmark cases do) for each backend that runs on the
-device, next to two floors: one small torch op, and a torch op's forward and backward.
+device, next to three floors: one small torch op, a torch op's forward and backward, and a trivial
+``autograd.Function``'s (the last column: each call over that floor).
 
     python tools/host_overhead.py [--device cuda] [--reps 300] [--backends cuda reference]
 """
@@ -52,6 +53,26 @@ def _floor(t, gen):
 @call("floor: autograd.grad of x.square().sum()")
 def _floor_grad(t, gen):
     return torch.autograd.grad(t["xg"].square().sum(), t["xg"])
+
+
+class _Trivial(torch.autograd.Function):
+    """The floor of a custom differentiable op: one Python autograd.Function, one torch op each way."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2.0
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * 2.0
+
+
+TRIVIAL = "floor: trivial autograd.Function, autograd.grad"
+
+
+@call(TRIVIAL)
+def _floor_function(t, gen):
+    return torch.autograd.grad(_Trivial.apply(t["xg"]).sum(), t["xg"])
 
 
 @call("pairwise_sqdist fwd")
@@ -143,8 +164,9 @@ def main(argv=None):
     gen = torch.Generator(device=dev)
     print(f"host time of one call, median microseconds, {args.reps} calls, device {dev}, "
           f"torch {torch.__version__}")
-    print("| call | " + " | ".join(backends) + " |")
-    print("|---|" + "---:|" * len(backends))
+    print("| call | " + " | ".join(backends) + f" | {backends[0]} / trivial Function |")
+    print("|---|" + "---:|" * (len(backends) + 1))
+    floor = None
     for name, fn in CALLS.items():
         cells = []
         for b in backends:
@@ -154,11 +176,17 @@ def main(argv=None):
             try:
                 gen.manual_seed(0)
                 with clustr_fast.use_backend(b):
-                    cells.append(f"{median_us(lambda: fn(t, gen), dev, args.reps):.0f}")
+                    us = median_us(lambda: fn(t, gen), dev, args.reps)
+                cells.append(f"{us:.0f}")
+                if b == backends[0]:
+                    floor = us if name == TRIVIAL else floor
+                    first = us
             except Exception as exc:  # one failing call must not hide the rest
                 cells.append(f"error: {type(exc).__name__}")
+                first = None
                 print(f"<!-- {name} [{b}]: {exc} -->", file=sys.stderr)
-        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+        ratio = f"{first / floor:.2f}" if floor and first and not name.startswith("floor") else ""
+        print(f"| {name} | " + " | ".join(cells) + f" | {ratio} |", flush=True)
 
 
 if __name__ == "__main__":
