@@ -5,7 +5,7 @@
 # Made for one H100/H200 machine with torch + Triton + nvcc and no network;
 # finishes inside 8 minutes. Logs and JSON go to $OUT when it is set.
 #   bash benchmarks/gpu_check.sh
-# Knobs (environment): GPU_TEST_JOBS, GPU_TEST_TIMEOUT (s per test file), REPORT_TIMEOUT (s),
+# Knobs (environment): GPU_TEST_JOBS, GPU_TEST_TIMEOUT (s per test file), HOST_TIMEOUT, REPORT_TIMEOUT (s),
 # REPORT_ARGS (report.py's --only / --skip / --no-compiled), CLUSTR_FAST_COMMIT (the commit the
 # saved measurements record, where this tree has no git metadata).
 # Back on a checkout: copy the card file into benchmarks/results/, then
@@ -43,6 +43,9 @@ ls tests/test_*.py | xargs -P "${GPU_TEST_JOBS:-8}" -I{} sh -c \
 cat "$SHARDS"/*.log >"$OUT/gpu_tests.log"
 grep -hE "^[0-9]+ (passed|failed|deselected|skipped)|^=+ .*(passed|failed|error|deselected)" "$SHARDS"/*.log
 grep -hE "^(FAILED|ERROR)" "$OUT/gpu_tests.log" | head -40
+
+stage "host time of each public call (tools/host_overhead.py)"
+timeout ${HOST_TIMEOUT:-90} $PY tools/host_overhead.py --device cuda --reps 200 2>&1 | tee "$OUT/host_overhead.md"
 
 stage "benchmark table (benchmarks/report.py --save)"
 STAMP=$(mktemp /tmp/clustr_fast_report_start.XXXX)
