@@ -160,9 +160,9 @@ def backends() -> list[str]:
 # --------------------------------------------------------------------------- choice
 
 
-def _check_name(name: str) -> str:
+def _check_name(name: str, what: str = "backend") -> str:
     if not isinstance(name, str) or name.lower() not in _CHOICES:
-        raise ValueError(f"backend must be one of {_CHOICES}, got {name!r}")
+        raise ValueError(f"{what} must be one of {_CHOICES}, got {name!r}")
     return name.lower()
 
 
@@ -193,7 +193,7 @@ def requested() -> str:
     """The backend asked for right now: use_backend, else CLUSTR_FAST_BACKEND, else auto."""
     if _override:
         return _override[-1]
-    return _check_name(os.environ.get("CLUSTR_FAST_BACKEND", "auto"))
+    return _check_name(os.environ.get("CLUSTR_FAST_BACKEND", "auto"), "CLUSTR_FAST_BACKEND")
 
 
 def _can_run(backend: str, op: str, device_type: str) -> bool:
@@ -291,7 +291,7 @@ def refresh() -> None:
              torch.are_deterministic_algorithms_enabled())
     if state == _state:
         return
-    name = _check_name(state[0])
+    name = _check_name(state[0], "backend" if _override else "CLUSTR_FAST_BACKEND")
     from .ops import _library  # the ops' Python kernels; imports this module first
 
     for op in TABLE:  # read the extension's kernels before any Python kernel covers them

@@ -8,7 +8,8 @@ through ``torch.autograd.grad`` as the "full" benchmark cases do) for each backe
 device, next to three floors: one small torch op, a torch op's forward and backward, and a trivial
 ``autograd.Function``'s (the last column: each call over that floor).
 
-    python tools/host_overhead.py [--device cuda] [--reps 300] [--backends cuda reference]
+    python tools/host_overhead.py [--device cuda] [--reps 300] [--runs 6] [--backends cuda reference]
+                                  [--save [DIR]]   (DIR/<card>.json, one entry per commit)
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ import clustr_fast  # noqa: E402
 from report import time_call  # noqa: E402
 
 CALLS = {}
+DEFAULT_RESULTS = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks", "results",
+                                                "host_overhead"))
 
 
 def call(name):
@@ -150,43 +153,83 @@ def median_us(fn, dev, reps):
     return time_call(fn, dev, min_reps=reps, max_reps=reps, budget_s=0.0) * 1e6
 
 
+def measure(backends, dev, reps, runs):
+    """{call: {backend: microseconds}}: per call and backend the least of ``runs`` medians, the runs
+    interleaved over the calls (a noisy machine slows some runs of a call, not all of them)."""
+    t = _inputs(dev)
+    gen = torch.Generator(device=dev)
+    out: dict[str, dict[str, float | str]] = {name: {} for name in CALLS}
+    for _ in range(runs):
+        for name, fn in CALLS.items():
+            for b in backends:
+                if name.startswith("floor") and b != backends[0]:
+                    continue
+                try:
+                    gen.manual_seed(0)
+                    with clustr_fast.use_backend(b):
+                        us = median_us(lambda: fn(t, gen), dev, reps)
+                except Exception as exc:  # one failing call must not hide the rest
+                    out[name][b] = f"error: {type(exc).__name__}"
+                    print(f"<!-- {name} [{b}]: {exc} -->", file=sys.stderr)
+                    continue
+                prev = out[name].get(b)
+                out[name][b] = us if not isinstance(prev, float) else min(prev, us)
+    return out
+
+
+def table(times, backends):
+    floor = times[TRIVIAL].get(backends[0])
+    lines = ["| call | " + " | ".join(backends) + f" | {backends[0]} / trivial Function |",
+             "|---|" + "---:|" * (len(backends) + 1)]
+    for name, row in times.items():
+        cells = [row.get(b, "") if isinstance(row.get(b, ""), str) else f"{row[b]:.0f}" for b in backends]
+        first = row.get(backends[0])
+        ratio = (f"{first / floor:.2f}" if isinstance(first, float) and isinstance(floor, float)
+                 and not name.startswith("floor") else "")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {ratio} |")
+    return "\n".join(lines)
+
+
+def save(times, dev, reps, runs, results_dir):
+    """Merge this measurement into ``<results_dir>/<card>.json``, one entry per commit (replaced)."""
+    import datetime
+    import json
+
+    from report import card_name, git_commit, machine_info, versions
+
+    path = os.path.join(results_dir, f"{card_name(dev)}.json")
+    doc = json.load(open(path)) if os.path.exists(path) else {"card": card_name(dev), "entries": []}
+    entry = dict(commit=git_commit(), date=datetime.date.today().isoformat(), machine=machine_info(dev),
+                 versions=versions(dev), reps=reps, runs=runs, unit="us, least of the runs' medians",
+                 times={k: {b: round(v, 1) if isinstance(v, float) else v for b, v in row.items()}
+                        for k, row in times.items()})
+    doc["entries"] = [e for e in doc["entries"] if e.get("commit") != entry["commit"]] + [entry]
+    os.makedirs(results_dir, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+    return path
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--reps", type=int, default=300)
+    ap.add_argument("--runs", type=int, default=1, help="interleaved runs; each cell keeps the least median")
     ap.add_argument("--backends", nargs="+", help="backends to time (default: those that run on the device)")
+    ap.add_argument("--save", metavar="DIR", nargs="?", const=DEFAULT_RESULTS,
+                    help=f"also merge the measurement into DIR/<card>.json (default {DEFAULT_RESULTS})")
     args = ap.parse_args(argv)
     dev = torch.device(args.device)
     # the interpreter is no measure of a Triton launch, so CPU rows leave Triton out
     wanted = ("cuda", "triton", "reference") if dev.type == "cuda" else ("cpu", "reference")
     backends = [b for b in (args.backends or wanted) if b in clustr_fast.backends()]
-    t = _inputs(dev)
-    gen = torch.Generator(device=dev)
-    print(f"host time of one call, median microseconds, {args.reps} calls, device {dev}, "
-          f"torch {torch.__version__}")
-    print("| call | " + " | ".join(backends) + f" | {backends[0]} / trivial Function |")
-    print("|---|" + "---:|" * (len(backends) + 1))
-    floor = None
-    for name, fn in CALLS.items():
-        cells = []
-        for b in backends:
-            if name.startswith("floor") and b != backends[0]:
-                cells.append("")
-                continue
-            try:
-                gen.manual_seed(0)
-                with clustr_fast.use_backend(b):
-                    us = median_us(lambda: fn(t, gen), dev, args.reps)
-                cells.append(f"{us:.0f}")
-                if b == backends[0]:
-                    floor = us if name == TRIVIAL else floor
-                    first = us
-            except Exception as exc:  # one failing call must not hide the rest
-                cells.append(f"error: {type(exc).__name__}")
-                first = None
-                print(f"<!-- {name} [{b}]: {exc} -->", file=sys.stderr)
-        ratio = f"{first / floor:.2f}" if floor and first and not name.startswith("floor") else ""
-        print(f"| {name} | " + " | ".join(cells) + f" | {ratio} |", flush=True)
+    print(f"host time of one call, median microseconds, {args.reps} calls, least of {args.runs} runs, "
+          f"device {dev}, torch {torch.__version__}")
+    times = measure(backends, dev, args.reps, args.runs)
+    print(table(times, backends), flush=True)
+    if args.save:
+        print(f"saved: {save(times, dev, args.reps, args.runs, args.save)}")
 
 
 if __name__ == "__main__":

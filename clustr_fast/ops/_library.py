@@ -23,7 +23,9 @@ PYTHON_KERNELS: dict[str, dict[str, Callable]] = {}
 _KEYS = {"cpu": "CPU", "cuda": "CUDA"}
 
 
-def _triton(module: str, function: str) -> Callable:
+def triton_kernel(module: str, function: str) -> Callable:
+    """``clustr_fast.kernels.<module>.<function>``, imported on its first call (Triton is optional)."""
+
     def call(*args):
         return getattr(importlib.import_module(f"clustr_fast.kernels.{module}"), function)(*args)
 
@@ -43,7 +45,7 @@ def define(schema: str, fake: Callable, *, reference: Callable, triton: tuple[st
     torch.library.register_fake(f"clustr_fast::{name}", fake, lib=LIB)
     kernels = {"reference": reference}
     if triton is not None:
-        kernels["triton"] = _triton(*triton) if isinstance(triton, tuple) else triton
+        kernels["triton"] = triton_kernel(*triton) if isinstance(triton, tuple) else triton
     PYTHON_KERNELS[name] = kernels
     return getattr(torch.ops.clustr_fast, name)
 

@@ -34,7 +34,7 @@ from .. import _backend
 from .._validate import (acc_dtype, check_ids, check_kmeans_assign, check_kmeans_plusplus, check_kmeans_update,
                          check_sample_weight, precision_code, precision_name)
 from ..reference import kmeans as _ref
-from ._library import define
+from ._library import define, triton_kernel
 
 # --------------------------------------------------------------------------- reference backend
 
@@ -194,13 +194,6 @@ def _loop_outputs(fn):
     return call
 
 
-def _triton(name):
-    def call(*args):
-        from ..kernels import kmeans as kernels
-        return getattr(kernels, name)(*args)
-    return call
-
-
 def _check_rows(x, name):
     torch._check(x.dim() == 2, lambda: f"{name}: x must be [N, d]")
 
@@ -251,13 +244,13 @@ def _fake_plusplus(x, offsets, k, first, draws, weights=None):
 # With groups: row i only sees centers [groups[i]*group_k, (groups[i]+1)*group_k).
 kmeans_assign_op = define(
     "kmeans_assign(Tensor x, Tensor centers, int precision, Tensor? groups, int group_k) -> (Tensor, Tensor)",
-    _fake_assign, reference=_assign_outputs(_reference_assign), triton=_assign_outputs(_triton("kmeans_assign")))
+    _fake_assign, reference=_assign_outputs(_reference_assign), triton=_assign_outputs(triton_kernel("kmeans", "kmeans_assign")))
 # centers[j] = sum_{labels_i = j} w_i x_i / W_j (prev_centers[j], else 0, when W_j = 0), and counts
 # int64 [k] (without weights) or W [k] (accumulation dtype).
 kmeans_update_op = define(
     "kmeans_update(Tensor x, Tensor labels, int k, Tensor? prev_centers, bool deterministic, "
     "Tensor? weights=None) -> (Tensor, Tensor)",
-    _fake_update, reference=_update_outputs(_reference_update), triton=_update_outputs(_triton("kmeans_update")))
+    _fake_update, reference=_update_outputs(_reference_update), triton=_update_outputs(triton_kernel("kmeans", "kmeans_update")))
 # One Lloyd step in one pass: kmeans_assign, then kmeans_update with prev_centers = centers.
 kmeans_lloyd_step_op = define(
     "kmeans_lloyd_step(Tensor x, Tensor centers, int precision, Tensor? groups, int group_k, "
@@ -279,7 +272,7 @@ kmeans_fit_groups_op = define(
 # local trials of each later step; with weights the candidates are drawn by w_i D_i^2. -> int64 [G, k].
 kmeans_plusplus_op = define(
     "kmeans_plusplus(Tensor x, Tensor offsets, int k, Tensor first, Tensor draws, Tensor? weights=None) -> Tensor",
-    _fake_plusplus, reference=_reference_plusplus, triton=_triton("kmeans_plusplus"))
+    _fake_plusplus, reference=_reference_plusplus, triton=("kmeans", "kmeans_plusplus"))
 
 
 def lloyd_step_runs_here(device: torch.device) -> bool:

@@ -61,7 +61,7 @@ from ..reference.cluster_means import _cluster_means, _cluster_variance
 from .cluster_means import cluster_variance_core
 from .kmeans import kmeans_assign_op
 from ..reference.pairwise_sqdist import _sqdist
-from ._library import define
+from ._library import define, triton_kernel
 
 
 
@@ -144,10 +144,11 @@ def _reference_backward(grad, feats, centers, assign, classes, valid, var, loss,
     return _cast_grads(gf, gc, gv, feats, centers, var)
 
 
-def _triton_backward(grad, feats, centers, assign, classes, valid, var, loss, stats, alpha, eps):
-    from ..kernels.magnet_loss import magnet_loss_bwd
+_triton_backward_kernel = triton_kernel("magnet_loss", "magnet_loss_bwd")
 
-    gf, gc, gv = magnet_loss_bwd(grad, feats, centers, assign, classes, valid, var, loss, stats, alpha, eps)
+
+def _triton_backward(grad, feats, centers, assign, classes, valid, var, loss, stats, alpha, eps):
+    gf, gc, gv = _triton_backward_kernel(grad, feats, centers, assign, classes, valid, var, loss, stats, alpha, eps)
     return _cast_grads(gf, gc, gv, feats, centers, var)
 
 

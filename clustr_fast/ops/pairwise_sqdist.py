@@ -14,7 +14,7 @@ from torch import Tensor
 from .. import _backend
 from .. import reference
 from .._validate import acc_dtype, check_pairwise_sqdist, precision_code, precision_name
-from ._library import define
+from ._library import define, triton_kernel
 
 
 def _reference_fwd(x, c, precision):
@@ -30,10 +30,11 @@ def _reference_bwd(grad, x, c, precision):
     return gx.to(x.dtype), gc.to(c.dtype)
 
 
-def _triton_bwd(grad, x, c, precision):
-    from ..kernels.pairwise_sqdist import pairwise_sqdist_backward
+_triton_backward_kernel = triton_kernel("pairwise_sqdist", "pairwise_sqdist_backward")
 
-    gx, gc = pairwise_sqdist_backward(grad, x, c, precision)
+
+def _triton_bwd(grad, x, c, precision):
+    gx, gc = _triton_backward_kernel(grad, x, c, precision)
     return gx.to(x.dtype), gc.to(c.dtype)
 
 

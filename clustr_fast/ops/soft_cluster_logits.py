@@ -35,7 +35,7 @@ from torch import Tensor
 from .. import _backend, reference
 from .._validate import acc_dtype, check_soft_cluster_logits, precision_code
 from ..reference.pairwise_sqdist import _sqdist
-from ._library import define
+from ._library import define, triton_kernel
 
 
 def _variance_value(variance) -> float:
@@ -83,10 +83,11 @@ def _reference_backward(grad, out, idx, feats, centers, classes, variance):
     return _cast_grads(*_reference_bwd(grad, out, idx, feats, centers, classes, variance), feats, centers)
 
 
-def _triton_backward(grad, out, idx, feats, centers, classes, variance):
-    from ..kernels.soft_cluster_logits import soft_cluster_logits_backward
+_triton_backward_kernel = triton_kernel("soft_cluster_logits", "soft_cluster_logits_backward")
 
-    return _cast_grads(*soft_cluster_logits_backward(grad, out, idx, feats, centers, classes, variance), feats, centers)
+
+def _triton_backward(grad, out, idx, feats, centers, classes, variance):
+    return _cast_grads(*_triton_backward_kernel(grad, out, idx, feats, centers, classes, variance), feats, centers)
 
 
 def _fake_fwd(feats, centers, center_classes, num_classes, variance, top_d, precision):
