@@ -104,8 +104,8 @@ def test_malformed_files_and_unknown_names(tmp_path):
     (folder / "data_batch_1").write_bytes(b"not a pickle")
     with pytest.raises(DataError, match="cannot read"):
         load_dataset("cifar10", root=str(tmp_path))
-    with pytest.raises(DataError, match="unknown data set 'mnist'"):
-        load_dataset("mnist")
+    with pytest.raises(DataError, match="unknown data set 'imagenet'"):
+        load_dataset("imagenet")
 
 
 def test_array_dataset_checks_and_subset():

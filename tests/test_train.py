@@ -151,7 +151,7 @@ def test_resume_refuses_another_configuration(tmp_path):
 @pytest.mark.parametrize("field,value,match", [
     ("method", "trades", "`method`"), ("k", 0, "`k`"), ("m", 1, "`m`"), ("d", 1, "`d`"),
     ("lr", -1.0, "`lr`"), ("epochs_ce", -1, "`epochs_ce`"), ("device", "tpu", "`device`"),
-    ("alpha", float("nan"), "`alpha`"), ("top_d", 0, "`top_d`"), ("data", "mnist", "`data`")])
+    ("alpha", float("nan"), "`alpha`"), ("top_d", 0, "`top_d`"), ("data", "imagenet", "`data`")])
 def test_config_errors_name_the_field(field, value, match):
     with pytest.raises(ConfigError, match=match):
         TrainConfig(**{field: value}).resolved()

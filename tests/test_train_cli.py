@@ -49,7 +49,7 @@ def test_dry_run_times_a_cifar_sized_epoch_on_cpu(capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--data", "mnist"], "argument --data: invalid choice"),
+    (["--data", "imagenet"], "argument --data: invalid choice"),
     (["--data", "moons", "--epochs-ce", "x"], "argument --epochs-ce: invalid int value"),
     (["--data", "moons", "--epochs-ce", "-1"], "--epochs-ce must be an int >= 0"),
     (["--data", "moons", "-k", "0"], "--k must be an int >= 1"),

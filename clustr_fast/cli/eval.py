@@ -5,7 +5,8 @@ import os
 
 from tqdm.auto import tqdm
 
-from ..robust.evaluate import ATTACKS, DEFAULT_TARGETS, full_evaluation
+from ..robust.attacks import ATTACKS
+from ..robust.evaluate import DEFAULT_TARGETS, full_evaluation
 from ..robust.plots import plot_eps_curves
 from ..robust.sanity import majority_rate
 from ..train import recipes
@@ -23,7 +24,7 @@ def add_arguments(p):
     p.add_argument("--recipe", metavar="NAME",
                    help="attack as the paper did for this recipe (eps, steps, restarts, step, top-D; flags "
                         "given explicitly override it); 'list' prints the recipes")
-    p.add_argument("--attack", choices=ATTACKS, default="pgd",
+    p.add_argument("--attack", choices=tuple(ATTACKS), default="pgd",
                    help="pgd (CE on log-space logits), margin (DLR), magnet (adaptive), "
                         "official-loss (masking diagnostic only), autoattack (needs torchattacks)")
     p.add_argument("--eps", type=fraction, help="L-inf radius, e.g. 8/255 (default)")

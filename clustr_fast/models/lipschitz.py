@@ -2,11 +2,13 @@
 
 Every model is a chain of :mod:`lipschitz_layers` (AOL dense/conv layers, SLL residual layers,
 MaxMin or ReLU, pixel-unshuffle downsampling; no BatchNorm) after a ``Centering`` input layer.
-``lipschitz_bound(output=1)`` is the product of the layers' proven constants, ``1 / scale`` with
-``scale = min(std)`` (1 without ``std``); ``clustr_fast.robust.lipschitz.lipschitz_bound`` returns it.
+``lipschitz_bound(output=1)`` is the product of the layers' proven constants: exactly 1 as the
+training loop builds them (``mean`` only: inputs are centered, not scaled, so feature distances
+stay in pixel units), ``1 / min(std)`` when built with ``std``.
+``clustr_fast.robust.lipschitz.lipschitz_bound`` returns it.
 
 - ``"lip-mlp"``: points ``[N, D]`` or images flattened (``in_dim`` = C*H*W);
-- ``"lip-cnn"``: small images, 8x8 digits by default ``[N, C, 8, 8]``;
+- ``"lip-cnn"``: small images ``[N, C, S, S]``, ``S`` divisible by 4 (8x8 digits, 28x28 MNIST);
 - ``"lip-resnet"``: 32x32 images ``[N, 3, 32, 32]``, SLL residual stages.
 
 Like the other models they return ``(logits [N, L], features [N, F])``; the logits come from a
@@ -17,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .registry import register_model
 from .lipschitz_layers import (AOLConv2d, AOLLinear, Centering, Flatten, InvertibleDownsample, MaxMin, ReLU,
                                SLLConv2d, SLLLinear, chain_bound)
 
@@ -67,6 +70,8 @@ class LipschitzNet(nn.Module):
         return bound * _spectral_norm(self.fc.weight) if output == 0 else bound
 
 
+@register_model("lip-mlp", inputs="any", lipschitz=1.0, normalize="mean",
+                options=("width", "depth", "feature_dim", "residual"))
 class LipMLP(LipschitzNet):
     """``x [N, D]`` (or ``[N, C, H, W]``, flattened) ``-> (logits [N, L], features [N, feature_dim])``.
 
@@ -93,6 +98,8 @@ class LipMLP(LipschitzNet):
         self.feature_dim = feature_dim
 
 
+@register_model("lip-cnn", inputs="images", image_multiple=4, lipschitz=1.0, normalize="mean",
+                options=("width", "feature_dim"))
 class LipCNN(LipschitzNet):
     """``x [N, C, S, S] -> (logits [N, L], features [N, feature_dim])`` (``S = image_size``, divisible by 4).
 
@@ -122,6 +129,8 @@ class LipCNN(LipschitzNet):
         self.feature_dim = feature_dim
 
 
+@register_model("lip-resnet", inputs="images", image_sizes=(32,), lipschitz=1.0, normalize="mean",
+                options=("width", "blocks", "feature_dim"))
 class LipResNet(LipschitzNet):
     """``x [N, C, 32, 32] -> (logits [N, L], features [N, feature_dim])``.
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 from torch import nn
 
 from .normalize import Normalize
+from .registry import register_model
 
 
+@register_model("mlp", inputs="points")
 class MLP(nn.Module):
     """``x [N, in_dim] -> (logits [N, L], features [N, hidden])``.
 

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .normalize import Normalize
+from .registry import register_model
 
 CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
 
@@ -27,6 +28,7 @@ class BasicBlock(nn.Module):
         return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
+@register_model("resnet18", inputs="images")
 class ResNet18(nn.Module):
     """``x [N,3,32,32] -> (logits [N, L], features [N, 512])``; features are the
     global average pool after the last stage, logits a linear layer on them."""

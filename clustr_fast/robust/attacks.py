@@ -5,6 +5,9 @@ log-probabilities (a ``ClusterClassifier``: the log-space logits of
 ``soft_cluster_logits``). ``-inf`` entries (classes with no center among the
 top-D) are floored at ``LOG_FLOOR`` with zero gradient, so no loss sees ``inf - inf``.
 
+Attacks are registered in ``ATTACKS`` (name -> :class:`AttackSpec`: the PGD loss it maximises,
+what it reads, its table label); adding one is one ``register_attack`` call in this file.
+
 Losses (per sample, maximised by the attack):
 
 - ``"ce"``: cross-entropy ``-log p_y`` on the log-space logits;
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -40,7 +44,6 @@ import clustr_fast
 
 LOG_FLOOR = -1e4
 MAGNET_ATTACK_ALPHA = 1e4
-LOSSES = ("ce", "margin", "magnet", "official-loss")
 NORMS = ("linf", "l2")
 
 
@@ -116,26 +119,70 @@ def magnet_attack_loss(model, x, y):
     return loss, head(feats)
 
 
-_LOGIT_LOSSES = {"ce": ce_loss, "margin": margin_loss, "official-loss": official_loss}
-
-
 def targeted_margin_loss(logp, y, target):
     """``z_t - z_y`` ``[N]`` for target classes ``t`` (> 0 iff ``t`` beats ``y``)."""
     z = finite_logits(logp)
     return z.gather(1, target[:, None])[:, 0] - z.gather(1, y[:, None])[:, 0]
 
 
-def attack_objective(model, x, y, loss, target=None):
-    """``(per-sample loss [N], log-probabilities [N, L])`` at ``x``; ``target`` [N]
-    switches ``"margin"`` to its targeted form."""
-    if loss == "magnet":
-        return magnet_attack_loss(model, x, y)
-    if loss == "official-loss" and getattr(model, "head", None) is not None and hasattr(model, "features"):
+def on_logits(loss_fn):
+    """The objective ``(model, x, y) -> (loss_fn(model(x), y) [N], model(x))`` of a loss on log-probabilities."""
+    def objective(model, x, y):
+        logp = model(x)
+        return loss_fn(logp, y), logp
+    return objective
+
+
+def official_objective(model, x, y):
+    """``official_cluster_loss`` on a cluster model, else cross-entropy with ``exp(logp)`` as logits."""
+    if getattr(model, "head", None) is not None and hasattr(model, "features"):
         return official_cluster_loss(model, x, y)
-    logp = model(x)
+    return on_logits(official_loss)(model, x, y)
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack of the evaluation. ``name``: what ``clustr-fast eval --attack`` takes; ``label``:
+    its column label; ``reads``: what the attack reads of the model; ``loss``: the name ``pgd(loss=)``
+    takes (None: not a PGD on a loss of ours; ``run(model, x, y, eps=, n_classes=, seed=,
+    batch_size=) -> (accuracy, correct [N])`` runs it); ``objective(model, x, y) -> (loss [N],
+    log-probabilities [N, L])``; ``diagnostic``: a test of gradient masking, never a robustness
+    number."""
+
+    name: str
+    label: str
+    reads: str
+    loss: str | None = None
+    objective: Callable | None = None
+    run: Callable | None = None
+    diagnostic: bool = False
+
+
+ATTACKS: dict[str, AttackSpec] = {}
+
+
+def register_attack(name, *, label, reads, loss=None, objective=None, run=None, diagnostic=False) -> AttackSpec:
+    """Add an attack to ``ATTACKS``: a PGD attack gives ``loss`` and ``objective``, another ``run``."""
+    if name in ATTACKS:
+        raise ValueError(f"register_attack: an attack named {name!r} is already registered")
+    if (loss is None) == (run is None) or (loss is not None and objective is None):
+        raise ValueError(f"register_attack: {name!r} needs `loss` and `objective` (a PGD attack) or `run`")
+    ATTACKS[name] = spec = AttackSpec(name, label, reads, loss, objective, run, diagnostic)
+    return spec
+
+
+def losses() -> tuple:
+    """The names ``pgd(loss=...)`` takes, one per registered PGD attack."""
+    return tuple(a.loss for a in ATTACKS.values() if a.loss is not None)
+
+
+def attack_objective(model, x, y, loss, target=None):
+    """``(per-sample loss [N], log-probabilities [N, L])`` at ``x`` for the PGD loss ``loss``;
+    ``target`` [N] switches ``"margin"`` to its targeted form."""
     if target is not None:
+        logp = model(x)
         return targeted_margin_loss(logp, y, target), logp
-    return _LOGIT_LOSSES[loss](logp, y), logp
+    return next(a for a in ATTACKS.values() if a.loss == loss).objective(model, x, y)
 
 
 @dataclass
@@ -196,8 +243,8 @@ def _check_args(model, x, y, steps, restarts, loss, norm, step_size):
         raise ValueError(f"pgd: `steps` must be an int >= 0, got {steps!r}")
     if not isinstance(restarts, int) or restarts < 1:
         raise ValueError(f"pgd: `restarts` must be an int >= 1, got {restarts!r}")
-    if loss not in LOSSES:
-        raise ValueError(f"pgd: `loss` must be one of {', '.join(LOSSES)}, got {loss!r}")
+    if loss not in losses():
+        raise ValueError(f"pgd: `loss` must be one of {', '.join(losses())}, got {loss!r}")
     if norm not in NORMS:
         raise ValueError(f"pgd: `norm` must be one of {', '.join(NORMS)}, got {norm!r}")
     if step_size is not None and not (isinstance(step_size, (int, float)) and step_size > 0):
@@ -365,3 +412,20 @@ class FiniteLogits(nn.Module):
 
     def forward(self, x):
         return finite_logits(self.model(x))
+
+
+def _autoattack(model, x, y, *, eps, n_classes, seed, batch_size, **_):
+    return torchattacks_accuracy(model, x, y, eps=eps, attack="autoattack", n_classes=n_classes, seed=seed,
+                                 batch_size=batch_size)
+
+
+register_attack("pgd", label="PGD (CE)", reads="log-probabilities", loss="ce", objective=on_logits(ce_loss))
+register_attack("margin", label="PGD (margin)", reads="log-probabilities", loss="margin",
+                objective=on_logits(margin_loss))
+register_attack("magnet", label="adaptive (Magnet)", reads="features and the model's centers", loss="magnet",
+                objective=magnet_attack_loss)
+register_attack("official-loss", label="official loss (masking diagnostic)",
+                reads="class probabilities in linear space", loss="official-loss", objective=official_objective,
+                diagnostic=True)
+register_attack("autoattack", label="AutoAttack", reads="log-probabilities (torchattacks)", run=_autoattack)
+LOSSES = losses()

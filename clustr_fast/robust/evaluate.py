@@ -17,13 +17,11 @@ import time
 
 import torch
 
-from ..train.distributed import all_reduce_sum, batches, merge_rows
+from ..ranks import all_reduce_sum, batches, merge_rows
 from . import sanity
-from .attacks import eps_curve, robust_accuracy, torchattacks_accuracy
+from .attacks import ATTACKS, eps_curve, robust_accuracy
 from .certify import Certificate, attack_certified, certified_accuracy, certify, classifier_lipschitz, radius_grid
 
-ATTACK_LOSS = {"pgd": "ce", "margin": "margin", "magnet": "magnet", "official-loss": "official-loss"}
-ATTACKS = tuple(ATTACK_LOSS) + ("autoattack",)
 
 # The margin attack of ``full_evaluation`` (and ``clustr-fast eval``) targets the 3 classes ranked
 # highest at x, as AutoAttack's APGD-T targets its top classes. On 8 digits models (ClusTR seeds 0-5,
@@ -117,11 +115,11 @@ def clean_accuracy(model, x, y, batch_size=512, world=None):
 
 def attack_accuracy(model, x, y, *, attack, eps, steps, restarts, step_size=None, targets=None,
                     seed=0, batch_size=512, progress=None, num_classes=None, world=None):
-    """``(accuracy, correct [N])`` under one named attack (``ATTACKS``)."""
-    if attack == "autoattack":
-        return torchattacks_accuracy(model, x, y, eps=eps, attack="autoattack", n_classes=num_classes,
-                                     seed=seed, batch_size=batch_size)
-    loss = ATTACK_LOSS[attack]
+    """``(accuracy, correct [N])`` under one named attack (``attacks.ATTACKS``)."""
+    spec = ATTACKS[attack]
+    if spec.run is not None:
+        return spec.run(model, x, y, eps=eps, n_classes=num_classes, seed=seed, batch_size=batch_size)
+    loss = spec.loss
     kw = dict(targets=targets) if loss == "margin" and targets else {}
     return sharded_robust_accuracy(model, x, y, eps=eps, steps=steps, restarts=restarts, loss=loss,
                                    step_size=step_size, clip=input_box(x), seed=seed, batch_size=batch_size,

@@ -137,12 +137,18 @@ class LipschitzClustrResult:
 
 
 def _model_kwargs(model, x, model_kw):
-    kw = {"in_dim": int(x[0].numel())} if model == "lip-mlp" else {"in_channels": int(x.shape[1])}
-    if model in ("lip-cnn", "lip-resnet"):
-        if x.dim() != 4 or x.shape[2] != x.shape[3]:
-            raise ValueError(f"train_lipschitz_clustr: model {model!r} takes square images [N, C, S, S], "
-                             f"got `x` of shape {tuple(x.shape)}")
-        kw["image_size"] = int(x.shape[2])
+    """The constructor keywords of ``model`` for inputs ``x`` (``models.input_keywords``), without
+    normalisation statistics: this function trains on ``x`` as given; then ``model_kw``."""
+    from ..models import MODELS, input_keywords
+
+    if model not in MODELS:
+        raise ValueError(f"train_lipschitz_clustr: `model` must be one of {', '.join(MODELS)}, got {model!r}")
+    try:
+        kw = input_keywords(model, x)
+    except ValueError as exc:
+        raise ValueError(f"train_lipschitz_clustr: {exc}") from None
+    kw.pop("mean", None)
+    kw.pop("std", None)
     kw.update(model_kw)
     return kw
 

@@ -23,7 +23,13 @@ DATA_DEFAULTS = {
     "rings":    dict(epochs_ce=30, epochs_magnet=30, lr_ce=1e-2, lr=1e-3, lr_scratch=1e-2, batch_size=64,
                      alpha=12.5, qtrades_lambda=1.0, qtrades_eps=0.1, augment=False),
     "digits":   dict(epochs_ce=10, epochs_magnet=10, lr_ce=2e-3, lr=1e-4, lr_scratch=1e-3, batch_size=64,
-                     alpha=12.5, qtrades_lambda=1.0, qtrades_eps=0.1, augment=False),
+                     alpha=12.5, qtrades_lambda=1.0, qtrades_eps=0.1, augment=False, margin_radius=0.8),
+    "mnist5k":  dict(epochs_ce=10, epochs_magnet=10, lr_ce=1e-3, lr=1e-4, lr_scratch=1e-3, batch_size=128,
+                     alpha=12.5, qtrades_lambda=1.0, qtrades_eps=0.3, augment=False, margin_radius=2.0),
+    "mnist":    dict(epochs_ce=10, epochs_magnet=10, lr_ce=1e-3, lr=1e-4, lr_scratch=1e-3, batch_size=128,
+                     alpha=12.5, qtrades_lambda=1.0, qtrades_eps=0.3, augment=False, margin_radius=2.0),
+    "fashion-mnist": dict(epochs_ce=10, epochs_magnet=10, lr_ce=1e-3, lr=1e-4, lr_scratch=1e-3, batch_size=128,
+                          alpha=12.5, qtrades_lambda=1.0, qtrades_eps=0.1, augment=False, margin_radius=0.6),
     "cifar10":  dict(epochs_ce=90, epochs_magnet=30, lr_ce=1e-2, lr=1e-4, lr_scratch=1e-3, batch_size=128,
                      alpha=12.5, qtrades_lambda=8.0, qtrades_eps=8 / 255, augment=True),
     "cifar100": dict(epochs_ce=90, epochs_magnet=60, lr_ce=1e-2, lr=1e-4, lr_scratch=1e-3, batch_size=128,
@@ -32,6 +38,10 @@ DATA_DEFAULTS = {
                      alpha=13.0, qtrades_lambda=9.7, qtrades_eps=8 / 255, augment=False),
 }
 SVHN_QTRADES_ALPHA = 10.0
+# The certified-margin term (certified_margin.py) is on by default for a model with a proven bound
+# (a lip-* model) trained on clusters: weight 3 and the data set's radius (else MARGIN_RADIUS).
+LIPSCHITZ_MARGIN_WEIGHT = 3.0
+MARGIN_RADIUS = 0.5
 DRY_RUN_EPOCHS = 1
 
 # Fields that may change between an interrupted run and its resumption.
@@ -63,10 +73,13 @@ class TrainConfig:
     32x32 images with the size of ``data`` (or CIFAR-10's). Under torchrun,
     batch_size, m and d are per process and batch_variance is "local" (sigma^2
     of each rank's Magnet batch) or "global" (of every rank's batches together).
+    model_options: constructor keywords of the model that a run may set (its registered
+    ``options``, e.g. ``width``).
     margin_weight / margin_radius: weight of the certified-margin term added to the
     Magnet loss (``certified_margin.py``; 0: none) and the certified radius it asks
     of every sample, in input units (the bound L of the feature map is taken at
-    the start of every Magnet epoch).
+    the start of every Magnet epoch). None: ``LIPSCHITZ_MARGIN_WEIGHT`` for a model with a
+    proven bound (lip-*) and 0 otherwise; the data set's radius.
     """
 
     data: str = "digits"
@@ -103,8 +116,9 @@ class TrainConfig:
     progress: bool = False
     resume: bool = True
     batch_variance: str = "local"
-    margin_weight: float = 0.0
-    margin_radius: float = 0.5
+    margin_weight: float | None = None
+    margin_radius: float | None = None
+    model_options: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -139,6 +153,11 @@ class TrainConfig:
         for name in ("lr_ce", "batch_size", "qtrades_lambda", "qtrades_eps", "augment"):
             if getattr(c, name) is None:
                 setattr(c, name, base[name])
+        if c.margin_weight is None:
+            proven = MODELS[c.model].lipschitz is not None
+            c.margin_weight = LIPSCHITZ_MARGIN_WEIGHT if proven and c.method != "ce" else 0.0
+        if c.margin_radius is None:
+            c.margin_radius = base.get("margin_radius", MARGIN_RADIUS)
         if c.qtrades_step is None:
             c.qtrades_step = c.qtrades_eps
         if c.init_from is not None:
@@ -173,6 +192,14 @@ def _check(c: TrainConfig):
         raise ConfigError(f"TrainConfig: `method` must be one of {', '.join(METHODS)}, got {c.method!r}")
     if c.model is not None and c.model not in MODELS:
         raise ConfigError(f"TrainConfig: `model` must be one of {', '.join(MODELS)}, got {c.model!r}")
+    if not isinstance(c.model_options, dict):
+        raise ConfigError(f"TrainConfig: `model_options` must be a dict, got {type(c.model_options).__name__}")
+    if c.model_options:
+        allowed = MODELS[c.model or default_model(c.data)].options
+        bad = sorted(set(c.model_options) - set(allowed))
+        if bad:
+            raise ConfigError(f"TrainConfig: `model_options` {bad} are not options of model {c.model!r} "
+                              f"(its options: {', '.join(allowed) or 'none'})")
     if c.dry_run and c.data not in CIFAR_SHAPES:
         raise ConfigError(f"TrainConfig: a dry run times 32x32 images: `data` must be one of "
                          f"{', '.join(CIFAR_SHAPES)}, got {c.data!r}")
@@ -187,7 +214,7 @@ def _check(c: TrainConfig):
     for name in ("qtrades_lambda", "qtrades_eps", "qtrades_step", "weight_decay"):
         _positive_float(c, name, allow_zero=True)
     for name in ("margin_weight", "margin_radius"):
-        _positive_float(c, name, allow_zero=True, optional=False)
+        _positive_float(c, name, allow_zero=True, optional=True)
     _check_reproduction(c)
     if c.batch_variance not in BATCH_VARIANCES:
         raise ConfigError(f"TrainConfig: `batch_variance` must be one of {', '.join(BATCH_VARIANCES)}, "

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from ..data import ArrayDataset, load_dataset, random_images
-from ..models import build_model
+from ..models import build_model, input_keywords
 from ..nn import SoftClusterHead
 from .ce import ce_epoch, ce_lr
 from .certified_margin import feature_lipschitz
@@ -62,23 +62,14 @@ def _datasets(cfg, train_set, test_set):
 
 
 def _model_spec(cfg, train):
-    """Model name, classes and constructor keywords (input size, normalisation from ``train``)."""
-    x, name = train.x, cfg.model
-    if name == "mlp" or (name == "lip-mlp" and x.dim() == 2):
-        if x.dim() != 2:
-            raise ConfigError(f"fit: model 'mlp' takes [N, D] points; {train.name} has shape {tuple(x.shape[1:])}")
-        mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
-        kw = {"in_dim": int(x.shape[1])}
-    else:
-        need = {"cnn": (8, 8), "lip-cnn": (8, 8), "lip-resnet": (32, 32)}.get(name)
-        if x.dim() != 4 or (need and tuple(x.shape[2:]) != need):
-            want = f"[N, C, {need[0]}, {need[1]}] images" if need else "[N, C, H, W] images"
-            raise ConfigError(f"fit: model {name!r} takes {want}; {train.name} has shape {tuple(x.shape[1:])}")
-        mean = x.mean((0, 2, 3))
-        std = x.transpose(0, 1).reshape(x.shape[1], -1).std(1).clamp_min(1e-6)
-        kw = {"in_dim": int(x[0].numel())} if name == "lip-mlp" else {"in_channels": int(x.shape[1])}
-    kw.update(mean=[float(v) for v in mean], std=[float(v) for v in std])
-    return {"name": name, "num_classes": int(train.num_classes), "kwargs": kw}
+    """Model name, classes and constructor keywords (input size and normalisation from ``train``,
+    then ``cfg.model_options``)."""
+    try:
+        kw = input_keywords(cfg.model, train.x)
+    except ValueError as exc:
+        raise ConfigError(f"fit: {exc} ({train.name})") from None
+    kw.update(cfg.model_options)
+    return {"name": cfg.model, "num_classes": int(train.num_classes), "kwargs": kw}
 
 
 def _schedule(cfg):

@@ -16,7 +16,9 @@ import sys
 
 from .recipes import RECIPES
 
-ATTACKS = ("pgd20", "pgd100", "adaptive", "autoattack")
+# The table's columns: one eval folder per attack run of scripts/reproduce_table1.sh (runs, not attack
+# names; the attacks themselves are registered in clustr_fast.robust.attacks).
+RUNS = ("pgd20", "pgd100", "adaptive", "autoattack")
 
 
 def _pct(v):
@@ -49,7 +51,7 @@ def collect(out: str) -> dict:
             continue
         row = {"recipe": name, "data": recipe.train["data"], "method": recipe.train["method"],
                "paper": dict(recipe.paper)}
-        for attack in ATTACKS:
+        for attack in RUNS:
             found = sorted(glob.glob(os.path.join(folder, attack, "eval_*.json")))
             result = _read(found[0]) if found else None
             if result is None:
