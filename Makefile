@@ -15,7 +15,7 @@ install:
 
 install-test:
 	$(PIP) install "$(TORCH_SPEC)" ninja "setuptools>=77" wheel
-	$(PIP) install --no-build-isolation -e ".[test]"
+	$(PIP) install --no-build-isolation -e ".[test,data]"
 	$(MAKE) install-attacks
 
 # AutoAttack, for the evaluation's cross-check (tests/test_autoattack.py). --no-deps: its pin

@@ -43,7 +43,8 @@ class DemoOptions:
     defaults); ``train_size``/``test_size``: random subsets; ``sanity_size``: samples of
     the costly sanity checks; ``lipschitz``: run part (3) (with ``digits``), training the
     Lipschitz model for ``lip_steps`` full-batch steps; ``certified_radii``: the L2 radii of the
-    certified-accuracy table.
+    certified-accuracy table; ``real_data``: run the real-data row (``demo_real``), the certified
+    recipe for ``real_epochs`` epochs (on ``train_size`` / ``test_size`` images when given).
     """
     sets: tuple = SYNTHETIC_SETS
     digits: bool = True
@@ -59,6 +60,8 @@ class DemoOptions:
     lipschitz: bool = True
     lip_steps: int = 300
     certified_radii: tuple = CERTIFIED_RADII
+    real_data: bool = True
+    real_epochs: int = 3
     seed: int = 0
 
 
@@ -262,6 +265,10 @@ def tables(report, options) -> str:
         lines.append("")
     if report.get("lipschitz"):
         lines += _certified_table(report, options)
+    if report.get("real_data"):
+        from .demo_real import real_data_table
+
+        lines += real_data_table(report["real_data"])
     return "\n".join(lines)
 
 
@@ -305,6 +312,12 @@ def run_demo(options: DemoOptions, out_dir: str, log=_quiet) -> dict:
         if options.lipschitz:
             log(f"digits, Lipschitz ClusTR (lip-mlp, certified margin, {options.lip_steps} steps):")
             report["lipschitz"] = lipschitz_digits(options, out_dir, log, cnn=report["digits"].get("clustr"))
+    if options.real_data:
+        from .demo_real import real_data_row
+
+        log("real images (the certified recipe, shortened):")
+        sizes = {k: v for k, v in (("train_size", options.train_size), ("test_size", options.test_size)) if v}
+        report["real_data"] = real_data_row(epochs=options.real_epochs, seed=options.seed, log=log, **sizes)
     report["seconds"] = time.perf_counter() - t0
     report["threads"] = torch.get_num_threads()
     return report

