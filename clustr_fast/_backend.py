@@ -13,8 +13,10 @@ An explicit backend that cannot run the op on the tensors' device raises
 reference silently.
 
 This module is the only reader of the requested backend. ``TABLE`` lists every op's
-implementations per device type; on a change of the choice, ``refresh`` registers the
-chosen kernel of every (op, device type) with the dispatcher, so a call pays no choice.
+implementations per device type; on a change of the choice, ``refresh`` works out the backend
+of every (op, device type) and hands the choice to the op layer (``on_choice``: the ops'
+Python kernels are registered with the dispatcher there, clustr_fast/ops/_library.py), so a
+call pays no choice. This module imports nothing of the op layer above it.
 """
 from __future__ import annotations
 
@@ -24,9 +26,11 @@ import importlib
 import os
 import threading
 import warnings
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
+
+from .kernels import triton_interpreted
 
 NAMES = ("reference", "cpu", "cuda", "triton")
 _CHOICES = ("auto",) + NAMES
@@ -139,11 +143,6 @@ def _triton_importable() -> bool:
         return False
 
 
-def triton_interpreted() -> bool:
-    """Triton kernels run on the CPU through the interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def backends() -> list[str]:
     """The backends that are built and importable here, in the order of ``NAMES``."""
     out = ["reference"]
@@ -187,13 +186,6 @@ def use_backend(name: str) -> Iterator[None]:
         with _override_lock:
             _override.pop()
             refresh()
-
-
-def requested() -> str:
-    """The backend asked for right now: use_backend, else CLUSTR_FAST_BACKEND, else auto."""
-    if _override:
-        return _override[-1]
-    return _check_name(os.environ.get("CLUSTR_FAST_BACKEND", "auto"), "CLUSTR_FAST_BACKEND")
 
 
 def _can_run(backend: str, op: str, device_type: str) -> bool:
@@ -244,9 +236,10 @@ FUSED_BATCH_MAX_CPU_ENTRIES = 1 << 24
 
 
 def fused_batch_shared_bytes(n: int, m: int, d: int, dtype: torch.dtype) -> int:
-    """Shared memory of the CUDA kernel: means and their gradient [M, d], P [N, M], R [N], [M] sums, counts."""
-    size = 8 if dtype == torch.float64 else 4
-    return size * (2 * m * d + n * m + n + m) + 4 * m
+    """Shared memory of the CUDA kernel for [n, d] rows in m clusters: the kernel's own formula
+    (csrc/magnet_batch_layout.h, exported by the extension); the extension is loaded whenever
+    the op layer runs."""
+    return _C.magnet_batch_shared_bytes(n, m, d, 8 if dtype == torch.float64 else 4)
 
 
 def fused_batch_fits(backend: str | None, device_type: str, n: int, m: int, d: int, dtype: torch.dtype) -> bool:
@@ -255,20 +248,29 @@ def fused_batch_fits(backend: str | None, device_type: str, n: int, m: int, d: i
         return False
     if device_type == "cpu" and backend != "triton":
         return n * m <= FUSED_BATCH_MAX_CPU_ENTRIES
-    return (m <= FUSED_BATCH_MAX_CLUSTERS and n <= FUSED_BATCH_MAX_ROWS
+    return (_C is not None and m <= FUSED_BATCH_MAX_CLUSTERS and n <= FUSED_BATCH_MAX_ROWS
             and fused_batch_shared_bytes(n, m, d, dtype) <= FUSED_BATCH_MAX_SHARED_BYTES)
 
 
-# --------------------------------------------------------------------------- registration
+# --------------------------------------------------------------------------- the choice, on a change
 # The backend of every (op, device type) is chosen when the choice changes (import, use_backend,
-# CLUSTR_FAST_BACKEND, torch.use_deterministic_algorithms), not per call: the chosen kernel is
-# registered as the op's kernel for the device's dispatch key. The extension's own kernels need
-# nothing; a Triton or reference kernel (a Python function, clustr_fast/ops/_library.py) is
-# registered over it, and unregistered when the choice moves back.
+# CLUSTR_FAST_BACKEND, torch.use_deterministic_algorithms), not per call. The op layer subscribes
+# (``on_choice``) and registers the chosen kernel as the op's kernel for the device's dispatch
+# key: the extension's own kernels need nothing; a Triton or reference kernel (a Python function)
+# is registered over it, and unregistered when the choice moves back.
 
 _state: tuple | None = None
 _chosen: dict[tuple[str, str], str | None] = {}
-_registered: dict[tuple[str, str], tuple[str | None, object]] = {}
+_subscribers: list[Callable] = []
+
+
+def on_choice(apply: Callable[[dict, str, list], None]) -> None:
+    """Call ``apply(chosen, requested, available)`` on every change of the choice, the next
+    :func:`refresh` included: ``chosen`` maps ``(op, device type)`` to its backend (None: the op
+    does not run there), ``requested`` is the backend asked for and ``available`` :func:`backends`."""
+    global _state
+    _subscribers.append(apply)
+    _state = None
 
 
 def chosen(op: str, device_type: str) -> str | None:
@@ -283,7 +285,8 @@ def runs(op: str, device: torch.device) -> bool:
 
 
 def refresh() -> None:
-    """Register the kernels of the current choice if it changed since the last call (a tuple compare)."""
+    """Work out the choice again if it changed since the last call (a tuple compare), and hand it
+    to the subscribers (:func:`on_choice`)."""
     global _state
     if torch.compiler.is_compiling():
         return
@@ -292,25 +295,13 @@ def refresh() -> None:
     if state == _state:
         return
     name = _check_name(state[0], "backend" if _override else "CLUSTR_FAST_BACKEND")
-    from .ops import _library  # the ops' Python kernels; imports this module first
-
     for op in TABLE:  # read the extension's kernels before any Python kernel covers them
         for dev in DEVICE_TYPES:
             extension_has(op, dev)
     for op in TABLE:
-        if op not in _library.PYTHON_KERNELS:
-            continue
         for dev in DEVICE_TYPES:
-            backend = resolve(op, dev, name, state[1])
-            _chosen[(op, dev)] = backend
-            native = backend == dev
-            prev = _registered.get((op, dev))
-            if prev is not None and prev[0] == backend:
-                continue
-            if prev is not None:
-                prev[1]._destroy()
-                del _registered[(op, dev)]
-            if not native:
-                kernel = _library.kernel(op, backend, dev, name, backends())
-                _registered[(op, dev)] = (backend, _library.register_kernel(op, dev, kernel))
+            _chosen[(op, dev)] = resolve(op, dev, name, state[1])
+    available = backends()
+    for apply in _subscribers:
+        apply(_chosen, name, available)
     _state = state

@@ -3,7 +3,7 @@ import torch
 import triton
 import triton.language as tl
 
-from clustr_fast._backend import triton_interpreted
+from . import triton_interpreted
 
 # precision code (clustr_fast._validate.PRECISIONS) -> tl.dot input_precision for fp32 operands;
 # "medium" casts to bf16 where a kernel supports it (pairwise_sqdist, kmeans).

@@ -18,9 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
-from clustr_fast._backend import triton_interpreted
 from clustr_fast._validate import acc_dtype
 
+from . import triton_interpreted
 from ._common import dot_precision, mma, split_launch, tl_dtype
 
 

@@ -19,9 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
-from clustr_fast._backend import triton_interpreted
 from clustr_fast._validate import acc_dtype
 
+from . import triton_interpreted
 from ._common import logaddexp as _logaddexp, dot_precision, mma, tl_dtype
 
 P_BLOCK_ELEMS = 1 << 22  # rows per backward block: at most this many P entries (16 MB in fp32)
@@ -198,16 +198,15 @@ def magnet_loss_fwd(feats, centers, assign, classes, valid, var, alpha, eps):
     return loss, stats
 
 
-def magnet_loss_bwd(grad, feats, centers, assign, classes, valid, var, loss, stats, alpha, eps):
-    """(grad_feats, grad_centers, grad_var) from the per-row loss gradient ``grad`` [N]."""
-    from clustr_fast.ops.magnet_loss import row_coefficients
-
+def magnet_loss_bwd(g_a, g_l, feats, centers, assign, classes, valid, var, stats):
+    """(grad_feats, grad_centers, grad_var) from the row coefficients ``(g_a, g_l)`` [N] (the
+    derivatives of the weighted row losses in A_i and L_i, computed by the caller from the saved
+    losses and stats: ``clustr_fast.ops.magnet_loss.row_coefficients``)."""
     N, D = feats.shape
     C = centers.shape[0]
     acc = acc_dtype(feats.dtype)
     var = var.to(acc).reshape(())
     s = 0.5 / var
-    g_a, g_l = row_coefficients(grad.to(acc), loss, stats, s, float(alpha), float(eps))
     grad_var = 2.0 * s * s * (g_a * stats[0] + g_l * stats[2]).sum()
     coef_a = (-s * g_a).contiguous()
     coef_l = (-s * g_l).contiguous()

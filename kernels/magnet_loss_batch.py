@@ -21,9 +21,9 @@ import torch
 import triton
 import triton.language as tl
 
-from clustr_fast._backend import triton_interpreted
 from clustr_fast._validate import acc_dtype
 
+from . import triton_interpreted
 from ._common import logaddexp as _logaddexp, tl_dtype
 
 MAX_CLUSTERS = 64  # BM: every batch cluster sits in one register tile

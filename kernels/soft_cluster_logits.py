@@ -25,10 +25,9 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _common
-from clustr_fast._backend import triton_interpreted
 from clustr_fast._validate import acc_dtype
 
+from . import _common, triton_interpreted
 from ._common import dot_precision, logaddexp, mma, split_launch, tl_dtype
 
 _INIT = 1 << 30  # index of the empty list slots (plus the slot number): above every center

@@ -2,7 +2,8 @@
 
 - :func:`resolve` turns ``group`` into a :class:`Comm`, or ``None`` when the call runs in one
   process (no initialised process group, or a group of one rank).
-- :class:`Comm` wraps the three collectives the distributed k-means uses (``all_reduce`` with
+- :class:`Comm` (``clustr_fast.ranks``, the one wrapper of the collectives, shared with training
+  and evaluation) carries the collectives the distributed k-means uses (``all_reduce`` with
   SUM, ``all_gather``, ``broadcast`` from group rank 0). A collective that fails (a rank raised
   or exited, the process group's timeout passed) raises :class:`DistributedError` naming the
   function, the stage and the rank. Buffers travel on the device the backend needs (CUDA for
@@ -21,11 +22,9 @@ from typing import Optional, Sequence
 import torch
 import torch.distributed as dist
 
+from ..ranks import Comm, DistributedError
+
 __all__ = ["Comm", "DistributedError", "Packed", "agree", "resolve"]
-
-
-class DistributedError(RuntimeError):
-    """A collective failed: another rank raised, exited or did not arrive within the group's timeout."""
 
 
 def _initialised() -> bool:
@@ -51,63 +50,6 @@ def resolve(group, op: str) -> Optional["Comm"]:
     if world == 1:
         return None
     return Comm(group, rank, world, op)
-
-
-class Comm:
-    """``world`` ranks of ``group``; this process is group rank ``rank``.
-
-    ``device``: where collective buffers live (the current CUDA device under NCCL, else the CPU).
-    Every method takes ``stage``, a few words saying what the collective carries, for the error.
-    """
-
-    def __init__(self, group, rank: int, world: int, op: str):
-        self.group, self.rank, self.world, self.op = group, rank, world, op
-        backend = str(dist.get_backend(group)).lower()
-        if "nccl" in backend:
-            self.device = torch.device("cuda", torch.cuda.current_device())
-        else:
-            self.device = torch.device("cpu")
-        self.src = dist.get_global_rank(group, 0) if group is not None else 0
-
-    def _failed(self, what: str, stage: str, err: BaseException) -> DistributedError:
-        return DistributedError(
-            f"{self.op}: {what} of {stage} failed on rank {self.rank} of {self.world}: another rank raised, exited "
-            f"or did not arrive within the process group's timeout (init_process_group(timeout=...)). Cause: {err}")
-
-    def _on(self, t: torch.Tensor) -> torch.Tensor:
-        return t if t.device == self.device else t.to(self.device)
-
-    def all_reduce_(self, t: torch.Tensor, stage: str) -> torch.Tensor:
-        """Sum of ``t`` over the ranks, in place (``t`` contiguous); returns ``t``."""
-        buf = self._on(t)
-        try:
-            dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=self.group)
-        except Exception as err:  # DistBackendError, gloo/NCCL RuntimeError, timeouts
-            raise self._failed("all_reduce", stage, err) from err
-        if buf is not t:
-            t.copy_(buf)
-        return t
-
-    def all_gather(self, t: torch.Tensor, stage: str) -> torch.Tensor:
-        """``[world, *t.shape]``: row r is rank r's ``t`` (same shape and dtype on every rank)."""
-        buf = self._on(t.contiguous())
-        out = [torch.empty_like(buf) for _ in range(self.world)]
-        try:
-            dist.all_gather(out, buf, group=self.group)
-        except Exception as err:
-            raise self._failed("all_gather", stage, err) from err
-        return torch.stack(out).to(t.device)
-
-    def broadcast_(self, t: torch.Tensor, stage: str) -> torch.Tensor:
-        """Group rank 0's ``t`` on every rank, in place (``t`` contiguous); returns ``t``."""
-        buf = self._on(t)
-        try:
-            dist.broadcast(buf, src=self.src, group=self.group)
-        except Exception as err:
-            raise self._failed("broadcast", stage, err) from err
-        if buf is not t:
-            t.copy_(buf)
-        return t
 
 
 # --------------------------------------------------------------------------- agreement check

@@ -3,10 +3,12 @@
 ``define(schema, fake, reference=..., triton=(module, function))`` defines the op's schema,
 registers its fake (shape) function for ``torch.compile`` and FakeTensor tracing, and records
 its Python kernels: the reference (plain PyTorch) and the Triton one (``clustr_fast.kernels``,
-imported on first use; a ``(module, function)`` pair, or a function that adapts one). The extension ``clustr_fast._C`` registers the C++ CPU and CUDA kernels
-and, for the differentiable ops, their autograd (csrc/autograd.cpp). Which kernel a device runs
-is chosen by ``clustr_fast._backend`` (its ``TABLE``), which registers a Python kernel over the
-extension's (``register_kernel``) when the choice is Triton or the reference.
+imported on first use; a ``(module, function)`` pair, or a function that adapts one). The
+extension ``clustr_fast._C`` registers the C++ CPU and CUDA kernels and, for the differentiable
+ops, their autograd (csrc/autograd.cpp). Which kernel a device runs is chosen by
+``clustr_fast._backend`` (its ``TABLE``); on every change of that choice, :func:`apply_choice`
+registers a Python kernel over the extension's (``register_kernel``) where the choice is Triton
+or the reference.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from .. import _backend
 LIB = torch.library.Library("clustr_fast", "DEF")
 PYTHON_KERNELS: dict[str, dict[str, Callable]] = {}
 _KEYS = {"cpu": "CPU", "cuda": "CUDA"}
+# (op, device type) -> (backend, the Library that registered its Python kernel)
+_registered: dict[tuple[str, str], tuple[str | None, torch.library.Library]] = {}
 
 
 def triton_kernel(module: str, function: str) -> Callable:
@@ -72,3 +76,22 @@ def register_kernel(op: str, device_type: str, fn: Callable) -> torch.library.Li
         lib.impl(op, fn, _KEYS[device_type])
     return lib
 
+
+def apply_choice(chosen: dict, requested: str, available: list) -> None:
+    """Register, for every (op, device type) of ``chosen`` whose backend changed, its Python kernel
+    (Triton, the reference, or one that raises where nothing runs); the extension's own kernel
+    needs nothing, so a registration made for an earlier choice is undone."""
+    for (op, dev), backend in chosen.items():
+        if op not in PYTHON_KERNELS:
+            continue
+        prev = _registered.get((op, dev))
+        if prev is not None and prev[0] == backend:
+            continue
+        if prev is not None:
+            prev[1]._destroy()
+            del _registered[(op, dev)]
+        if backend != dev:
+            _registered[(op, dev)] = (backend, register_kernel(op, dev, kernel(op, backend, dev, requested, available)))
+
+
+_backend.on_choice(apply_choice)

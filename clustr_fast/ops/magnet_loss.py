@@ -148,7 +148,10 @@ _triton_backward_kernel = triton_kernel("magnet_loss", "magnet_loss_bwd")
 
 
 def _triton_backward(grad, feats, centers, assign, classes, valid, var, loss, stats, alpha, eps):
-    gf, gc, gv = _triton_backward_kernel(grad, feats, centers, assign, classes, valid, var, loss, stats, alpha, eps)
+    acc = acc_dtype(feats.dtype)
+    s = 0.5 / var.to(acc).reshape(())
+    g_a, g_l = row_coefficients(grad.to(acc), loss, stats, s, float(alpha), float(eps))
+    gf, gc, gv = _triton_backward_kernel(g_a, g_l, feats, centers, assign, classes, valid, var, stats)
     return _cast_grads(gf, gc, gv, feats, centers, var)
 
 

@@ -112,7 +112,7 @@ def certified_margin_batch(feats, cluster_ids, cluster_classes, **kw):
 def feature_lipschitz(net, example) -> float:
     """Proven bound of ``net``'s feature map (``clustr_fast.robust.lipschitz.lipschitz_bound``, output
     1), taken in eval mode; ``net``'s mode is restored. A Lipschitz-bounded model gives its own."""
-    from ..robust.lipschitz import lipschitz_bound
+    from ..models.lipschitz_bound import lipschitz_bound
 
     was_training = net.training
     net.eval()

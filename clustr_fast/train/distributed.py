@@ -1,5 +1,5 @@
-"""Training and evaluation on several processes (``torchrun``): the process group from the
-environment, the shards each rank works on, and the collectives of the training loop.
+"""Training on several processes (``torchrun``): the process group from the environment, the
+shards each rank trains on, and the collectives of the training loop.
 
 Everything here is a no-op with one process: a plain run and a run of one rank under
 ``torchrun`` take the same code path and produce the same numbers. With ``size > 1``:
@@ -10,58 +10,36 @@ Everything here is a no-op with one process: a plain run and a run of one rank u
   batch one process would score, and per-row results merged with a sum equal the plain run;
 - ``GlobalSum`` is an ``all_reduce`` with a gradient (its backward sums the gradients of every
   rank), for the global batch variance of the Magnet phase.
+
+The world, the row and batch maps and the collectives themselves live in ``clustr_fast.ranks``
+(shared with the evaluation, ``clustr_fast.robust``); the names used here are also exported
+from this module.
 """
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
+from ..ranks import World, all_gather, all_reduce_sum, batches, current, gather_rows, merge_rows, rows
 from .config import ConfigError
+from .refresh import Clustering, embed
+
+__all__ = ["ENV_VARS", "GlobalSum", "World", "all_gather", "all_reduce_sum", "barrier", "batches",
+           "broadcast_object", "current", "ddp_model", "feature_parameters", "from_rank0", "gather_losses",
+           "gather_rows", "global_sum", "launched", "mean_stats", "merge_rows", "rank_device",
+           "rank_generator", "rows", "setup", "shard_permutation", "sharded_refresh", "sync_buffers",
+           "teardown"]
 
 # Set by torchrun (and torch.distributed.launch) in every process it starts.
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
-@dataclass
-class World:
-    """The processes of a run. ``active``: a process group is in use (DDP, rank-0 writes), also
-    with one rank; ``size > 1``: work and data are sharded. ``owned``: :func:`setup` created
-    the process group and :func:`teardown` destroys it."""
-
-    rank: int = 0
-    size: int = 1
-    local_rank: int = 0
-    local_size: int = 1
-    active: bool = False
-    owned: bool = False
-
-    @property
-    def main(self) -> bool:
-        """This process writes files and prints (rank 0)."""
-        return self.rank == 0
-
-    @property
-    def sharded(self) -> bool:
-        return self.size > 1
-
-
 def launched() -> bool:
     """True when this process was started by torchrun (``WORLD_SIZE`` is set)."""
     return "WORLD_SIZE" in os.environ
-
-
-def current() -> World:
-    """The world of the default process group (one process when none is initialised)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return World()
-    rank, size = dist.get_rank(), dist.get_world_size()
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    local_size = int(os.environ.get("LOCAL_WORLD_SIZE", size))
-    return World(rank, size, local_rank, local_size, active=True)
 
 
 def _env_int(name: str, default=None) -> int:
@@ -132,17 +110,6 @@ def teardown(world: World) -> None:
 # --------------------------------------------------------------------------- shards
 
 
-def rows(n: int, world: World) -> torch.Tensor:
-    """Indices of this rank's rows of an ``n``-row data set (row ``i`` on rank ``i % size``)."""
-    return torch.arange(world.rank, n, world.size)
-
-
-def batches(n: int, batch_size: int, world: World) -> list:
-    """``(start, stop)`` of this rank's batches of ``range(n)`` (batch ``b`` on rank ``b % size``)."""
-    starts = range(world.rank * batch_size, n, world.size * batch_size)
-    return [(s, min(s + batch_size, n)) for s in starts]
-
-
 def shard_permutation(perm: torch.Tensor, world: World) -> torch.Tensor:
     """This rank's part of a permutation shared by every rank: the permutation is padded by
     its own first entries to a multiple of ``size`` and rank r takes entries ``r, r+size, ...``,
@@ -169,64 +136,11 @@ def rank_generator(seed: int, epoch: int, rank: int, device="cpu") -> torch.Gene
 # --------------------------------------------------------------------------- collectives
 
 
-def _comm_device(t: torch.Tensor) -> torch.device:
-    """Where a collective buffer lives: the current GPU under NCCL, the CPU otherwise."""
-    if "nccl" in str(dist.get_backend()).lower():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def all_reduce_sum(t: torch.Tensor, world: World) -> torch.Tensor:
-    """The sum of ``t`` over the ranks (a new tensor on ``t``'s device); ``t`` itself with one rank."""
-    if not world.sharded:
-        return t
-    buf = t.detach().to(_comm_device(t), copy=True).contiguous()
-    dist.all_reduce(buf)
-    return buf.to(t.device)
-
-
-def all_gather(t: torch.Tensor, world: World) -> list:
-    """Every rank's ``t`` (same shape and dtype on every rank), in rank order."""
-    if not world.sharded:
-        return [t]
-    buf = t.detach().to(_comm_device(t)).contiguous()
-    out = [torch.empty_like(buf) for _ in range(world.size)]
-    dist.all_gather(out, buf)
-    return [o.to(t.device) for o in out]
-
-
-def gather_rows(local: torch.Tensor, n: int, world: World) -> torch.Tensor:
-    """The ``n`` rows of a sharded per-row result (``local``: this rank's rows, in the order of
-    :func:`rows`), rebuilt on every rank."""
-    if not world.sharded:
-        return local
-    per = math.ceil(n / world.size)
-    pad = local.new_zeros((per - local.shape[0], *local.shape[1:]))
-    parts = all_gather(torch.cat([local, pad]), world)
-    out = local.new_empty((n, *local.shape[1:]))
-    for r, part in enumerate(parts):
-        count = len(range(r, n, world.size))
-        out[r::world.size] = part[:count]
-    return out
-
-
-def merge_rows(full: torch.Tensor, world: World) -> torch.Tensor:
-    """A per-row result in which each rank filled its own rows and left the others zero: the
-    sum over the ranks (exact: one term per row is not zero)."""
-    if not world.sharded:
-        return full
-    if full.dtype == torch.bool:
-        return all_reduce_sum(full.to(torch.uint8), world).bool()
-    return all_reduce_sum(full, world)
-
-
 def broadcast_object(obj, world: World):
     """Rank 0's ``obj`` on every rank."""
     if not world.sharded:
         return obj
-    box = [obj if world.main else None]
-    dist.broadcast_object_list(box, src=0, device=_comm_device(torch.empty(0)))
-    return box[0]
+    return world.comm().broadcast_object(obj, "an object of rank 0")
 
 
 def from_rank0(fn, world: World, errors=(ConfigError, ValueError, FileNotFoundError)):
@@ -251,10 +165,11 @@ def sync_buffers(module: torch.nn.Module, world: World) -> None:
     updated its own, and the refresh, the evaluation and the checkpoint must see one set."""
     if not world.sharded:
         return
+    comm = world.comm()
     for buf in module.buffers():
         if buf.is_floating_point() or buf.dtype in (torch.int64, torch.int32):
-            tmp = buf.detach().to(_comm_device(buf)).contiguous()
-            dist.broadcast(tmp, src=0)
+            tmp = buf.detach().to(comm.device).contiguous()
+            comm.broadcast_(tmp, "the module buffers of rank 0")
             buf.copy_(tmp)
 
 
@@ -305,8 +220,6 @@ def gather_losses(indices: torch.Tensor, losses: torch.Tensor, width: int, world
 # --------------------------------------------------------------------------- the refresh
 
 
-
-
 def sharded_refresh(net, train, *, k, iters, alpha, device, generator, timer, world, n_init=1):
     """The refresh of :func:`clustr_fast.train.magnet.refresh` with every rank embedding its
     rows (:func:`rows`): the distributed per-class k-means gives the global centers and this
@@ -317,8 +230,6 @@ def sharded_refresh(net, train, *, k, iters, alpha, device, generator, timer, wo
                           "per-class k-means seeds once (use kmeans_n_init=1 under torchrun)")
     import clustr_fast
     from clustr_fast.distributed import kmeans_per_group
-
-    from .refresh import Clustering, embed
 
     n = len(train)
     mine = rows(n, world)
@@ -382,4 +293,4 @@ def ddp_model(net: torch.nn.Module, world: World, device: torch.device, features
 def barrier(world: World) -> None:
     """Wait for every rank (the end of a run: rank 0's last checkpoint is on disk)."""
     if world.sharded:
-        dist.barrier()
+        world.comm().barrier("the end of the run")

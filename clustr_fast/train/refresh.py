@@ -8,7 +8,7 @@ import torch
 
 import clustr_fast
 
-from .distributed import all_reduce_sum, batches
+from ..ranks import all_reduce_sum, batches
 
 EMBED_BATCH = 1024
 
@@ -60,7 +60,7 @@ def cluster(feats, y, k: int, iters: int, generator, n_init: int = 1) -> Cluster
 def accuracy(model, x, y, device, batch_size: int = EMBED_BATCH, world=None) -> float:
     """Fraction of ``x`` that ``model`` (returning class scores) labels ``y``, in eval mode.
 
-    ``world`` with several ranks: each rank scores its batches (:func:`.distributed.batches`,
+    ``world`` with several ranks: each rank scores its batches (:func:`clustr_fast.ranks.batches`,
     the batches of one process) and the hits are summed, so every rank returns the same
     fraction as one process."""
     was_training = model.training

@@ -9,7 +9,7 @@
 //   4. gmu_k = 2 (colsum(P)_k mu_k - sum_i P_ik f_i) / n_k  (a thread per column and 8 clusters)
 //   5. grad f_i = 2 (R_i f_i - sum_k P_ik mu_k) + gmu_{a_i} + cv (f_i - mu_{a_i}),
 //      cv = 4 s^2 sum_i (gA_i own_i + gL_i E_i) / (N - 1) for the batch variance, else 0.
-// Shared memory: mu, gmu [M, d], P [N, M], R [N], colsum [M] (acc_t) and counts [M] (int).
+// Shared memory (magnet_batch_layout.h): mu, gmu [M, d], P [N, M], R [N], colsum [M] (acc_t) and counts [M] (int).
 // loss_i and (gA, gL) come from magnet_math.h.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -21,16 +21,13 @@
 
 #include "common.h"
 #include "cuda/device_math.cuh"
+#include "magnet_batch_layout.h"
 #include "magnet_math.h"
 
 namespace clustr_fast {
 namespace {
 
 constexpr int kBatchThreads = 512, kBatchWarps = kBatchThreads / 32, kBatchKC = 8;
-
-inline int64_t batch_shared_bytes(int64_t N, int64_t M, int64_t D, int64_t acc_size) {
-  return acc_size * (2 * M * D + N * M + N + M) + 4 * M;
-}
 
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kBatchThreads) magnet_batch_kernel(
@@ -46,7 +43,7 @@ __global__ void __launch_bounds__(kBatchThreads) magnet_batch_kernel(
   acc_t* P = gmu + M * D;
   acc_t* rs = P + N * M;
   acc_t* colsum = rs + N;
-  int* cnt = reinterpret_cast<int*>(colsum + M);
+  int32_t* cnt = reinterpret_cast<int32_t*>(colsum + M);
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
 
   // 1. counts and means
@@ -207,7 +204,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> magnet_loss_batch_cuda(
     TORCH_CHECK(row_weight->dim() == 1 && row_weight->size(0) == N, "row_weight must have shape [N]");
     w = row_weight->detach().to(acc).contiguous();
   }
-  const int64_t smem = batch_shared_bytes(N, M, D, acc == at::kDouble ? 8 : 4);
+  const int64_t smem = magnet_batch_shared_bytes(N, M, D, acc == at::kDouble ? 8 : 4);
   const int64_t smem_max = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
   TORCH_CHECK(smem + int64_t(sizeof(double)) * kBatchWarps <= smem_max, "magnet_loss_batch: the batch needs ", smem, " bytes of shared memory, the device has ",
               smem_max, " per block; use the unfused path");
