@@ -23,6 +23,7 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # The names of torch.set_float32_matmul_precision; a name's position is the integer code the
 # kernels take (0 highest, 1 high, 2 medium).
 PRECISIONS = ("highest", "high", "medium")
+HIGHEST = PRECISIONS.index("highest")  # the kernels' code of precision="highest" (float32-exact products)
 REDUCTIONS = ("mean", "sum", "none")
 RADIUS_MODES = ("sound", "paper")  # position = the kernels' mode code
 
@@ -316,8 +317,16 @@ def check_kmeans_plusplus(x, k, n_local_trials=None, sample_weight=None):
     check_finite(x, "x", op=op)
     if sample_weight is not None:
         check_sample_weight(sample_weight, x, op=op)
+    return local_trials(k, n_local_trials, op=op)
+
+
+def local_trials(k: int, n_local_trials=None, *, op: str | None = None) -> int:
+    """Candidates per greedy k-means++ step: ``n_local_trials``, or scikit-learn's ``2 + floor(ln k)``
+    when None. With ``op``, a given number is checked (an int >= 1; ``ValueError`` naming ``op``)."""
     if n_local_trials is None:
         return 2 + int(math.log(k))
+    if op is None:
+        return int(n_local_trials)
     return check_int(n_local_trials, "n_local_trials", low=1, op=op)
 
 

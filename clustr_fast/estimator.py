@@ -211,7 +211,7 @@ def _lloyd(x, w, centers, max_iter, tol, precision, verbose=0):
     strict = False
     i = 0
     for i in range(max_iter):
-        labels, _, new_centers, weight = lloyd_step(x, centers, w, precision)
+        labels, _, new_centers, weight = lloyd_step(x, centers, weights=w, precision=precision)
         if verbose:
             print(f"Iteration {i}, inertia {_inertia(x, w, centers, labels)}.")
         empty = weight == 0
@@ -231,7 +231,7 @@ def _lloyd(x, w, centers, max_iter, tol, precision, verbose=0):
             break
         labels_old = labels
     if not strict:  # the labels of the final centers
-        labels = kmeans_assign_op(x, centers, precision, None, 0)[0]
+        labels = kmeans_assign_op(x, centers, precision=precision, groups=None, group_k=0)[0]
     return labels, _inertia(x, w, centers, labels), centers, i + 1
 
 
@@ -426,7 +426,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
     def predict(self, X):
         """Index of the nearest center of every row of ``X`` (``argmin_j ||x_i - c_j||^2``, ties to the lower)."""
         data, c = self._test_data(X)
-        labels = kmeans_assign_op(data.x, c, precision_code(self.precision), None, 0)[0]
+        labels = kmeans_assign_op(data.x, c, precision=precision_code(self.precision), groups=None, group_k=0)[0]
         return data.out(labels, labels=True)
 
     def fit_predict(self, X, y=None, sample_weight=None):
@@ -446,5 +446,5 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         """Opposite of the k-means objective on ``X``: ``-sum_i w_i min_j ||x_i - c_j||^2`` (a float)."""
         data, c = self._test_data(X)
         w = _weights(sample_weight, data)
-        labels = kmeans_assign_op(data.x, c, precision_code(self.precision), None, 0)[0]
+        labels = kmeans_assign_op(data.x, c, precision=precision_code(self.precision), groups=None, group_k=0)[0]
         return -_inertia(data.x, w, c, labels)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from ._validate import (acc_dtype, check_finite, check_float, check_ids, check_int, check_matrix, check_real,
-                        precision_code)
-from .ops.kmeans import (default_trials, kmeans_assign_op, kmeans_fit_groups_op, kmeans_lloyd_groups_op,
+from ._validate import (HIGHEST, acc_dtype, check_finite, check_float, check_ids, check_int, check_matrix, check_real,
+                        local_trials, precision_code)
+from .ops.kmeans import (kmeans_assign_op, kmeans_fit_groups_op, kmeans_lloyd_groups_op,
                          kmeans_lloyd_step_op, kmeans_update_op, lloyd_groups_runs_here,
                          lloyd_groups_stepwise, lloyd_step_runs_here, plusplus_draws, plusplus_segments)
 
@@ -26,7 +26,7 @@ def tolerance(x: torch.Tensor, tol: float) -> float:
     return float(x.var(0, unbiased=False).mean()) * tol
 
 
-def lloyd_step(x, centers, weights=None, precision=0):
+def lloyd_step(x, centers, weights=None, precision=HIGHEST):
     """One Lloyd step of ``clustr_fast.KMeans``: assign to ``centers``, then the (weighted) means.
 
         labels_i = argmin_j ||x_i - c_j||^2,   c'_j = sum_{labels_i = j} w_i x_i / W_j,   W_j = sum_{labels_i = j} w_i
@@ -36,15 +36,11 @@ def lloyd_step(x, centers, weights=None, precision=0):
     sums (accumulation dtype). On the CPU one fused pass over x, elsewhere assign + update.
     """
     if lloyd_step_runs_here(x.device):
-        return kmeans_lloyd_step_op(x, centers, precision, None, 0, weights)
-    labels, sq = kmeans_assign_op(x, centers, precision, None, 0)
-    new, counts = kmeans_update_op(x, labels, centers.shape[0], centers, torch.are_deterministic_algorithms_enabled(),
-                                   weights)
+        return kmeans_lloyd_step_op(x, centers, precision=precision, groups=None, group_k=0, weights=weights)
+    labels, sq = kmeans_assign_op(x, centers, precision=precision, groups=None, group_k=0)
+    new, counts = kmeans_update_op(x, labels, centers.shape[0], prev_centers=centers,
+                                   deterministic=torch.are_deterministic_algorithms_enabled(), weights=weights)
     return labels, sq, new, counts
-
-
-def _trials(k, n_local_trials):
-    return default_trials(k) if n_local_trials is None else int(n_local_trials)
 
 
 def kmeans_per_group(x, groups, k, *, max_iter=20, tol=1e-4, generator=None, n_local_trials=None,
@@ -98,20 +94,21 @@ def kmeans_per_group(x, groups, k, *, max_iter=20, tol=1e-4, generator=None, n_l
     xr = xs if n_init == 1 else xs.repeat(n_init, 1)
     offsets_r = offsets if n_init == 1 else torch.cat([offsets[:-1] + s for s in shifts] + [offsets[-1:] + shifts[-1]])
     if lloyd_step_runs_here(xs.device):  # seeding and iterations of each group in one pass over it
-        seeds = [plusplus_draws(sizes, k, _trials(k, n_local_trials), generator, xs.device) for _ in shifts]
+        seeds = [plusplus_draws(sizes, k, local_trials(k, n_local_trials), generator, xs.device) for _ in shifts]
         first = torch.cat([f for f, _ in seeds]) if n_init > 1 else seeds[0][0]
         draws = torch.cat([d for _, d in seeds], dim=1) if n_init > 1 else seeds[0][1]
-        lab_sorted, sq, centers, _ = kmeans_fit_groups_op(xr, offsets_r, k, first + offsets_r[:-1], draws, max_iter,
-                                                          tol, prec)
+        lab_sorted, sq, centers, _ = kmeans_fit_groups_op(xr, offsets_r, k, first + offsets_r[:-1], draws,
+                                                          max_iter=max_iter, tol=tol, precision=prec)
     else:
         idx = torch.cat([plusplus_segments(xs, offsets, k, generator=generator, n_local_trials=n_local_trials) + s
                          for s in shifts])
         if lloyd_groups_runs_here(xs.device):  # CUDA: the Lloyd loop inside the extension
-            lab_sorted, sq, centers, _ = kmeans_lloyd_groups_op(xr, offsets_r, xr[idx.reshape(-1)], max_iter, tol, prec)
+            lab_sorted, sq, centers, _ = kmeans_lloyd_groups_op(xr, offsets_r, xr[idx.reshape(-1)], max_iter=max_iter,
+                                                                tol=tol, precision=prec)
         else:
-            lab_sorted, sq, centers, _ = lloyd_groups_stepwise(xr, offsets_r, xr[idx.reshape(-1)], max_iter, tol,
-                                                               prec, kmeans_assign_op, kmeans_update_op,
-                                                               torch.are_deterministic_algorithms_enabled())
+            lab_sorted, sq, centers, _ = lloyd_groups_stepwise(
+                xr, offsets_r, xr[idx.reshape(-1)], max_iter, tol, prec, kmeans_assign_op, kmeans_update_op,
+                deterministic=torch.are_deterministic_algorithms_enabled())
     if n_init > 1:
         lab_sorted, centers = _best_copies(lab_sorted, sq, centers, sizes, n_init, k)
     if in_order:

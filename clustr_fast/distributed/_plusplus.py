@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import torch
 
+from .._validate import HIGHEST
 from ..ops.kmeans import kmeans_assign_op
 from ._comm import Comm, Packed
 
@@ -144,7 +145,9 @@ def greedy_plusplus(comm: Comm, xs: torch.Tensor, gid: torch.Tensor, local_off: 
         cwas = (buf[:, :, d + 1] > 0.5).cpu()
         part = torch.zeros((nt, G), dtype=torch.float64, device=dev)
         if n:
-            dcs = torch.stack([kmeans_assign_op(xs, cand[:, t].contiguous(), 0, gid, 1)[1] for t in range(nt)])
+            dcs = torch.stack([
+                kmeans_assign_op(xs, cand[:, t].contiguous(), precision=HIGHEST, groups=gid, group_k=1)[1]
+                for t in range(nt)])
             part.index_add_(1, gid, torch.minimum(dcs, closest[None, :]).to(torch.float64))
         allp = comm.all_gather(part.t().contiguous(), f"the k-means++ potentials (step {s})").cpu()  # [p, G, nt]
         pot = allp[0].clone()

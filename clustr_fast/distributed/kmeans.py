@@ -28,8 +28,8 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-from .._validate import acc_dtype, check_finite, check_float, check_int, check_matrix, check_real
-from ..ops.kmeans import (default_trials, kmeans_assign_op, kmeans_lloyd_step_op, kmeans_update_op,
+from .._validate import HIGHEST, acc_dtype, check_finite, check_float, check_int, check_matrix, check_real, local_trials
+from ..ops.kmeans import (kmeans_assign_op, kmeans_lloyd_step_op, kmeans_update_op,
                           lloyd_step_runs_here, plusplus_draws)
 from ..ops.kmeans import kmeans_plusplus as _kmeans_plusplus_single
 from ._comm import Comm, Packed, agree, checked, dtype_code, resolve
@@ -135,10 +135,11 @@ def local_step(xa: Tensor, centers: Tensor, groups: Optional[Tensor], group_k: i
     With ``groups``, row i only sees its group's ``group_k`` centers. Returns the labels.
     """
     if lloyd_step_runs_here(xa.device):
-        labels, _, means, cnt = kmeans_lloyd_step_op(xa, centers, 0, groups, group_k)
+        labels, _, means, cnt = kmeans_lloyd_step_op(xa, centers, precision=HIGHEST, groups=groups, group_k=group_k)
     else:
-        labels = kmeans_assign_op(xa, centers, 0, groups, group_k)[0]
-        means, cnt = kmeans_update_op(xa, labels, centers.shape[0], None, torch.are_deterministic_algorithms_enabled())
+        labels = kmeans_assign_op(xa, centers, precision=HIGHEST, groups=groups, group_k=group_k)[0]
+        means, cnt = kmeans_update_op(xa, labels, centers.shape[0], prev_centers=None,
+                                      deterministic=torch.are_deterministic_algorithms_enabled())
     counts.copy_(cnt)
     torch.mul(means.to(torch.float64), counts[:, None], out=sums)
     return labels
@@ -177,8 +178,7 @@ def kmeans_plusplus(x: Tensor, k: int, *, generator: Optional[torch.Generator] =
     def local():
         check_points(x, op)
         kk = check_int(k, "k", low=1, op=op)
-        trials = default_trials(kk) if n_local_trials is None else check_int(n_local_trials, "n_local_trials",
-                                                                             low=1, op=op)
+        trials = local_trials(kk, n_local_trials, op=op)
         return [("x.shape[1]", x.shape[1], True), ("x.dtype", dtype_code(x.dtype), True), ("k", kk, True),
                 ("n_local_trials", trials, True), ("rows", x.shape[0], False)]
 
@@ -277,7 +277,9 @@ def parallel_init(comm: Optional[Comm], xa: Tensor, k: int, seed: int, rows: lis
     l = PARALLEL_OVERSAMPLING * k
 
     def nearest(c):
-        return kmeans_assign_op(xa, c, 0, None, 0) if n else (xa.new_empty(0, dtype=torch.int64), xa.new_empty(0))
+        if not n:
+            return xa.new_empty(0, dtype=torch.int64), xa.new_empty(0)
+        return kmeans_assign_op(xa, c, precision=HIGHEST, groups=None, group_k=0)
 
     def total(t, stage):
         s = t.sum(dtype=torch.float64).reshape(1)
@@ -409,7 +411,7 @@ def lloyd(comm: Comm, xc: Tensor, centers: Tensor, max_iter: int, tol: float, st
             break
         labels_old = labels
     if not strict and n:
-        labels = kmeans_assign_op(xc, centers, 0, None, 0)[0]
+        labels = kmeans_assign_op(xc, centers, precision=HIGHEST, groups=None, group_k=0)[0]
     inertia = torch.zeros(1, dtype=torch.float64, device=dev)
     for r0 in range(0, n, 65536):
         inertia += (xc[r0:r0 + 65536] - centers[labels[r0:r0 + 65536]]).square_().sum(1).sum(dtype=torch.float64)
@@ -479,8 +481,7 @@ def kmeans(x: Tensor, k: int, *, init: Union[str, Tensor] = "k-means++", max_ite
         if t < 0:
             raise ValueError(f"{op}: `tol` must be >= 0, got {t}")
         check_int(seed, "seed", low=0, high=2**32 - 1, op=op)
-        trials = default_trials(kk) if n_local_trials is None else check_int(n_local_trials, "n_local_trials",
-                                                                             low=1, op=op)
+        trials = local_trials(kk, n_local_trials, op=op)
         if isinstance(init, Tensor):
             check_matrix(init, "init", op=op)
             check_float(init, "init", op=op)
@@ -510,7 +511,7 @@ def kmeans(x: Tensor, k: int, *, init: Union[str, Tensor] = "k-means++", max_ite
     if k > N:
         raise ValueError(f"{op}: `k`={k} is larger than the {N} rows of `x` over all ranks")
     xa = x.detach().to(acc_dtype(x.dtype)).contiguous()
-    trials = default_trials(k) if n_local_trials is None else int(n_local_trials)
+    trials = local_trials(k, n_local_trials)
     mean64 = global_mean(comm, xa, N)
     tol_abs = global_tolerance(comm, xa, None, 1, [N], tol, mean64[None, :])[0]
     mean = mean64.to(xa.dtype)
@@ -536,7 +537,7 @@ def _kmeans_single(x, k, init, max_iter, tol, seed, n_local_trials):
         if k > x.shape[0]:
             raise ValueError(f"distributed.kmeans: `k`={k} is larger than the {x.shape[0]} rows of `x`")
         xa = x.detach().to(acc_dtype(x.dtype)).contiguous()
-        trials = default_trials(k) if n_local_trials is None else int(n_local_trials)
+        trials = local_trials(k, n_local_trials)
         init = parallel_init(None, xa, k, seed, [xa.shape[0]], trials)
     est = KMeans(k, init=init, n_init=1, max_iter=max_iter, tol=tol, random_state=seed,
                  n_local_trials=n_local_trials).fit(x)

@@ -14,9 +14,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .._validate import acc_dtype, check_ids, check_int, check_real
+from .._validate import acc_dtype, check_ids, check_int, check_real, local_trials
 from ..kmeans import kmeans_per_group as _kmeans_per_group_single
-from ..ops.kmeans import default_trials
 from ._comm import Comm, Packed, agree, checked, dtype_code, resolve
 from ._plusplus import greedy_plusplus
 from .kmeans import _blank, check_points, global_tolerance, local_step, shared_draws
@@ -103,8 +102,7 @@ def kmeans_per_group(x: Tensor, groups: Tensor, k: int, *, max_iter: int = 20, t
         if t < 0:
             raise ValueError(f"{op}: `tol` must be >= 0, got {t}")
         check_int(seed, "seed", op=op)
-        trials = default_trials(kk) if n_local_trials is None else check_int(n_local_trials, "n_local_trials",
-                                                                             low=1, op=op)
+        trials = local_trials(kk, n_local_trials, op=op)
         g_here = int(ids.max()) + 1 if ids.numel() else 0
         if num_groups is not None:
             ng = check_int(num_groups, "num_groups", low=1, op=op)

@@ -22,7 +22,6 @@ result on a given backend.
 """
 from __future__ import annotations
 
-import math
 import numbers
 from typing import Optional
 
@@ -32,7 +31,7 @@ from torch import Tensor
 
 from .. import _backend
 from .._validate import (acc_dtype, check_ids, check_kmeans_assign, check_kmeans_plusplus, check_kmeans_update,
-                         check_sample_weight, precision_code, precision_name)
+                         check_sample_weight, local_trials, precision_code, precision_name)
 from ..reference import kmeans as _ref
 from ._library import define, triton_kernel
 
@@ -97,18 +96,18 @@ def lloyd_groups_stepwise(x, offsets, centers, max_iter, tol, precision, assign,
     sizes = offsets.diff().to(x.device)
     groups = torch.repeat_interleave(torch.arange(G, device=x.device), sizes)
     tol_g = group_tolerances(x, offsets, float(tol))
-    labels, d = assign(x, centers, precision, groups, k)
+    labels, d = assign(x, centers, precision=precision, groups=groups, group_k=k)
     n_iter = torch.zeros(G, dtype=torch.int64, device=x.device)
     active = torch.ones(G, dtype=torch.bool, device=x.device)
     if sync_every is None:
         sync_every = 1 if x.device.type == "cpu" else LLOYD_SYNC_EVERY
     for it in range(max_iter):
-        new_centers, _ = update(x, labels, G * k, centers, deterministic)
+        new_centers, _ = update(x, labels, G * k, prev_centers=centers, deterministic=deterministic)
         new_centers = torch.where(active.repeat_interleave(k)[:, None], new_centers, centers)
         shift = (new_centers.to(torch.float64) - centers.to(torch.float64)).square().sum(1).view(G, k).sum(1)
         centers = new_centers
         n_iter += active.long()
-        new_labels, d = assign(x, centers, precision, groups, k)
+        new_labels, d = assign(x, centers, precision=precision, groups=groups, group_k=k)
         changed = torch.zeros(G, dtype=torch.int64, device=x.device).index_add_(0, groups, (new_labels != labels).long())
         labels = new_labels
         active &= (changed > 0) & (shift > tol_g)
@@ -290,11 +289,6 @@ def lloyd_groups_runs_here(device: torch.device) -> bool:
 # --------------------------------------------------------------------------- public functions
 
 
-def default_trials(k: int) -> int:
-    """scikit-learn's number of greedy local trials: 2 + floor(log k)."""
-    return 2 + int(math.log(k))
-
-
 def plusplus_draws(sizes: Tensor, k: int, trials: int, generator, device, weights: Optional[Tensor] = None):
     """Random inputs of the seeding: first row of each segment and the [k-1, G, T] uniforms.
 
@@ -349,7 +343,7 @@ def plusplus_random_state(x: Tensor, k: int, rs: np.random.RandomState, weights:
     first row whose running sum of ``w_i D_i^2`` exceeds ``u * sum_i w_i D_i^2``. Row indices int64 [k].
     """
     n = x.shape[0]
-    trials = default_trials(k) if n_local_trials is None else int(n_local_trials)
+    trials = local_trials(k, n_local_trials)
     if weights is None:
         p = np.ones(n, dtype=np.float64 if x.dtype == torch.float64 else np.float32)
     else:
@@ -357,17 +351,17 @@ def plusplus_random_state(x: Tensor, k: int, rs: np.random.RandomState, weights:
     first = torch.tensor([int(rs.choice(n, p=p / p.sum()))], dtype=torch.int64, device=x.device)
     draws = torch.from_numpy(rs.uniform(size=(max(k - 1, 0), 1, trials))).to(x.device)
     offsets = torch.tensor([0, n], dtype=torch.int64, device=x.device)
-    return kmeans_plusplus_op(x, offsets, k, first, draws, weights)[0]
+    return kmeans_plusplus_op(x, offsets, k, first, draws, weights=weights)[0]
 
 
 def plusplus_segments(x: Tensor, offsets: Tensor, k: int, *, generator=None, n_local_trials=None,
                       weights: Optional[Tensor] = None) -> Tensor:
     """Greedy k-means++ in every segment ``x[offsets[g]:offsets[g+1]]`` -> row indices int64 [G, k]."""
-    trials = default_trials(k) if n_local_trials is None else int(n_local_trials)
+    trials = local_trials(k, n_local_trials)
     sizes = (offsets[1:] - offsets[:-1]).to(device=x.device, dtype=torch.int64)
     first, draws = plusplus_draws(sizes, k, trials, generator, x.device, weights)
     first = first + offsets[:-1].to(x.device)
-    return kmeans_plusplus_op(x, offsets.to(x.device, torch.int64), k, first, draws, weights)
+    return kmeans_plusplus_op(x, offsets.to(x.device, torch.int64), k, first, draws, weights=weights)
 
 
 def kmeans_assign(x: Tensor, centers: Tensor, *, precision: str = "highest"):
@@ -379,7 +373,7 @@ def kmeans_assign(x: Tensor, centers: Tensor, *, precision: str = "highest"):
     """
     check_kmeans_assign(x, centers, precision)
     _backend.refresh()
-    return kmeans_assign_op(x, centers, precision_code(precision), None, 0)
+    return kmeans_assign_op(x, centers, precision=precision_code(precision), groups=None, group_k=0)
 
 
 def kmeans_update(x: Tensor, labels: Tensor, k: int, *, prev_centers: Optional[Tensor] = None,
@@ -393,8 +387,8 @@ def kmeans_update(x: Tensor, labels: Tensor, k: int, *, prev_centers: Optional[T
     """
     check_kmeans_update(x, labels, k, prev_centers, sample_weight)
     _backend.refresh()
-    return kmeans_update_op(x, labels, int(k), prev_centers, torch.are_deterministic_algorithms_enabled(),
-                            sample_weight)
+    return kmeans_update_op(x, labels, int(k), prev_centers=prev_centers,
+                            deterministic=torch.are_deterministic_algorithms_enabled(), weights=sample_weight)
 
 
 def kmeans_lloyd_step(x: Tensor, centers: Tensor, *, groups: Optional[Tensor] = None, group_k: int = 0,
@@ -415,7 +409,8 @@ def kmeans_lloyd_step(x: Tensor, centers: Tensor, *, groups: Optional[Tensor] = 
     if sample_weight is not None:
         check_sample_weight(sample_weight, x, op="kmeans_lloyd_step")
     _backend.refresh()
-    return kmeans_lloyd_step_op(x, centers, precision_code(precision), groups, int(group_k), sample_weight)
+    return kmeans_lloyd_step_op(x, centers, precision=precision_code(precision), groups=groups, group_k=int(group_k),
+                                weights=sample_weight)
 
 
 def kmeans_plusplus(x, k: int, *, sample_weight=None, x_squared_norms=None, random_state=None,

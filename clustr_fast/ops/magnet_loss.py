@@ -56,7 +56,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend, reference
-from .._validate import acc_dtype, check_magnet_loss, check_magnet_loss_batch, variance_tensor
+from .._validate import HIGHEST, acc_dtype, check_magnet_loss, check_magnet_loss_batch, variance_tensor
 from ..reference.cluster_means import _cluster_means, _cluster_variance
 from .cluster_means import cluster_variance_core
 from .kmeans import kmeans_assign_op
@@ -323,11 +323,12 @@ def _fused_variance(variance, feats):
 
 def _magnet_loss_batch_fused(feats, cluster_ids, cluster_classes, alpha, variance, eps, reduction):
     var_t, var_v = _fused_variance(variance, feats)
-    args = (feats, cluster_ids, cluster_classes, var_t, var_v, float(alpha), float(eps), None)
+    args = (feats, cluster_ids, cluster_classes, var_t, var_v, float(alpha), float(eps))
     if reduction == "none" or not (torch.is_grad_enabled() and feats.requires_grad):
-        return _reduce(magnet_loss_batch_op(*args, 1.0, False)[0], reduction)
+        losses = magnet_loss_batch_op(*args, row_weight=None, weight=1.0, with_grad=False)[0]
+        return _reduce(losses, reduction)
     weight = 1.0 / max(feats.shape[0], 1) if reduction == "mean" else 1.0
-    return magnet_loss_batch_op(*args, weight, True)[1]
+    return magnet_loss_batch_op(*args, row_weight=None, weight=weight, with_grad=True)[1]
 
 
 # --------------------------------------------------------------------------- public functions
@@ -371,7 +372,7 @@ def magnet_loss(feats, centers, assign=None, center_classes=None, *, alpha=1.0, 
         check_magnet_loss(feats, centers, assign, center_classes, alpha, variance, eps, reduction)
     _backend.refresh()
     if assign is None:
-        assign = kmeans_assign_op(feats.detach(), centers.detach(), 0, None, 0)[0]
+        assign = kmeans_assign_op(feats.detach(), centers.detach(), precision=HIGHEST, groups=None, group_k=0)[0]
     if center_classes is None:
         center_classes = torch.arange(centers.shape[0], device=centers.device)
     if not _backend.ops_available():
@@ -380,17 +381,17 @@ def magnet_loss(feats, centers, assign=None, center_classes=None, *, alpha=1.0, 
     acc = acc_dtype(feats.dtype)
     weight = 1.0 / max(feats.shape[0], 1) if reduction == "mean" else 1.0
     if variance is None and fused_global_applies(feats, centers, None, reduction):
-        return magnet_loss_fused_op(feats, centers, assign, center_classes, None, None, float(alpha), float(eps),
-                                    weight)[0]
+        return magnet_loss_fused_op(feats, centers, assign, center_classes, valid=None, var=None, alpha=float(alpha),
+                                    eps=float(eps), weight=weight)[0]
     if variance is None:
         var = cluster_variance_core(feats.to(acc), centers.to(acc), assign)
     else:
         var = variance_tensor(variance, feats.to(acc))
     if fused_global_applies(feats, centers, var, reduction):
-        return magnet_loss_fused_op(feats, centers, assign, center_classes, None, var, float(alpha), float(eps),
-                                    weight)[0]
-    loss, _ = magnet_loss_fwd_op(feats, centers, assign, center_classes, None, var,
-                                 float(alpha), float(eps))
+        return magnet_loss_fused_op(feats, centers, assign, center_classes, valid=None, var=var, alpha=float(alpha),
+                                    eps=float(eps), weight=weight)[0]
+    loss, _ = magnet_loss_fwd_op(feats, centers, assign, center_classes, valid=None, var=var, alpha=float(alpha),
+                                 eps=float(eps))
     return _reduce(loss, reduction)
 
 
@@ -418,6 +419,6 @@ def magnet_loss_batch(feats, cluster_ids, cluster_classes, *, alpha=1.0, varianc
         var = cluster_variance_core(f, mu, cluster_ids)
     else:
         var = variance_tensor(variance, f)
-    loss, _ = magnet_loss_fwd_op(f, mu, cluster_ids, cluster_classes, counts > 0, var,
-                                 float(alpha), float(eps))
+    loss, _ = magnet_loss_fwd_op(f, mu, cluster_ids, cluster_classes, valid=counts > 0, var=var, alpha=float(alpha),
+                                 eps=float(eps))
     return _reduce(loss, reduction)
