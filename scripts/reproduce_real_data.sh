@@ -19,8 +19,9 @@
 # Environment: RECIPES (default: every real-data recipe, Fashion-MNIST ones need
 # `apt-get install dataset-fashion-mnist`, mnist5k ones `pip install .[data]`), ATTACK_N (test images
 # attacked, default 1000; a fixed random subset, seed 0), AUTOATTACK_N (default 500), THREADS (default 2),
-# PYTHON (default python3), EXTRA_TRAIN / EXTRA_EVAL (flags appended to every train / eval command,
-# split at spaces), NO_COLLECT=1 (skip the table; for smoke tests).
+# PYTHON (default python3), EXTRA_TRAIN / EXTRA_EVAL / EXTRA_CERTIFY (flags appended to every train /
+# eval / certify command, split at spaces), REAL_TABLE_ARGS (flags of the table's collect command,
+# e.g. --json PATH --md PATH to write elsewhere than the repository).
 set -euo pipefail
 if [ $# -ne 1 ]; then
   echo "usage: $0 OUT" >&2
@@ -34,6 +35,8 @@ AUTOATTACK_N=${AUTOATTACK_N:-500}
 export OMP_NUM_THREADS=${THREADS:-2}
 read -r -a EXTRA_TRAIN <<< "${EXTRA_TRAIN:-}"
 read -r -a EXTRA_EVAL <<< "${EXTRA_EVAL:-}"
+read -r -a EXTRA_CERTIFY <<< "${EXTRA_CERTIFY:-}"
+read -r -a TABLE_ARGS <<< "${REAL_TABLE_ARGS:-}"
 CLI=("$PY" -m clustr_fast.cli)
 RADII=0.1,0.3,0.5,1,1.58
 mkdir -p "$OUT"
@@ -52,13 +55,15 @@ train() {  # train RECIPE [flags]: skipped when OUT/RECIPE/checkpoint.pt is fini
 
 evaluate() {  # evaluate RECIPE FOLDER COMMAND [flags]: skipped when OUT/RECIPE/FOLDER holds its JSON
   local recipe=$1 folder=$2 command=$3; shift 3
+  local extra=("${EXTRA_EVAL[@]}")
+  [ "$command" = certify ] && extra=("${EXTRA_CERTIFY[@]}")
   if compgen -G "$OUT/$recipe/$folder/*.json" > /dev/null; then
     say "$recipe $folder: done, skipped"
     return
   fi
   say "$recipe $folder: evaluating"
   local rc=0
-  "${CLI[@]}" "$command" "$OUT/$recipe/checkpoint.pt" --out "$OUT/$recipe/$folder" "$@" "${EXTRA_EVAL[@]}" || rc=$?
+  "${CLI[@]}" "$command" "$OUT/$recipe/checkpoint.pt" --out "$OUT/$recipe/$folder" "$@" "${extra[@]}" || rc=$?
   # 1: the evaluation ran and wrote its JSON, but a check failed (reported in the table)
   if [ "$rc" -ne 0 ] && [ "$rc" -ne 1 ]; then
     exit "$rc"
@@ -87,7 +92,5 @@ for recipe in $RECIPES; do
     say "torchattacks is not installed: AutoAttack skipped (pip install 'clustr_fast[robust]')"
   fi
 done
-if [ "${NO_COLLECT:-0}" != 1 ]; then
-  "$PY" -m clustr_fast.train.real_table collect "$OUT"
-fi
+"$PY" -m clustr_fast.train.real_table collect "$OUT" "${TABLE_ARGS[@]}"
 say "done"
