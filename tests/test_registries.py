@@ -42,7 +42,7 @@ def test_every_model_builds_from_the_inputs_it_declares(name):
 
 
 def test_input_keywords_reject_what_a_model_does_not_take():
-    with pytest.raises(ValueError, match="model 'cnn' takes .*S in 8/28"):
+    with pytest.raises(ValueError, match=r"model 'cnn' takes \[N, C, 8, 8\] images or \[N, C, 28, 28\] images"):
         input_keywords("cnn", torch.rand(2, 1, 16, 16))
     with pytest.raises(ValueError, match="model 'mlp' takes"):
         input_keywords("mlp", torch.rand(2, 1, 8, 8))

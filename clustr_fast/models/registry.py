@@ -37,9 +37,10 @@ class ModelSpec:
     def describe_input(self) -> str:
         if self.inputs == "points":
             return "[N, D] points"
-        sizes = ("S in " + "/".join(map(str, self.image_sizes)) if self.image_sizes
-                 else f"S divisible by {self.image_multiple}" if self.image_multiple > 1 else "any S")
-        text = f"[N, C, S, S] images, {sizes}"
+        if self.image_sizes:
+            text = " or ".join(f"[N, C, {s}, {s}] images" for s in self.image_sizes)
+        else:
+            text = "[N, C, S, S] images" + (f", S divisible by {self.image_multiple}" if self.image_multiple > 1 else "")
         return text + " (or [N, D] points)" if self.inputs == "any" else text
 
     def check_input(self, shape: tuple) -> str | None:

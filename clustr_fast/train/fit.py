@@ -141,131 +141,225 @@ def fit(config: TrainConfig, train_set: ArrayDataset | None = None, test_set: Ar
         teardown(world)
 
 
+@dataclass
+class _Run:
+    """What one training run holds between its steps; the config itself is never changed."""
+
+    cfg: TrainConfig
+    world: object
+    device: torch.device
+    train: ArrayDataset
+    test: ArrayDataset
+    spec: dict
+    path: str | None
+    net: torch.nn.Module
+    classifier: ClusterClassifier
+    cpu_gen: torch.Generator
+    dev_gen: torch.Generator
+    sampler: NeighbourhoodSampler | None
+    schedule: list
+    history: list
+    done: int = 0
+    clustering: Clustering | None = None
+    opt_state: dict | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return self.train.num_classes
+
+
 def _fit(cfg, world, device, train_set, test_set, callback, t0):
+    """The paper's algorithm, one step per function: data and model (``_start``), then per epoch the
+    cross-entropy warm start (``_warm_start_epoch``) or a Magnet epoch (``_magnet_epoch``: refresh
+    the clusters, Magnet loss with the QTRADES and certified-margin terms, refresh again), the test
+    accuracy and the checkpoint (``_end_epoch``)."""
+    run = _start(cfg, world, device, train_set, test_set)
+    optimizer, phase_now, model, frozen = None, None, run.net, []
+    for global_epoch, (phase, epoch) in enumerate(run.schedule, 1):
+        if global_epoch <= run.done:
+            continue
+        if phase != phase_now:
+            optimizer, model, frozen = _start_phase(run, phase)
+            phase_now = phase
+        timer = Timer(device)
+        with timer("epoch"):
+            if phase == "ce":
+                lr, stats = _warm_start_epoch(run, model, optimizer, epoch, global_epoch, timer)
+            else:
+                lr, stats = _magnet_epoch(run, model, optimizer, epoch, global_epoch, timer)
+            stats = mean_stats(stats, ("train_loss", "magnet_loss", "qtrades_loss", "margin_loss"), world)
+            with timer("eval"):
+                test_acc = accuracy(run.classifier, run.test.x, run.test.y, device, world=world)
+        _end_epoch(run, optimizer, _record(phase, epoch, global_epoch, lr, stats, test_acc, timer.seconds,
+                                           run.clustering), callback)
+    for p in frozen:
+        p.requires_grad_(True)
+    if cfg.method != "ce" and run.clustering is None:      # no Magnet epoch: cluster the warm-start features
+        _refresh(run, Timer(device))
+        _checkpoint(run, optimizer)
+    barrier(world)
+    return TrainResult(run.classifier.eval(), run.history, time.perf_counter() - t0, run.path, cfg, world.rank,
+                       world.size)
+
+
+def _start(cfg, world, device, train_set, test_set) -> _Run:
+    """Data, model, generators, sampler; a checkpoint of the same run resumes after its last epoch."""
     train, test = _datasets(cfg, train_set, test_set)
     if len(train) < world.size:
         raise ConfigError(f"fit: {world.size} processes need >= {world.size} training examples, got {len(train)}")
-    num_classes = train.num_classes
-    _check_clusters(cfg, train, num_classes)
+    _check_clusters(cfg, train, train.num_classes)
     spec = _model_spec(cfg, train)
     path = os.path.join(cfg.out_dir, CHECKPOINT_NAME) if cfg.out_dir else None
     state = from_rank0(lambda: _resume_state(cfg, path, spec, len(train)), world)
-    progress = cfg.progress and world.main
-
     torch.manual_seed(cfg.seed)
     net = build_model(spec["name"], spec["num_classes"], **spec["kwargs"]).to(device)
-    classifier = ClusterClassifier(net, None, cfg.method, num_classes)
     cpu_gen = torch.Generator().manual_seed(cfg.seed)
-    dev_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-    schedule = _schedule(cfg)
-    sampler = NeighbourhoodSampler(len(train), cfg.m, cfg.d, cpu_gen) if cfg.method != "ce" else None
-    qtrades = ({"lambda": cfg.qtrades_lambda, "eps": cfg.qtrades_eps, "step": cfg.qtrades_step,
-                "centers": cfg.qtrades_centers, "num_classes": num_classes, "top_d": cfg.top_d}
-               if cfg.method == "clustr-qtrades" else None)
-    margin = ({"weight": cfg.margin_weight, "radius": cfg.margin_radius}
-              if cfg.margin_weight > 0 and cfg.method != "ce" else None)
+    run = _Run(cfg, world, device, train, test, spec, path, net,
+               ClusterClassifier(net, None, cfg.method, train.num_classes), cpu_gen,
+               torch.Generator(device=device).manual_seed(cfg.seed + 1),
+               NeighbourhoodSampler(len(train), cfg.m, cfg.d, cpu_gen) if cfg.method != "ce" else None,
+               _schedule(cfg), [])
     if state is None and cfg.init_from is not None:     # the Magnet phase starts from the warm start
         net.load_state_dict(_warm_start(cfg, spec))
-    history, done, clustering, opt_state = [], 0, None, None
     if state is not None:
-        net.load_state_dict(state["net"])
-        cpu_gen.set_state(state["generators"]["cpu"])
-        dev_gen.set_state(state["generators"]["device"])
-        history, done, opt_state = list(state["history"]), int(state["epochs_done"]), state["optimizer"]
-        if state["clustering"] is not None:
-            clustering = Clustering.from_state(state["clustering"], device)
-            sampler.set_clusters(clustering.assign, clustering.centers, clustering.center_classes)
-            classifier.head = _head(clustering, num_classes, cfg.top_d).to(device)
-        if sampler is not None and state["sampler"] is not None:
-            sampler.load_state_dict(state["sampler"])
+        _resume(run, state)
+    return run
 
-    optimizer, phase_now, model, frozen = None, None, net, []
-    for global_epoch, (phase, epoch) in enumerate(schedule, 1):
-        if global_epoch <= done:
-            continue
-        if phase != phase_now:
-            lr = cfg.lr_ce if phase == "ce" else cfg.lr
-            optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=cfg.weight_decay)
-            if opt_state is not None and schedule[done - 1][0] == phase:
-                optimizer.load_state_dict(opt_state)
-            opt_state, phase_now = None, phase
-            model, frozen = ddp_model(net, world, device, features_of=None if phase == "ce" else train.x[:1].to(device))
-        # one process: the run's generators; several: each rank's own draws (augmentation, sampler,
-        # QTRADES noise) from generators keyed on (seed, epoch, rank); the shuffle and the
-        # k-means++ seeding stay on the shared generators, which advance alike on every rank
-        own_cpu, own_dev = cpu_gen, dev_gen
-        if world.sharded:
-            own_cpu = rank_generator(cfg.seed, global_epoch, world.rank)
-            own_dev = rank_generator(cfg.seed, global_epoch, world.rank, device)
-        timer = Timer(device)
-        desc = f"{phase} {epoch}/{cfg.epochs_ce if phase == 'ce' else cfg.epochs_magnet}"
-        with timer("epoch"):
-            if phase == "ce":
-                lr = ce_lr(cfg.lr_ce, epoch - 1, cfg.epochs_ce)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                with timer("train"):
-                    stats = ce_epoch(model, optimizer, train, batch_size=cfg.batch_size, device=device,
-                                     generator=cpu_gen, augment=cfg.augment, max_steps=cfg.max_steps,
-                                     progress=progress, desc=desc, world=world, aug_generator=own_cpu)
-            else:
-                lr = _magnet_lr(cfg.lr, epoch, cfg.magnet_lr_milestones)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                refresh_kw = dict(k=cfg.k, iters=cfg.kmeans_iters, n_init=cfg.kmeans_n_init, alpha=cfg.alpha,
-                                  device=device, generator=dev_gen,
-                                  timer=timer, world=world)
-                start_loss = None
-                if clustering is None:
-                    clustering = refresh(net, train, sampler, **refresh_kw)
-                    start_loss = clustering.loss
-                if qtrades is not None:
-                    qtrades["clustering"] = clustering     # "global" QTRADES measures p(.) against it
-                sampler.gen = own_cpu
-                if margin is not None:                     # the bound moves with the weights (1/scale for lip-*)
-                    margin["lipschitz"] = feature_lipschitz(net, train.x[:1].to(device))
-                with timer("train"):
-                    stats = magnet_epoch(model, optimizer, train, sampler, alpha=cfg.alpha, device=device,
-                                         cpu_gen=own_cpu, dev_gen=own_dev, timer=timer, augment=cfg.augment,
-                                         qtrades=qtrades, max_steps=cfg.max_steps, progress=progress,
-                                         desc=desc, world=world, batch_variance=cfg.batch_variance, margin=margin)
-                sync_buffers(net, world)
-                clustering = refresh(net, train, sampler, **refresh_kw)
-                classifier.head = _head(clustering, num_classes, cfg.top_d).to(device)
-            if phase == "ce":
-                sync_buffers(net, world)
-            stats = mean_stats(stats, ("train_loss", "magnet_loss", "qtrades_loss", "margin_loss"), world)
-            with timer("eval"):
-                test_acc = accuracy(classifier, test.x, test.y, device, world=world)
-        record = _record(phase, epoch, global_epoch, lr, stats, test_acc, timer.seconds, clustering)
-        if phase == "magnet":
-            record["full_loss"] = clustering.loss
-            if start_loss is not None:
-                record["full_loss_start"] = start_loss
-        history.append(record)
-        done = global_epoch
-        if path is not None and world.main:
-            _save(path, cfg, spec, net, optimizer, cpu_gen, dev_gen, sampler, clustering, history, done,
-                  len(schedule), len(train))
-            write_metrics(history, cfg.out_dir)
-        if callback is not None and world.main:
-            callback(record)
-    for p in frozen:
-        p.requires_grad_(True)
 
-    if cfg.method != "ce" and clustering is None:      # no Magnet epoch: cluster the warm-start features
-        clustering = refresh(net, train, sampler, k=cfg.k, iters=cfg.kmeans_iters, n_init=cfg.kmeans_n_init,
-                             alpha=cfg.alpha, device=device,
-                             generator=dev_gen, timer=Timer(device), world=world)
-        classifier.head = _head(clustering, num_classes, cfg.top_d).to(device)
-        if path is not None and world.main:
-            _save(path, cfg, spec, net, optimizer, cpu_gen, dev_gen, sampler, clustering, history, done,
-                  len(schedule), len(train))
-    barrier(world)
-    return TrainResult(classifier.eval(), history, time.perf_counter() - t0, path, cfg, world.rank, world.size)
+def _resume(run, state):
+    run.net.load_state_dict(state["net"])
+    run.cpu_gen.set_state(state["generators"]["cpu"])
+    run.dev_gen.set_state(state["generators"]["device"])
+    run.history, run.done, run.opt_state = list(state["history"]), int(state["epochs_done"]), state["optimizer"]
+    if state["clustering"] is not None:
+        run.clustering = Clustering.from_state(state["clustering"], run.device)
+        run.sampler.set_clusters(run.clustering.assign, run.clustering.centers, run.clustering.center_classes)
+        run.classifier.head = _head(run.clustering, run.num_classes, run.cfg.top_d).to(run.device)
+    if run.sampler is not None and state["sampler"] is not None:
+        run.sampler.load_state_dict(state["sampler"])
+
+
+def _start_phase(run, phase):
+    """A fresh Adam for the phase (its saved state when resuming inside it) and the model to train
+    (DistributedDataParallel under several processes): ``(optimizer, model, frozen parameters)``."""
+    cfg = run.cfg
+    optimizer = torch.optim.Adam(run.net.parameters(), lr=cfg.lr_ce if phase == "ce" else cfg.lr,
+                                 weight_decay=cfg.weight_decay)
+    if run.opt_state is not None and run.schedule[run.done - 1][0] == phase:
+        optimizer.load_state_dict(run.opt_state)
+    run.opt_state = None
+    features_of = None if phase == "ce" else run.train.x[:1].to(run.device)
+    model, frozen = ddp_model(run.net, run.world, run.device, features_of=features_of)
+    return optimizer, model, frozen
+
+
+def _own_generators(run, global_epoch):
+    """One process: the run's generators; several: each rank's own draws (augmentation, sampler,
+    QTRADES noise) from generators keyed on (seed, epoch, rank); the shuffle and the k-means++
+    seeding stay on the shared generators, which advance alike on every rank."""
+    if not run.world.sharded:
+        return run.cpu_gen, run.dev_gen
+    return (rank_generator(run.cfg.seed, global_epoch, run.world.rank),
+            rank_generator(run.cfg.seed, global_epoch, run.world.rank, run.device))
+
+
+def _set_lr(optimizer, lr):
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def _warm_start_epoch(run, model, optimizer, epoch, global_epoch, timer):
+    """One cross-entropy epoch (the warm start): ``(lr, stats)``."""
+    cfg = run.cfg
+    lr = ce_lr(cfg.lr_ce, epoch - 1, cfg.epochs_ce)
+    _set_lr(optimizer, lr)
+    own_cpu, _ = _own_generators(run, global_epoch)
+    with timer("train"):
+        stats = ce_epoch(model, optimizer, run.train, batch_size=cfg.batch_size, device=run.device,
+                         generator=run.cpu_gen, augment=cfg.augment, max_steps=cfg.max_steps,
+                         progress=cfg.progress and run.world.main, desc=f"ce {epoch}/{cfg.epochs_ce}",
+                         world=run.world, aug_generator=own_cpu)
+    sync_buffers(run.net, run.world)
+    return lr, stats
+
+
+def _refresh(run, timer):
+    """Embed the training set, cluster it per class (k-means++ and Lloyd), hand the clusters to the
+    sampler and the prediction head."""
+    cfg = run.cfg
+    run.clustering = refresh(run.net, run.train, run.sampler, k=cfg.k, iters=cfg.kmeans_iters,
+                             n_init=cfg.kmeans_n_init, alpha=cfg.alpha, device=run.device, generator=run.dev_gen,
+                             timer=timer, world=run.world)
+    run.classifier.head = _head(run.clustering, run.num_classes, cfg.top_d).to(run.device)
+    return run.clustering
+
+
+def _qtrades_term(run):
+    """The QTRADES settings of this epoch (None without QTRADES); "global" p(.) reads the last refresh."""
+    cfg = run.cfg
+    if cfg.method != "clustr-qtrades":
+        return None
+    return {"lambda": cfg.qtrades_lambda, "eps": cfg.qtrades_eps, "step": cfg.qtrades_step,
+            "centers": cfg.qtrades_centers, "num_classes": run.num_classes, "top_d": cfg.top_d,
+            "clustering": run.clustering}
+
+
+def _margin_term(run):
+    """The certified-margin settings of this epoch (None when off); the bound is taken now, since it
+    moves with the weights of a model whose bound is not fixed."""
+    cfg = run.cfg
+    if cfg.margin_weight <= 0 or cfg.method == "ce":
+        return None
+    return {"weight": cfg.margin_weight, "radius": cfg.margin_radius,
+            "lipschitz": feature_lipschitz(run.net, run.train.x[:1].to(run.device))}
+
+
+def _magnet_epoch(run, model, optimizer, epoch, global_epoch, timer):
+    """One Magnet epoch: the clusters (refreshed first when there are none yet), the Magnet loss on
+    neighbourhood batches with the QTRADES and certified-margin terms, then the refresh that serves
+    the next epoch and the prediction head: ``(lr, stats)``, ``stats["full_loss_start"]`` when the
+    epoch began with a refresh."""
+    cfg = run.cfg
+    lr = _magnet_lr(cfg.lr, epoch, cfg.magnet_lr_milestones)
+    _set_lr(optimizer, lr)
+    start_loss = None
+    if run.clustering is None:
+        start_loss = _refresh(run, timer).loss
+    own_cpu, own_dev = _own_generators(run, global_epoch)
+    run.sampler.gen = own_cpu
+    with timer("train"):
+        stats = magnet_epoch(model, optimizer, run.train, run.sampler, alpha=cfg.alpha, device=run.device,
+                             cpu_gen=own_cpu, dev_gen=own_dev, timer=timer, augment=cfg.augment,
+                             qtrades=_qtrades_term(run), max_steps=cfg.max_steps,
+                             progress=cfg.progress and run.world.main, desc=f"magnet {epoch}/{cfg.epochs_magnet}",
+                             world=run.world, batch_variance=cfg.batch_variance, margin=_margin_term(run))
+    sync_buffers(run.net, run.world)
+    _refresh(run, timer)
+    if start_loss is not None:
+        stats["full_loss_start"] = start_loss
+    return lr, stats
+
+
+def _end_epoch(run, optimizer, record, callback):
+    """Keep the epoch's record; rank 0 writes the checkpoint and the metrics and calls ``callback``."""
+    run.history.append(record)
+    run.done = record["global_epoch"]
+    _checkpoint(run, optimizer)
+    if run.path is not None and run.world.main:
+        write_metrics(run.history, run.cfg.out_dir)
+    if callback is not None and run.world.main:
+        callback(record)
+
+
+def _checkpoint(run, optimizer):
+    if run.path is not None and run.world.main:
+        _save(run.path, run.cfg, run.spec, run.net, optimizer, run.cpu_gen, run.dev_gen, run.sampler,
+              run.clustering, run.history, run.done, len(run.schedule), len(run.train))
 
 
 def _record(phase, epoch, global_epoch, lr, stats, test_acc, sec, clustering):
+    stats = dict(stats)
+    start_loss = stats.pop("full_loss_start", None)
     r = {"phase": phase, "epoch": epoch, "global_epoch": global_epoch, "lr": lr, **stats, "test_acc": test_acc,
          "epoch_s": sec["epoch"], "train_s": sec["train"], "eval_s": sec["eval"]}
     if stats["steps"]:
@@ -278,6 +372,10 @@ def _record(phase, epoch, global_epoch, lr, stats, test_acc, sec, clustering):
     if stats["steps"] < stats["planned_steps"] and stats["steps"]:
         full = r["step_s"] * stats["planned_steps"]
         r["full_epoch_s_est"] = full + (sec["embed"] + sec["kmeans"] if phase == "magnet" else 0.0)
+    if phase == "magnet":
+        r["full_loss"] = clustering.loss
+        if start_loss is not None:
+            r["full_loss_start"] = start_loss
     return r
 
 
