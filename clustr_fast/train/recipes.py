@@ -247,7 +247,7 @@ def _real_rows(data, prefix, *, ce_epochs, magnet_epochs, lip, qtrades=None):
     return rows
 
 
-REAL_BUDGET = {"fmnist-ce": 15, "fmnist-clustr": 15, "fmnist-clustr-qtrades": 30, "fmnist-clustr-lip": 30,
+REAL_BUDGET = {"fmnist-ce": 10, "fmnist-clustr": 10, "fmnist-clustr-qtrades": 20, "fmnist-clustr-lip": 30,
                "mnist5k-ce": 5, "mnist5k-clustr": 5, "mnist5k-clustr-lip": 15}
 _FMNIST_LIP = {
     "train": dict(data="fashion-mnist", method="magnet", model="lip-cnn", k=2, m=20, d=25, alpha=1.0, lr=1e-3,
@@ -276,7 +276,7 @@ REAL_MEASURED = {
 
 
 def _build_real():
-    rows = [*_real_rows("fashion-mnist", "fmnist", ce_epochs=6, magnet_epochs=4, lip=_FMNIST_LIP, qtrades={}),
+    rows = [*_real_rows("fashion-mnist", "fmnist", ce_epochs=3, magnet_epochs=2, lip=_FMNIST_LIP, qtrades={}),
             *_real_rows("mnist5k", "mnist5k", ce_epochs=20, magnet_epochs=10, lip=_MNIST5K_LIP)]
     return {name: _real(name, summary, train, sources=src, budget=REAL_BUDGET[name], warm_start=warm)
             for name, summary, train, src, warm in rows}
