@@ -298,6 +298,11 @@ def check_sample_weight(sample_weight, x, *, op=None):
     if sample_weight.dim() != 1 or sample_weight.shape[0] != x.shape[0]:
         raise ValueError(f"{_p(op)}`sample_weight` must have shape ({x.shape[0]},), got {tuple(sample_weight.shape)}")
     check_same_device(("x", x), ("sample_weight", sample_weight), op=op)
+    check_weight_values(sample_weight, op=op)
+
+
+def check_weight_values(sample_weight, *, op=None):
+    """The values of a weight tensor: finite, >= 0 and not all 0 (one read; nothing to check when empty)."""
     if sample_weight.numel():
         lo, hi = torch.stack(torch.aminmax(sample_weight.detach())).tolist()
         if not (math.isfinite(lo) and math.isfinite(hi)):
@@ -305,7 +310,7 @@ def check_sample_weight(sample_weight, x, *, op=None):
         if lo < 0:
             raise ValueError(f"{_p(op)}`sample_weight` must be >= 0, got min {lo}")
         if hi == 0:
-            raise ValueError(f"{_p(op)}`sample_weight` must have at least one positive entry")
+            raise ValueError(f"{_p(op)}`sample_weight` is all zero; it must have at least one positive entry")
 
 
 def check_kmeans_plusplus(x, k, n_local_trials=None, sample_weight=None):

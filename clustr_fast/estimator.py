@@ -34,7 +34,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Hidden, Interval, StrOptions
 from sklearn.utils.validation import _is_arraylike_not_scalar, check_array, check_is_fitted, validate_data
 
-from ._validate import PRECISIONS, precision_code
+from ._validate import PRECISIONS, check_weight_values, precision_code
 from .kmeans import lloyd_step, tolerance
 from .ops.kmeans import kmeans_assign_op, plusplus_random_state
 from .ops.pairwise_sqdist import pairwise_sqdist
@@ -133,13 +133,7 @@ def _weights(sample_weight, data):
     if w.dim() != 1 or w.shape[0] != n:
         raise ValueError(f"{_OP}: `sample_weight` must be a scalar or have shape ({n},), got {tuple(w.shape)}")
     w = w.to(device=x.device, dtype=x.dtype).contiguous()
-    lo, hi = (float(v) for v in torch.aminmax(w))
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        raise ValueError(f"{_OP}: `sample_weight` contains NaN or infinity")
-    if lo < 0:
-        raise ValueError(f"{_OP}: `sample_weight` must be >= 0, got a minimum of {lo}")
-    if hi == 0:
-        raise ValueError(f"{_OP}: `sample_weight` must contain at least one non-zero number")
+    check_weight_values(w, op=_OP)
     return w
 
 

@@ -1,4 +1,5 @@
-"""Shared helpers for the Triton launchers: dtypes, precision, launch sizes."""
+"""Shared helpers for the Triton launchers and kernels: dtypes, precision, launch sizes, and the
+Magnet row math of csrc/magnet_math.h as ``@triton.jit`` functions."""
 import torch
 import triton
 import triton.language as tl
@@ -43,3 +44,36 @@ def logaddexp(x, y):
 def mma(a, b, acc, PREC: tl.constexpr):
     """acc + a @ b with ``input_precision`` PREC (``dot_precision``), accumulated in acc's dtype."""
     return tl.dot(a, b, acc, input_precision=PREC, out_dtype=acc.dtype)
+
+
+@triton.jit
+def magnet_row_loss(a, lse, has, log_eps, USE_EPS: tl.constexpr):
+    """The Magnet loss of each row from ``a`` = A_i = -s own_i - alpha and ``lse`` = L_i (read only where
+    ``has``: the row has an impostor), as ``row_loss`` of csrc/magnet_math.h:
+    eps > 0: relu(-logaddexp(A_i - logaddexp(L_i, log eps), log eps)); eps = 0: relu(L_i - A_i), 0 without
+    impostor."""
+    if USE_EPS:
+        le = tl.zeros_like(a) + log_eps
+        b = tl.where(has, logaddexp(lse, le), le)
+        loss = tl.maximum(-logaddexp(a - b, le), 0.0)
+    else:
+        loss = tl.where(has, tl.maximum(lse - a, 0.0), 0.0)
+    return loss
+
+
+@triton.jit
+def magnet_row_coefficients(g, loss, a, lse, has, log_eps, USE_EPS: tl.constexpr):
+    """``(gA, gL)``: the derivatives of ``g * loss_i`` in A_i and L_i (arguments as :func:`magnet_row_loss`),
+    as ``row_coefficients`` of csrc/magnet_math.h."""
+    gate = tl.where(loss > 0, g, 0.0)
+    if USE_EPS:
+        le = tl.zeros_like(a) + log_eps
+        b = tl.where(has, logaddexp(lse, le), le)
+        sig = tl.sigmoid(a - b - log_eps)
+        tau = tl.where(has, tl.sigmoid(lse - log_eps), 0.0)
+        g_a = -gate * sig
+        g_l = gate * sig * tau
+    else:
+        g_a = tl.where(has, -gate, 0.0)
+        g_l = tl.where(has, gate, 0.0)
+    return g_a, g_l

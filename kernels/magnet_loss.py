@@ -22,7 +22,7 @@ import triton.language as tl
 from clustr_fast._validate import acc_dtype
 
 from . import triton_interpreted
-from ._common import logaddexp as _logaddexp, dot_precision, mma, tl_dtype
+from ._common import dot_precision, magnet_row_loss, mma, tl_dtype
 
 P_BLOCK_ELEMS = 1 << 22  # rows per backward block: at most this many P entries (16 MB in fp32)
 
@@ -115,13 +115,7 @@ def _magnet_fwd_kernel(F, MU, CN, ASSIGN, CLS, VALID, VAR, LOSS, STATS, N, C, D,
     l_safe = tl.where(has, l, 1.0)
     lse0 = tl.where(has, m + tl.log(l_safe), 0.0)
     expected = tl.where(has, e / l_safe, 0.0)
-    a_log = -s * own - alpha
-    if USE_EPS:
-        le = tl.zeros((BLOCK_M,), dtype=ACC) + log_eps
-        b = tl.where(has, _logaddexp(lse0, le), le)
-        loss = tl.maximum(-_logaddexp(a_log - b, le), 0.0)
-    else:
-        loss = tl.where(has, tl.maximum(lse0 - a_log, 0.0), 0.0)
+    loss = magnet_row_loss(-s * own - alpha, lse0, has, log_eps, USE_EPS)
     tl.store(LOSS + rows, loss, mask=mask_m)
     tl.store(STATS + rows, own, mask=mask_m)
     tl.store(STATS + N + rows, tl.where(has, lse0, float("-inf")), mask=mask_m)

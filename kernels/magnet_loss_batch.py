@@ -24,7 +24,7 @@ import triton.language as tl
 from clustr_fast._validate import acc_dtype
 
 from . import triton_interpreted
-from ._common import logaddexp as _logaddexp, tl_dtype
+from ._common import magnet_row_coefficients, magnet_row_loss, tl_dtype
 
 MAX_CLUSTERS = 64  # BM: every batch cluster sits in one register tile
 
@@ -132,12 +132,7 @@ def _batch_loss_kernel(IDS, CLS, VAR, W, LOSS, TOTAL, DPART, PS, RS, COLS, N, M,
         expected = tl.where(has, tl.sum(p * dist, axis=1) / l_safe, 0.0)
         own = tl.sum(tl.where(onehot, dist, 0.0), axis=1)
         a_log = -s * own - alpha
-        if USE_EPS:
-            le = tl.zeros((BN,), dtype=ACC) + log_eps
-            b = tl.where(has, _logaddexp(lse0, le), le)
-            loss = tl.maximum(-_logaddexp(a_log - b, le), 0.0)
-        else:
-            loss = tl.where(has, tl.maximum(lse0 - a_log, 0.0), 0.0)
+        loss = magnet_row_loss(a_log, lse0, has, log_eps, USE_EPS)
         tl.store(LOSS + rows, loss, mask=mask_n)
         if HAS_W:
             w = tl.load(W + rows, mask=mask_n, other=0.0).to(ACC)
@@ -145,15 +140,7 @@ def _batch_loss_kernel(IDS, CLS, VAR, W, LOSS, TOTAL, DPART, PS, RS, COLS, N, M,
             w = tl.where(mask_n, weight, 0.0).to(ACC)
         total += w * loss
         if WITH_GRAD:
-            gate = tl.where(loss > 0, w, 0.0)
-            if USE_EPS:
-                sig = tl.sigmoid(a_log - b - log_eps)
-                tau = tl.where(has, tl.sigmoid(lse0 - log_eps), 0.0)
-                g_a = -gate * sig
-                g_l = gate * sig * tau
-            else:
-                g_a = tl.where(has, -gate, 0.0)
-                g_l = tl.where(has, gate, 0.0)
+            g_a, g_l = magnet_row_coefficients(w, loss, a_log, lse0, has, log_eps, USE_EPS)
             gsum += g_a * own + g_l * expected
             pm = tl.where(imp, (-s * g_l)[:, None] * tl.exp(z - lse0[:, None]), 0.0)
             pm += tl.where(onehot, (-s * g_a)[:, None], 0.0)

@@ -16,6 +16,7 @@
 
 #include "common.h"
 #include "cpu/kmeans_rows.h"
+#include "op_checks.h"
 
 namespace clustr_fast {
 namespace {
@@ -86,14 +87,7 @@ void radius_rows(const at::Tensor& f_t, const at::Tensor& mu_t, const at::Tensor
 
 at::Tensor certified_radius_cpu(const at::Tensor& feats, const at::Tensor& centers, const at::Tensor& center_classes,
                                 double lipschitz, int64_t mode) {
-  check_matrix(feats, "feats");
-  check_matrix(centers, "centers");
-  TORCH_CHECK(feats.size(1) == centers.size(1), "feats and centers must have the same number of columns");
-  TORCH_CHECK(centers.size(0) >= 1, "centers must have at least one row");
-  TORCH_CHECK(center_classes.dim() == 1 && center_classes.size(0) == centers.size(0),
-              "center_classes must have one entry per center");
-  TORCH_CHECK(lipschitz > 0, "lipschitz must be > 0");
-  TORCH_CHECK(mode == 0 || mode == 1, "mode must be 0 (sound) or 1 (paper)");
+  check_certified_radius(feats, centers, center_classes, lipschitz, mode);
   const auto acc = acc_type(feats.scalar_type());
   const at::Tensor f = feats.detach().to(acc).contiguous();
   const at::Tensor mu = centers.detach().to(acc).contiguous();

@@ -34,6 +34,7 @@
 #include "cpu/kmeans_plusplus.h"
 #include "cpu/kmeans_rows.h"
 #include "cpu/nearest_center.h"
+#include "op_checks.h"
 
 // CLUSTR_VEC_CLONES (common.h): AVX2+FMA clones of the hot loops, chosen at load time.
 
@@ -88,14 +89,8 @@ inline void assign_grouped_any(const double* x, const double* c, const int64_t* 
   assign_grouped_d(x, c, g, gk, d, i0, i1, lab, sq);
 }
 
-// Checked, detached, contiguous (x, centers) in the accumulation dtype.
-std::pair<at::Tensor, at::Tensor> points_and_centers(const at::Tensor& x_in, const at::Tensor& c_in,
-                                                     int64_t precision) {
-  check_matrix(x_in, "x");
-  check_matrix(c_in, "centers");
-  check_precision(precision);
-  TORCH_CHECK(x_in.size(1) == c_in.size(1), "x and centers must have the same number of columns");
-  TORCH_CHECK(c_in.size(0) >= 1, "centers must have at least one row");
+// Detached, contiguous (x, centers) in the accumulation dtype (checked by check_kmeans_assign).
+std::pair<at::Tensor, at::Tensor> points_and_centers(const at::Tensor& x_in, const at::Tensor& c_in) {
   const auto acc = acc_type(x_in.scalar_type());
   const at::Tensor x = x_in.detach().to(acc).contiguous();
   const at::Tensor c = c_in.detach().to(acc).contiguous();
@@ -105,7 +100,8 @@ std::pair<at::Tensor, at::Tensor> points_and_centers(const at::Tensor& x_in, con
 std::tuple<at::Tensor, at::Tensor> kmeans_assign_cpu(const at::Tensor& x_in, const at::Tensor& c_in,
                                                      int64_t precision, const std::optional<at::Tensor>& groups_in,
                                                      int64_t group_k) {
-  const auto xc = points_and_centers(x_in, c_in, precision);
+  check_kmeans_assign(x_in, c_in, precision, groups_in, group_k);
+  const auto xc = points_and_centers(x_in, c_in);
   const at::Tensor x = xc.first, c = xc.second;
   const auto acc = x.scalar_type();
   const int64_t N = x.size(0), D = x.size(1);
@@ -114,8 +110,6 @@ std::tuple<at::Tensor, at::Tensor> kmeans_assign_cpu(const at::Tensor& x_in, con
   if (N == 0) return {labels, sqdist};
   if (groups_in.has_value()) {
     const at::Tensor groups = groups_in->detach().to(at::kLong).contiguous();
-    TORCH_CHECK(groups.dim() == 1 && groups.size(0) == N, "groups must be 1-D of length N");
-    TORCH_CHECK(group_k >= 1, "group_k must be >= 1");
     AT_DISPATCH_FLOATING_TYPES(acc, "kmeans_assign_grouped_cpu", [&] {
       const scalar_t* xp = x.data_ptr<scalar_t>();
       const scalar_t* cp = c.data_ptr<scalar_t>();
@@ -177,8 +171,8 @@ void update_sorted(const at::Tensor& x, const int64_t* lab, int64_t k, const T* 
 
 // Row weights as a contiguous tensor of the accumulation dtype, checked against N (undefined when absent).
 at::Tensor row_weights(const std::optional<at::Tensor>& weights, int64_t N, at::ScalarType acc) {
+  check_row_weights(weights, N);
   if (!weights.has_value()) return at::Tensor();
-  TORCH_CHECK(weights->dim() == 1 && weights->size(0) == N, "weights must be 1-D of length N");
   return weights->detach().to(acc).contiguous();
 }
 
@@ -186,17 +180,12 @@ std::tuple<at::Tensor, at::Tensor> kmeans_update_cpu(const at::Tensor& x_in, con
                                                      const std::optional<at::Tensor>& prev_in, bool deterministic,
                                                      const std::optional<at::Tensor>& weights_in) {
   (void)deterministic;  // always deterministic on the CPU
-  check_matrix(x_in, "x");
-  TORCH_CHECK(k >= 1, "k must be >= 1");
+  check_kmeans_update(x_in, labels_in, k, prev_in);
   const auto acc = acc_type(x_in.scalar_type());
   const at::Tensor x = x_in.detach().to(acc).contiguous();
   const at::Tensor labels = labels_in.detach().to(at::kLong).contiguous();
-  TORCH_CHECK(labels.dim() == 1 && labels.size(0) == x.size(0), "labels must be 1-D of length N");
   at::Tensor prev;
-  if (prev_in.has_value()) {
-    prev = prev_in->detach().to(acc).contiguous();
-    TORCH_CHECK(prev.size(0) == k && prev.size(1) == x.size(1), "prev_centers must be [k, d]");
-  }
+  if (prev_in.has_value()) prev = prev_in->detach().to(acc).contiguous();
   const at::Tensor w = row_weights(weights_in, x.size(0), acc);
   at::Tensor centers = at::empty({k, x.size(1)}, x.options());
   at::Tensor counts = at::zeros({k}, x.options().dtype(at::kLong));
@@ -326,15 +315,14 @@ void lloyd_step_fused(const at::Tensor& x, const at::Tensor& c, const int64_t* g
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_lloyd_step_cpu(
     const at::Tensor& x_in, const at::Tensor& c_in, int64_t precision, const std::optional<at::Tensor>& groups_in,
     int64_t group_k, const std::optional<at::Tensor>& weights_in) {
-  const auto xc = points_and_centers(x_in, c_in, precision);
+  check_kmeans_assign(x_in, c_in, precision, groups_in, group_k);
+  const auto xc = points_and_centers(x_in, c_in);
   const at::Tensor x = xc.first, c = xc.second;
   const auto acc = x.scalar_type();
   const int64_t N = x.size(0), D = x.size(1), K = c.size(0);
   at::Tensor groups;
   if (groups_in.has_value()) {
     groups = groups_in->detach().to(at::kLong).contiguous();
-    TORCH_CHECK(groups.dim() == 1 && groups.size(0) == N, "groups must be 1-D of length N");
-    TORCH_CHECK(group_k >= 1, "group_k must be >= 1");
   }
   const at::Tensor w = row_weights(weights_in, N, acc);
   const LloydChunks ch = lloyd_chunks(N, K, D, dense_rows(K));
@@ -371,12 +359,9 @@ at::Tensor kmeans_plusplus_cpu(const at::Tensor& x_in, const at::Tensor& offsets
   const at::Tensor w = row_weights(weights_in, x.size(0), acc);
   const int64_t G = offsets.numel() - 1;
   TORCH_CHECK(G >= 0 && first.numel() == G, "first must have one entry per segment");
-  TORCH_CHECK(draws.dim() == 3 && draws.size(0) == std::max<int64_t>(k - 1, 0) && draws.size(1) == G &&
-                  draws.size(2) >= 1,
-              "draws must have shape [k-1, G, T]");
+  check_plusplus_draws(draws, k, G);
   const int64_t* op = offsets.data_ptr<int64_t>();
-  for (int64_t g = 0; g < G; ++g)
-    TORCH_CHECK(op[g + 1] - op[g] >= k, "segment ", g, " has fewer than k rows");
+  check_segment_rows(op, G, k);
   at::Tensor indices = at::empty({G, k}, x.options().dtype(at::kLong));
   if (G == 0 || k == 0) return indices;
   AT_DISPATCH_FLOATING_TYPES(acc, "kmeans_plusplus_cpu", [&] {

@@ -27,6 +27,7 @@
 #include "common.h"
 #include "cpu/kmeans_plusplus.h"
 #include "cpu/kmeans_rows.h"
+#include "op_checks.h"
 
 namespace clustr_fast {
 namespace {
@@ -244,12 +245,8 @@ void run_groups(GroupRun& r, int64_t max_iter, double tol, const Seed& seed) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_lloyd_groups_cpu(
     const at::Tensor& x_in, const at::Tensor& offsets_in, const at::Tensor& centers_in, int64_t max_iter, double tol,
     int64_t precision) {
-  check_matrix(centers_in, "centers");
-  const int64_t G = offsets_in.numel() - 1;
-  TORCH_CHECK(G >= 1, "offsets must hold at least two entries");
-  TORCH_CHECK(centers_in.size(0) % G == 0 && centers_in.size(0) > 0, "centers must hold k rows per group");
-  GroupRun r = prepare_groups(x_in, offsets_in, centers_in.size(0) / G, max_iter, precision);
-  TORCH_CHECK(centers_in.size(1) == r.D, "centers must have ", r.D, " columns, got ", centers_in.size(1));
+  check_lloyd_groups(x_in, offsets_in, centers_in, max_iter, precision);
+  GroupRun r = prepare_groups(x_in, offsets_in, centers_in.size(0) / (offsets_in.numel() - 1), max_iter, precision);
   r.centers = centers_in.detach().to(r.x.scalar_type()).contiguous().clone();
   run_groups(r, max_iter, tol, [](const auto*, int64_t, int64_t, int64_t, auto*) {});
   return {r.labels, r.sqdist, r.centers, r.n_iter};

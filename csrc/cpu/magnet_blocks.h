@@ -20,6 +20,7 @@
 #include "common.h"
 #include "cpu/vec_math.h"
 #include "magnet_math.h"
+#include "op_checks.h"
 
 namespace clustr_fast {
 namespace {
@@ -65,11 +66,7 @@ struct Inputs {
 
 inline Inputs prepare(const at::Tensor& feats, const at::Tensor& centers, const at::Tensor& assign,
                const at::Tensor& classes, const std::optional<at::Tensor>& valid) {
-  check_matrix(feats, "feats");
-  check_matrix(centers, "centers");
-  TORCH_CHECK(feats.size(1) == centers.size(1), "feats and centers must have the same number of columns");
-  TORCH_CHECK(assign.dim() == 1 && assign.size(0) == feats.size(0), "assign must have shape [N]");
-  TORCH_CHECK(classes.dim() == 1 && classes.size(0) == centers.size(0), "classes must have shape [C]");
+  check_magnet_loss(feats, centers, assign, classes, valid);
   const auto acc = acc_type(feats.scalar_type());
   Inputs in;
   in.x = feats.detach().to(acc).contiguous();
@@ -79,7 +76,6 @@ inline Inputs prepare(const at::Tensor& feats, const at::Tensor& centers, const 
   in.cls = std::get<1>(at::_unique(classes.detach(), /*sorted=*/true, /*return_inverse=*/true))
                .to(acc).contiguous();
   if (valid.has_value()) {
-    TORCH_CHECK(valid->dim() == 1 && valid->size(0) == centers.size(0), "valid must have shape [C]");
     in.valid = valid->detach().to(acc).contiguous();
   } else {
     in.valid = at::ones({centers.size(0)}, in.cls.options());

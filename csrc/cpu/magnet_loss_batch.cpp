@@ -22,6 +22,7 @@
 #include "common.h"
 #include "cpu/vec_math.h"
 #include "magnet_math.h"
+#include "op_checks.h"
 
 namespace clustr_fast {
 namespace {
@@ -160,29 +161,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> magnet_loss_batch_cpu(
     const at::Tensor& feats, const at::Tensor& ids, const at::Tensor& classes,
     const std::optional<at::Tensor>& variance, double variance_value, double alpha, double eps,
     const std::optional<at::Tensor>& row_weight, double weight, bool with_grad) {
-  check_matrix(feats, "feats");
-  TORCH_CHECK(ids.dim() == 1 && ids.size(0) == feats.size(0), "ids must have shape [N]");
-  TORCH_CHECK(classes.dim() == 1 && classes.size(0) >= 1, "classes must have shape [M], M >= 1");
+  const int var_mode = magnet_batch_var_mode(variance, variance_value);
+  check_magnet_loss_batch(feats, ids, classes, var_mode, row_weight);
   const auto acc = acc_type(feats.scalar_type());
   const at::Tensor x = feats.detach().to(acc).contiguous();
   const at::Tensor a = ids.detach().to(at::kLong).contiguous();
   const at::Tensor cl = classes.detach().to(at::kLong).contiguous();
   const int64_t N = x.size(0), D = x.size(1), M = cl.size(0);
-  int var_mode = 0;
-  double var_value = 0.0;
-  if (variance.has_value()) {
-    var_mode = 1;
-    var_value = variance->detach().item<double>();
-  } else if (variance_value > 0) {
-    var_mode = 2;
-    var_value = variance_value;
-  }
-  TORCH_CHECK(var_mode != 0 || N >= 2, "feats needs at least 2 rows for the batch variance");
+  const double var_value = var_mode == 1 ? variance->detach().item<double>() : var_mode == 2 ? variance_value : 0.0;
   at::Tensor w;
-  if (row_weight.has_value()) {
-    TORCH_CHECK(row_weight->dim() == 1 && row_weight->size(0) == N, "row_weight must have shape [N]");
-    w = row_weight->detach().to(acc).contiguous();
-  }
+  if (row_weight.has_value()) w = row_weight->detach().to(acc).contiguous();
   const auto opts = x.options();
   at::Tensor loss = at::empty({N}, opts);
   at::Tensor total = at::zeros({}, opts);

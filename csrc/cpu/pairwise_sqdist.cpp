@@ -9,6 +9,7 @@
 
 #include "common.h"
 #include "cpu/center_panels.h"
+#include "op_checks.h"
 
 namespace clustr_fast {
 namespace {
@@ -85,10 +86,7 @@ inline void sqdist_rows_any(const double* x, int64_t r0, int64_t rows, const Pac
 }
 
 at::Tensor pairwise_sqdist_cpu(const at::Tensor& x_in, const at::Tensor& c_in, int64_t precision) {
-  check_matrix(x_in, "x");
-  check_matrix(c_in, "c");
-  check_precision(precision);
-  TORCH_CHECK(x_in.size(1) == c_in.size(1), "x and c must have the same number of columns");
+  check_pairwise_sqdist(x_in, c_in, precision);
   const auto acc = acc_type(x_in.scalar_type());
   const at::Tensor x = x_in.detach().to(acc).contiguous();
   const at::Tensor c = c_in.detach().to(acc).contiguous();
@@ -111,21 +109,9 @@ at::Tensor pairwise_sqdist_cpu(const at::Tensor& x_in, const at::Tensor& c_in, i
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> pairwise_sqdist_backward_cpu(const at::Tensor& grad,
-                                                                const at::Tensor& x_in,
-                                                                const at::Tensor& c_in,
-                                                                int64_t precision) {
-  check_matrix(x_in, "x");
-  check_matrix(c_in, "c");
-  check_precision(precision);
-  const auto acc = acc_type(x_in.scalar_type());
-  const at::Tensor g = grad.detach().to(acc);
-  const at::Tensor x = x_in.detach().to(acc);
-  const at::Tensor c = c_in.detach().to(acc);
-  // grad_x = 2 rowsum(g) x - 2 g c ;  grad_c = 2 colsum(g) c - 2 g^T x  (one GEMM each)
-  at::Tensor gx = at::addmm(x * g.sum(1, /*keepdim=*/true), g, c, /*beta=*/2, /*alpha=*/-2);
-  at::Tensor gc = at::addmm(c * g.sum(0).unsqueeze(1), g.t(), x, /*beta=*/2, /*alpha=*/-2);
-  return {gx.to(x_in.scalar_type()), gc.to(c_in.scalar_type())};
+std::tuple<at::Tensor, at::Tensor> pairwise_sqdist_backward_cpu(const at::Tensor& grad, const at::Tensor& x,
+                                                                const at::Tensor& c, int64_t precision) {
+  return pairwise_sqdist_backward_products(grad, x, c, precision);
 }
 
 }  // namespace

@@ -23,6 +23,7 @@
 
 #include "common.h"
 #include "cpu/kmeans_rows.h"
+#include "op_checks.h"
 
 namespace clustr_fast {
 namespace {
@@ -219,15 +220,7 @@ void soft_forward(const at::Tensor& f_t, const at::Tensor& mu_t, const at::Tenso
 std::tuple<at::Tensor, at::Tensor> soft_cluster_logits_cpu(const at::Tensor& feats, const at::Tensor& centers,
                                                            const at::Tensor& center_classes, int64_t num_classes,
                                                            double variance, int64_t top_d, int64_t precision) {
-  check_matrix(feats, "feats");
-  check_matrix(centers, "centers");
-  check_precision(precision);
-  TORCH_CHECK(feats.size(1) == centers.size(1), "feats and centers must have the same number of columns");
-  TORCH_CHECK(center_classes.dim() == 1 && center_classes.size(0) == centers.size(0),
-              "center_classes must have one entry per center");
-  TORCH_CHECK(top_d >= 1 && top_d <= centers.size(0), "top_d must be in [1, C], got ", top_d);
-  TORCH_CHECK(num_classes >= 1, "num_classes must be >= 1");
-  TORCH_CHECK(variance > 0, "variance must be > 0");
+  check_soft_cluster_logits(feats, centers, center_classes, num_classes, variance, top_d, precision);
   const auto acc = acc_type(feats.scalar_type());
   const at::Tensor f = feats.detach().to(acc).contiguous();
   const at::Tensor mu = centers.detach().to(acc).contiguous();
@@ -326,11 +319,7 @@ std::tuple<at::Tensor, at::Tensor> soft_cluster_logits_backward_cpu(const at::Te
                                                                     const at::Tensor& centers,
                                                                     const at::Tensor& center_classes,
                                                                     double variance) {
-  check_matrix(feats, "feats");
-  check_matrix(centers, "centers");
-  TORCH_CHECK(grad.sizes() == out.sizes(), "grad and out must have the same shape");
-  TORCH_CHECK(idx.dim() == 2 && idx.size(0) == feats.size(0), "idx must be [N, D]");
-  TORCH_CHECK(variance > 0, "variance must be > 0");
+  check_soft_cluster_logits_backward(grad, out, idx, feats, centers, variance);
   const auto acc = acc_type(feats.scalar_type());
   const at::Tensor f = feats.detach().to(acc).contiguous();
   const at::Tensor mu = centers.detach().to(acc).contiguous();

@@ -14,6 +14,7 @@
 
 #include "common.h"
 #include "cuda/device_math.cuh"
+#include "op_checks.h"
 
 namespace clustr_fast {
 namespace {
@@ -66,15 +67,8 @@ __global__ void radius_kernel(const scalar_t* __restrict__ x, const scalar_t* __
 
 at::Tensor certified_radius_cuda(const at::Tensor& feats_in, const at::Tensor& centers_in,
                                  const at::Tensor& center_classes, double lipschitz, int64_t mode) {
-  check_matrix(feats_in, "feats");
-  check_matrix(centers_in, "centers");
-  TORCH_CHECK(feats_in.size(1) == centers_in.size(1), "feats and centers must have the same number of columns");
-  TORCH_CHECK(feats_in.scalar_type() == centers_in.scalar_type(), "feats and centers must have the same dtype");
-  TORCH_CHECK(centers_in.size(0) >= 1, "centers must have at least one row");
-  TORCH_CHECK(center_classes.dim() == 1 && center_classes.size(0) == centers_in.size(0),
-              "center_classes must have one entry per center");
-  TORCH_CHECK(lipschitz > 0, "lipschitz must be > 0");
-  TORCH_CHECK(mode == 0 || mode == 1, "mode must be 0 (sound) or 1 (paper)");
+  check_certified_radius(feats_in, centers_in, center_classes, lipschitz, mode);
+  check_same_dtype(feats_in, centers_in, "feats", "centers");
   const c10::cuda::CUDAGuard guard(feats_in.device());
   const at::Tensor feats = feats_in.detach();
   const at::Tensor centers = centers_in.detach();

@@ -16,6 +16,7 @@
 #include "cuda/device_math.cuh"
 #include "cuda/distance_tile.cuh"
 #include "cuda/kmeans_common.cuh"
+#include "op_checks.h"
 
 namespace clustr_fast {
 namespace {
@@ -131,12 +132,8 @@ __global__ void assign_grouped_kernel(const scalar_t* __restrict__ x, const scal
 // Declared in kmeans_common.cuh: kmeans_lloyd_groups.cu calls it once per iteration.
 std::tuple<at::Tensor, at::Tensor> kmeans_assign_cuda(const at::Tensor& x, const at::Tensor& c, int64_t precision,
                                                       const std::optional<at::Tensor>& groups_in, int64_t group_k) {
-  check_matrix(x, "x");
-  check_matrix(c, "centers");
-  check_precision(precision);
-  TORCH_CHECK(x.size(1) == c.size(1), "x and centers must have the same number of columns");
-  TORCH_CHECK(x.scalar_type() == c.scalar_type(), "x and centers must have the same dtype");
-  TORCH_CHECK(c.size(0) >= 1, "centers must have at least one row");
+  check_kmeans_assign(x, c, precision, groups_in, group_k);
+  check_same_dtype(x, c, "x", "centers");
   const c10::cuda::CUDAGuard guard(x.device());
   const auto acc = acc_type(x.scalar_type());
   const int64_t N = x.size(0), K = c.size(0), D = x.size(1);
@@ -148,8 +145,6 @@ std::tuple<at::Tensor, at::Tensor> kmeans_assign_cuda(const at::Tensor& x, const
   auto stream = at::cuda::getCurrentCUDAStream();
   if (groups_in.has_value()) {
     const at::Tensor groups = groups_in->to(at::kLong).contiguous();
-    TORCH_CHECK(groups.numel() == N, "groups must have length N");
-    TORCH_CHECK(group_k >= 1, "group_k must be >= 1");
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "kmeans_assign_grouped_cuda", [&] {
       using acc_t = acc_scalar_t<scalar_t>;
       assign_grouped_kernel<scalar_t, acc_t><<<row_blocks(N), kRowThreads, 0, stream>>>(

@@ -14,6 +14,7 @@
 
 #include "common.h"
 #include "cuda/kmeans_common.cuh"
+#include "op_checks.h"
 
 namespace clustr_fast {
 namespace {
@@ -91,17 +92,11 @@ constexpr int64_t kLloydSyncEvery = 4;
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_lloyd_groups_cuda(
     const at::Tensor& x_in, const at::Tensor& offsets_in, const at::Tensor& centers_in, int64_t max_iter, double tol,
     int64_t precision) {
-  check_matrix(x_in, "x");
-  check_matrix(centers_in, "centers");
-  check_precision(precision);
-  TORCH_CHECK(offsets_in.dim() == 1 && offsets_in.numel() >= 2, "offsets must be 1-D with at least two entries");
-  TORCH_CHECK(max_iter >= 0, "max_iter must be >= 0");
+  check_lloyd_groups(x_in, offsets_in, centers_in, max_iter, precision);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const auto acc = acc_type(x_in.scalar_type());
   const at::Tensor x = x_in.detach().to(acc).contiguous();
   const int64_t G = offsets_in.numel() - 1, N = x.size(0), D = x.size(1);
-  TORCH_CHECK(centers_in.size(0) % G == 0 && centers_in.size(0) > 0, "centers must hold k rows per group");
-  TORCH_CHECK(centers_in.size(1) == D, "centers must have ", D, " columns, got ", centers_in.size(1));
   const int64_t k = centers_in.size(0) / G, K = G * k;
   at::Tensor centers = centers_in.detach().to(x.options()).contiguous().clone();
   const at::Tensor offsets = offsets_in.to(x.device(), at::kLong);

@@ -17,6 +17,7 @@
 
 #include "common.h"
 #include "cuda/kmeans_common.cuh"
+#include "op_checks.h"
 
 namespace clustr_fast {
 namespace {
@@ -230,17 +231,16 @@ at::Tensor kmeans_plusplus_cuda(const at::Tensor& x, const at::Tensor& offsets_i
   const int64_t N = x.size(0), D = x.size(1);
   const at::Tensor offsets = offsets_in.to(at::kCPU, at::kLong).contiguous();
   const int64_t G = offsets.numel() - 1;
-  TORCH_CHECK(draws_in.dim() == 3 && draws_in.size(0) == std::max<int64_t>(k - 1, 0) && draws_in.size(1) == G &&
-                  draws_in.size(2) >= 1,
-              "draws must have shape [k-1, G, T]");
+  check_plusplus_draws(draws_in, k, G);
+  check_row_weights(weights_in, N);
   const int64_t T = draws_in.size(2);
   at::Tensor idx = at::empty({G, k}, x.options().dtype(at::kLong));
   if (G == 0 || k == 0) return idx;
   // blocks of at most 512 rows inside every segment
   const int64_t* op = offsets.data_ptr<int64_t>();
+  check_segment_rows(op, G, k);
   std::vector<int64_t> bs_v, be_v, bg_v, gb_v{0};
   for (int64_t g = 0; g < G; ++g) {
-    TORCH_CHECK(op[g + 1] - op[g] >= k, "segment ", g, " has fewer than k rows");
     for (int64_t r = op[g]; r < op[g + 1]; r += 512) {
       bs_v.push_back(r);
       be_v.push_back(std::min(op[g + 1], r + 512));
@@ -256,10 +256,7 @@ at::Tensor kmeans_plusplus_cuda(const at::Tensor& x, const at::Tensor& offsets_i
   const at::Tensor first = first_in.to(x.device(), at::kLong).contiguous();
   const at::Tensor draws = draws_in.to(x.device(), at::kDouble).contiguous();
   at::Tensor w;
-  if (weights_in.has_value()) {
-    TORCH_CHECK(weights_in->dim() == 1 && weights_in->size(0) == N, "weights must be 1-D of length N");
-    w = weights_in->to(x.device(), acc).contiguous();
-  }
+  if (weights_in.has_value()) w = weights_in->to(x.device(), acc).contiguous();
   auto fopt = x.options();
   at::Tensor closest = at::full({N}, std::numeric_limits<double>::infinity(), fopt.dtype(acc));
   at::Tensor chosen = at::zeros({N}, fopt.dtype(at::kChar));

@@ -13,6 +13,7 @@
 
 #include "common.h"
 #include "cuda/kmeans_common.cuh"
+#include "op_checks.h"
 
 namespace clustr_fast {
 namespace {
@@ -134,23 +135,16 @@ __global__ void update_segment_kernel(const scalar_t* __restrict__ x, const int6
 std::tuple<at::Tensor, at::Tensor> kmeans_update_cuda(const at::Tensor& x, const at::Tensor& labels_in, int64_t k,
                                                       const std::optional<at::Tensor>& prev_in, bool deterministic,
                                                       const std::optional<at::Tensor>& weights_in) {
-  check_matrix(x, "x");
-  TORCH_CHECK(k >= 1, "k must be >= 1");
+  check_kmeans_update(x, labels_in, k, prev_in);
+  check_row_weights(weights_in, x.size(0));
   const c10::cuda::CUDAGuard guard(x.device());
   const auto acc = acc_type(x.scalar_type());
   const int64_t N = x.size(0), D = x.size(1);
   const at::Tensor labels = labels_in.to(at::kLong).contiguous();
-  TORCH_CHECK(labels.numel() == N, "labels must have length N");
   at::Tensor prev;
-  if (prev_in.has_value()) {
-    prev = prev_in->to(acc).contiguous();
-    TORCH_CHECK(prev.size(0) == k && prev.size(1) == D, "prev_centers must be [k, d]");
-  }
+  if (prev_in.has_value()) prev = prev_in->to(acc).contiguous();
   at::Tensor w;
-  if (weights_in.has_value()) {
-    TORCH_CHECK(weights_in->dim() == 1 && weights_in->size(0) == N, "weights must be 1-D of length N");
-    w = weights_in->to(x.device(), acc).contiguous();
-  }
+  if (weights_in.has_value()) w = weights_in->to(x.device(), acc).contiguous();
   at::Tensor out = at::empty({k, D}, x.options().dtype(acc));
   auto stream = at::cuda::getCurrentCUDAStream();
   if (deterministic) {

@@ -23,6 +23,7 @@
 #include "cuda/device_math.cuh"
 #include "magnet_batch_layout.h"
 #include "magnet_math.h"
+#include "op_checks.h"
 
 namespace clustr_fast {
 namespace {
@@ -182,9 +183,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> magnet_loss_batch_cuda(
     const at::Tensor& feats_in, const at::Tensor& ids_in, const at::Tensor& classes,
     const std::optional<at::Tensor>& variance, double variance_value, double alpha, double eps,
     const std::optional<at::Tensor>& row_weight, double weight, bool with_grad) {
-  check_matrix(feats_in, "feats");
-  TORCH_CHECK(ids_in.dim() == 1 && ids_in.size(0) == feats_in.size(0), "ids must have shape [N]");
-  TORCH_CHECK(classes.dim() == 1 && classes.size(0) >= 1, "classes must have shape [M], M >= 1");
+  const int var_mode = magnet_batch_var_mode(variance, variance_value);
+  check_magnet_loss_batch(feats_in, ids_in, classes, var_mode, row_weight);
   const c10::cuda::CUDAGuard guard(feats_in.device());
   const at::Tensor feats = feats_in.detach();
   const auto acc = acc_type(feats.scalar_type());
@@ -194,16 +194,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> magnet_loss_batch_cuda(
   at::Tensor total = at::zeros({}, acc_opts);
   at::Tensor grad = with_grad ? at::empty({N, D}, feats.options()) : at::empty({0, D}, feats.options());
   if (N == 0) return {loss, total, grad};
-  const int var_mode = variance.has_value() ? 1 : (variance_value > 0 ? 2 : 0);
-  TORCH_CHECK(var_mode != 0 || N >= 2, "feats needs at least 2 rows for the batch variance");
   const at::Tensor ids = ids_in.detach().to(at::kLong).contiguous();
   const at::Tensor cls = classes.detach().to(at::kInt).contiguous();
   at::Tensor v, w;
   if (variance.has_value()) v = variance->detach().to(acc).reshape({1}).contiguous();
-  if (row_weight.has_value()) {
-    TORCH_CHECK(row_weight->dim() == 1 && row_weight->size(0) == N, "row_weight must have shape [N]");
-    w = row_weight->detach().to(acc).contiguous();
-  }
+  if (row_weight.has_value()) w = row_weight->detach().to(acc).contiguous();
   const int64_t smem = magnet_batch_shared_bytes(N, M, D, acc == at::kDouble ? 8 : 4);
   const int64_t smem_max = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
   TORCH_CHECK(smem + int64_t(sizeof(double)) * kBatchWarps <= smem_max, "magnet_loss_batch: the batch needs ", smem, " bytes of shared memory, the device has ",

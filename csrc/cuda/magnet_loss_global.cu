@@ -24,6 +24,7 @@
 #include "cuda/device_math.cuh"
 #include "cuda/distance_tile.cuh"
 #include "magnet_math.h"
+#include "op_checks.h"
 
 namespace clustr_fast {
 namespace {
@@ -191,14 +192,8 @@ Ids prepare_ids(const at::Tensor& assign, const at::Tensor& classes, const std::
 
 void check_inputs(const at::Tensor& feats, const at::Tensor& centers, const at::Tensor& assign,
                   const at::Tensor& classes, const std::optional<at::Tensor>& valid) {
-  check_matrix(feats, "feats");
-  check_matrix(centers, "centers");
-  TORCH_CHECK(feats.size(1) == centers.size(1), "feats and centers must have the same number of columns");
-  TORCH_CHECK(feats.scalar_type() == centers.scalar_type(), "feats and centers must have the same dtype");
-  TORCH_CHECK(assign.dim() == 1 && assign.size(0) == feats.size(0), "assign must have shape [N]");
-  TORCH_CHECK(classes.dim() == 1 && classes.size(0) == centers.size(0), "classes must have shape [C]");
-  TORCH_CHECK(!valid.has_value() || (valid->dim() == 1 && valid->size(0) == centers.size(0)),
-              "valid must have shape [C]");
+  check_magnet_loss(feats, centers, assign, classes, valid);
+  check_same_dtype(feats, centers, "feats", "centers");
 }
 
 std::tuple<at::Tensor, at::Tensor> magnet_loss_fwd_cuda(const at::Tensor& feats_in, const at::Tensor& centers_in,

@@ -11,6 +11,7 @@
 
 #include "common.h"
 #include "cuda/distance_tile.cuh"
+#include "op_checks.h"
 
 namespace clustr_fast {
 namespace {
@@ -46,11 +47,8 @@ __global__ void sqdist_kernel(
 }
 
 at::Tensor pairwise_sqdist_cuda(const at::Tensor& x, const at::Tensor& c, int64_t precision) {
-  check_matrix(x, "x");
-  check_matrix(c, "c");
-  check_precision(precision);
-  TORCH_CHECK(x.size(1) == c.size(1), "x and c must have the same number of columns");
-  TORCH_CHECK(x.scalar_type() == c.scalar_type(), "x and c must have the same dtype");
+  check_pairwise_sqdist(x, c, precision);
+  check_same_dtype(x, c, "x", "c");
   const c10::cuda::CUDAGuard guard(x.device());
   const auto acc = acc_type(x.scalar_type());
   const int64_t N = x.size(0), K = c.size(0), D = x.size(1);
@@ -70,19 +68,10 @@ at::Tensor pairwise_sqdist_cuda(const at::Tensor& x, const at::Tensor& c, int64_
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> pairwise_sqdist_backward_cuda(const at::Tensor& grad,
-                                                                 const at::Tensor& x_in,
-                                                                 const at::Tensor& c_in,
-                                                                 int64_t precision) {
-  check_precision(precision);
-  const c10::cuda::CUDAGuard guard(x_in.device());
-  const auto acc = acc_type(x_in.scalar_type());
-  const at::Tensor g = grad.detach().to(acc);
-  const at::Tensor x = x_in.detach().to(acc);
-  const at::Tensor c = c_in.detach().to(acc);
-  at::Tensor gx = at::addmm(x * g.sum(1, /*keepdim=*/true), g, c, /*beta=*/2, /*alpha=*/-2);
-  at::Tensor gc = at::addmm(c * g.sum(0).unsqueeze(1), g.t(), x, /*beta=*/2, /*alpha=*/-2);
-  return {gx.to(x_in.scalar_type()), gc.to(c_in.scalar_type())};
+std::tuple<at::Tensor, at::Tensor> pairwise_sqdist_backward_cuda(const at::Tensor& grad, const at::Tensor& x,
+                                                                 const at::Tensor& c, int64_t precision) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  return pairwise_sqdist_backward_products(grad, x, c, precision);
 }
 
 }  // namespace

@@ -22,6 +22,7 @@
 #include "common.h"
 #include "cuda/device_math.cuh"
 #include "cuda/distance_tile.cuh"
+#include "op_checks.h"
 
 namespace clustr_fast {
 namespace {
@@ -206,15 +207,8 @@ __global__ void backward_kernel(const acc_t* __restrict__ g, const acc_t* __rest
 std::tuple<at::Tensor, at::Tensor> soft_cluster_logits_cuda(const at::Tensor& feats_in, const at::Tensor& centers_in,
                                                             const at::Tensor& center_classes, int64_t num_classes,
                                                             double variance, int64_t top_d, int64_t precision) {
-  check_matrix(feats_in, "feats");
-  check_matrix(centers_in, "centers");
-  check_precision(precision);
-  TORCH_CHECK(feats_in.size(1) == centers_in.size(1), "feats and centers must have the same number of columns");
-  TORCH_CHECK(feats_in.scalar_type() == centers_in.scalar_type(), "feats and centers must have the same dtype");
-  TORCH_CHECK(center_classes.dim() == 1 && center_classes.size(0) == centers_in.size(0),
-              "center_classes must have one entry per center");
-  TORCH_CHECK(top_d >= 1 && top_d <= centers_in.size(0), "top_d must be in [1, C], got ", top_d);
-  TORCH_CHECK(num_classes >= 1 && variance > 0, "num_classes must be >= 1 and variance > 0");
+  check_soft_cluster_logits(feats_in, centers_in, center_classes, num_classes, variance, top_d, precision);
+  check_same_dtype(feats_in, centers_in, "feats", "centers");
   const c10::cuda::CUDAGuard guard(feats_in.device());
   const at::Tensor feats = feats_in.detach();
   const at::Tensor centers = centers_in.detach();
@@ -253,11 +247,8 @@ std::tuple<at::Tensor, at::Tensor> soft_cluster_logits_backward_cuda(const at::T
                                                                      double variance) {
   // atomicAdd into grad_centers: raises (warns) under torch.use_deterministic_algorithms(True)
   at::globalContext().alertNotDeterministic("clustr_fast soft_cluster_logits_backward on the 'cuda' backend");
-  check_matrix(feats_in, "feats");
-  check_matrix(centers_in, "centers");
-  TORCH_CHECK(grad.sizes() == out.sizes(), "grad and out must have the same shape");
-  TORCH_CHECK(idx_in.dim() == 2 && idx_in.size(0) == feats_in.size(0), "idx must be [N, D]");
-  TORCH_CHECK(feats_in.scalar_type() == centers_in.scalar_type(), "feats and centers must have the same dtype");
+  check_soft_cluster_logits_backward(grad, out, idx_in, feats_in, centers_in, variance);
+  check_same_dtype(feats_in, centers_in, "feats", "centers");
   const c10::cuda::CUDAGuard guard(feats_in.device());
   const at::Tensor feats = feats_in.detach();
   const at::Tensor centers = centers_in.detach();
