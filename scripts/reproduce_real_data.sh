@@ -5,8 +5,8 @@
 # Trains every real-data recipe of clustr_fast.train.recipes (the ClusTR rows from their cross-entropy
 # warm start, --init-from), then per recipe:
 #   linf/   PGD (CE on log-space logits) and the margin attack (3 targets), 10 restarts, at L-inf
-#           0.1 (Fashion-MNIST) or 0.3 (MNIST), the L-inf eps curve, certificates at the L2 radii and
-#           the sanity checks (clustr-fast eval);
+#           0.1 (Fashion-MNIST) or 0.3 (MNIST), the L-inf eps curve (it must fall to chance) and the
+#           sanity checks (clustr-fast eval);
 #   l2/     the same attacks at the anchors' L2 radius (0.3 / 1.58) and the L2 eps curve, with the count
 #           of samples certified at that radius that an attack broke (must be 0);
 #   autoattack/, autoattack-l2/   AutoAttack (torchattacks, standard) at both radii;
@@ -72,17 +72,17 @@ evaluate() {  # evaluate RECIPE FOLDER COMMAND [flags]: skipped when OUT/RECIPE/
 
 for recipe in $RECIPES; do
   case $recipe in
-    fmnist-*) l2=0.3 ;;
-    mnist5k-*) l2=1.58 ;;
+    fmnist-*) l2=0.3 linf_curve=0,0.02,0.05,0.1,0.2,0.3 l2_curve=0,0.3,1,2,4 ;;
+    mnist5k-*) l2=1.58 linf_curve=0,0.05,0.1,0.2,0.3,0.4 l2_curve=0,0.5,1.58,3,5 ;;
     *) echo "$0: unknown real-data recipe '$recipe'" >&2; exit 2 ;;
   esac
   case $recipe in
     *-clustr|*-clustr-qtrades) train "$recipe" --init-from "$OUT/${recipe%%-*}-ce/checkpoint.pt" ;;
     *) train "$recipe" ;;
   esac
-  evaluate "$recipe" linf eval --recipe "$recipe" --test-size "$ATTACK_N" --radii "$RADII"
+  evaluate "$recipe" linf eval --recipe "$recipe" --test-size "$ATTACK_N" --eps-curve "$linf_curve" --no-certify
   evaluate "$recipe" l2 eval --recipe "$recipe" --test-size "$ATTACK_N" --norm l2 --eps "$l2" --radii "$RADII" \
-    --no-official
+    --eps-curve "$l2_curve" --no-official
   evaluate "$recipe" certify certify --radii "$RADII"
   if "$PY" -c "import torchattacks" 2> /dev/null; then
     quick=(--eps-curve "" --no-official --no-certify --no-sanity --test-size "$AUTOATTACK_N")

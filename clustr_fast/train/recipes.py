@@ -182,7 +182,9 @@ REAL_SRC = {
             "the digits model with the input size of MNIST"),
     "lip-cnn": ("ours: lip-cnn at 28x28 (AOL 3x3 convolutions, SLL residual convolutions, MaxMin, invertible "
                 "down-sampling), proven bound 1: Theorem 1 certifies with L = 1"),
-    "lip-mlp": ("ours: lip-mlp (AOL dense layers, MaxMin), proven bound 1: Theorem 1 certifies with L = 1"),
+    "lip-mlp": ("ours: lip-mlp (AOL dense layers, MaxMin), proven bound 1: Theorem 1 certifies with L = 1; on "
+                "Fashion-MNIST it trains 3x faster per epoch than lip-cnn on 2 cores and reached the same test "
+                "accuracy after one epoch (82.4 against 82.7%), so the budget buys more epochs"),
     "k": "paper, sec. 4.2 (2 clusters per class)",
     "m_all": "ours: m = 20, every cluster of 10 classes x 2 in each batch, so each batch sees every class",
     "m": "paper, appendix D (12 sampled clusters)",
@@ -250,12 +252,13 @@ def _real_rows(data, prefix, *, ce_epochs, magnet_epochs, lip, qtrades=None):
 REAL_BUDGET = {"fmnist-ce": 10, "fmnist-clustr": 10, "fmnist-clustr-qtrades": 20, "fmnist-clustr-lip": 30,
                "mnist5k-ce": 5, "mnist5k-clustr": 5, "mnist5k-clustr-lip": 15}
 _FMNIST_LIP = {
-    "train": dict(data="fashion-mnist", method="magnet", model="lip-cnn", k=2, m=20, d=25, alpha=1.0, lr=1e-3,
-                  epochs_magnet=16, magnet_lr_milestones=(12,), augment=False, kmeans_iters=20, kmeans_n_init=1,
-                  margin_weight=3.0, margin_radius=0.6),
-    "sources": dict(model="lip-cnn", k="k", m="m_all", d="d25", alpha="alpha_lip", lr="lr_scratch",
-                    epochs_magnet=None, magnet_lr_milestones=None, augment="augment", kmeans_iters="kmeans_iters",
-                    kmeans_n_init="kmeans_iters", margin_weight="margin_weight", margin_radius=None),
+    "train": dict(data="fashion-mnist", method="magnet", model="lip-mlp", model_options={"width": 1024, "depth": 2},
+                  k=2, m=20, d=25, alpha=1.0, lr=1e-3, epochs_magnet=40, magnet_lr_milestones=(30,), augment=False,
+                  kmeans_iters=20, kmeans_n_init=1, margin_weight=3.0, margin_radius=0.6),
+    "sources": dict(model="lip-mlp", model_options=None, k="k", m="m_all", d="d25", alpha="alpha_lip",
+                    lr="lr_scratch", epochs_magnet=None, magnet_lr_milestones=None, augment="augment",
+                    kmeans_iters="kmeans_iters", kmeans_n_init="kmeans_iters", margin_weight="margin_weight",
+                    margin_radius=None),
 }
 _MNIST5K_LIP = {
     "train": dict(data="mnist5k", method="magnet", model="lip-cnn", k=2, m=20, d=25, alpha=1.0, lr=1e-3,
@@ -267,11 +270,14 @@ _MNIST5K_LIP = {
 }
 # Settings measured here (no published source): what each is and why.
 REAL_MEASURED = {
+    "model_options": ("ours: width 1024, two hidden layers; at 20 epochs it certified 84.3 / 73.3 / 58.3% at "
+                      "0.1 / 0.3 / 0.5 with 88.7% clean on Fashion-MNIST (12 epochs: 83.7 / 72.4 / 56.0%, 87.9%)"),
     "epochs_ce": "ours: sized to the recipe's CPU budget (2 cores); the test accuracy has flattened by then",
     "epochs_magnet": "ours: sized to the recipe's CPU budget (2 cores)",
     "magnet_lr_milestones": "ours: x0.1 for the last quarter of the epochs",
-    "margin_radius": ("ours: the certified radius asked of every sample in training, twice the anchor radius to "
-                      "certify (0.3 on Fashion-MNIST, 1.58 ~ 2 on MNIST) less what clean accuracy cannot spare"),
+    "margin_radius": ("ours: the certified radius asked of every sample in training: on Fashion-MNIST twice the "
+                      "anchor radius 0.3 (at 12 epochs, weight 10 instead of 3 gave 83.3 / 71.6% at 0.1 / 0.3, no "
+                      "better); on MNIST the anchor radius 1.58"),
 }
 
 
