@@ -12,8 +12,9 @@
 #   autoattack/, autoattack-l2/   AutoAttack (torchattacks, standard) at both radii;
 #   certify/  certified accuracy (Theorem 1) on the whole test set, every certified sample attacked at
 #           its own radius (certified-and-attacked must be 0).
-# Then writes benchmarks/results/real_data/results.json and docs/results-real-data.md
-# (python -m clustr_fast.train.real_table collect OUT).
+# Then writes benchmarks/results/real_data/results.json, docs/results-real-data.md and the README's
+# table (python -m clustr_fast.train.real_table collect OUT --readme README.md; run from the
+# repository's root).
 # Resumable: a finished training run or an evaluation whose JSON exists is skipped; an interrupted
 # training run resumes after its last finished epoch.
 # Environment: RECIPES (default: every real-data recipe, Fashion-MNIST ones need
@@ -21,7 +22,7 @@
 # attacked, default 1000; a fixed random subset, seed 0), AUTOATTACK_N (default 500), THREADS (default 2),
 # PYTHON (default python3), EXTRA_TRAIN / EXTRA_EVAL / EXTRA_CERTIFY (flags appended to every train /
 # eval / certify command, split at spaces), REAL_TABLE_ARGS (flags of the table's collect command,
-# e.g. --json PATH --md PATH to write elsewhere than the repository).
+# default --readme README.md; e.g. --json PATH --md PATH to write elsewhere than the repository).
 set -euo pipefail
 if [ $# -ne 1 ]; then
   echo "usage: $0 OUT" >&2
@@ -36,7 +37,7 @@ export OMP_NUM_THREADS=${THREADS:-2}
 read -r -a EXTRA_TRAIN <<< "${EXTRA_TRAIN:-}"
 read -r -a EXTRA_EVAL <<< "${EXTRA_EVAL:-}"
 read -r -a EXTRA_CERTIFY <<< "${EXTRA_CERTIFY:-}"
-read -r -a TABLE_ARGS <<< "${REAL_TABLE_ARGS:-}"
+read -r -a TABLE_ARGS <<< "${REAL_TABLE_ARGS:---readme README.md}"
 CLI=("$PY" -m clustr_fast.cli)
 RADII=0.1,0.3,0.5,1,1.58
 mkdir -p "$OUT"

@@ -178,12 +178,47 @@ def markdown(table: dict) -> str:
     return "\n".join(lines)
 
 
+README_BEGIN = "<!-- real-data table: python -m clustr_fast.train.real_table collect OUT --readme README.md -->"
+README_END = "<!-- end of the real-data table -->"
+
+
+def readme_table(table: dict) -> str:
+    """The README's short table: clean, PGD, AutoAttack and certified accuracy per row."""
+    lines = [README_BEGIN,
+             "| recipe | clean | PGD / AutoAttack L-inf | PGD / AutoAttack L2 | certified L2 0.3 (1.58) "
+             "| certified & attacked |",
+             "|---|---|---|---|---|---|"]
+    for r in table["rows"]:
+        cert = r.get("certified") or {}
+        radius = "0.3" if r["data"] == "fashion-mnist" else "1.58"
+        broken = (r.get("certified_and_attacked") or 0) + (r.get("l2_certified_but_attacked") or 0)
+        lines.append(f"| {r['recipe']} | {_cell(r.get('clean'))} | {_cell(r.get('linf_worst'))} / "
+                     f"{_cell(r.get('autoattack_linf'))} @ {r['linf_eps']:g} | {_cell(r.get('l2_worst'))} / "
+                     f"{_cell(r.get('autoattack_l2'))} @ {r['l2_eps']:g} | {_cell(cert.get(radius))} at {radius} "
+                     f"| {broken if cert else '-'} |")
+    lines.append(README_END)
+    return "\n".join(lines)
+
+
+def render_readme(path: str, table: dict) -> None:
+    """Replace the block between ``README_BEGIN`` and ``README_END`` in ``path`` with the table."""
+    with open(path) as fh:
+        text = fh.read()
+    if README_BEGIN not in text or README_END not in text:
+        raise SystemExit(f"real_table: {path} has no real-data table block ({README_BEGIN!r} ... {README_END!r})")
+    head, rest = text.split(README_BEGIN, 1)
+    tail = rest.split(README_END, 1)[1]
+    with open(path, "w") as fh:
+        fh.write(head + readme_table(table) + tail)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m clustr_fast.train.real_table")
     p.add_argument("command", choices=("collect",))
     p.add_argument("out", help="the OUT folder of scripts/reproduce_real_data.sh")
     p.add_argument("--json", default=DEFAULT_JSON, help=f"where the data go (default {DEFAULT_JSON})")
     p.add_argument("--md", default=DEFAULT_MD, help=f"where the page goes (default {DEFAULT_MD})")
+    p.add_argument("--readme", help="also render the short table into this README's real-data block")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     table = collect(args.out)
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
@@ -191,6 +226,8 @@ def main(argv=None) -> int:
         json.dump(table, fh, indent=2)
     with open(args.md, "w") as fh:
         fh.write(markdown(table))
+    if args.readme:
+        render_readme(args.readme, table)
     print(f"real_table: {len(table['rows'])} rows; wrote {args.json} and {args.md}")
     return 0
 
