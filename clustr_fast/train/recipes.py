@@ -253,7 +253,7 @@ REAL_BUDGET = {"fmnist-ce": 10, "fmnist-clustr": 10, "fmnist-clustr-qtrades": 20
                "mnist5k-ce": 5, "mnist5k-clustr": 5, "mnist5k-clustr-lip": 15}
 _FMNIST_LIP = {
     "train": dict(data="fashion-mnist", method="magnet", model="lip-mlp", model_options={"width": 1024, "depth": 2},
-                  k=2, m=20, d=25, alpha=1.0, lr=1e-3, epochs_magnet=40, magnet_lr_milestones=(30,), augment=False,
+                  k=2, m=20, d=25, alpha=1.0, lr=1e-3, epochs_magnet=24, magnet_lr_milestones=(18,), augment=False,
                   kmeans_iters=20, kmeans_n_init=1, margin_weight=3.0, margin_radius=0.6),
     "sources": dict(model="lip-mlp", model_options=None, k="k", m="m_all", d="d25", alpha="alpha_lip",
                     lr="lr_scratch", epochs_magnet=None, magnet_lr_milestones=None, augment="augment",
