@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <type_traits>
 
 // AVX2+FMA clones of hot CPU loops, chosen at load time by ISA level (the build itself
@@ -21,6 +23,20 @@
 #endif
 
 namespace clustr_fast {
+
+// CPU loops: below about this many multiply-adds a call runs on the calling thread (waking the
+// thread pool costs more than a small problem, and a busy machine may not run the other thread soon).
+constexpr int64_t kSerialWork = int64_t(1) << 22;
+
+// The grain of an at::parallel_for over items of `work_per_item` multiply-adds each: a loop of
+// less than kSerialWork in all runs inline, as one task.
+inline int64_t serial_grain(int64_t work_per_item) {
+  return std::max<int64_t>(1, kSerialWork / std::max<int64_t>(1, work_per_item));
+}
+
+// Kernels run below the Autograd key (csrc/autograd.cpp, or PyTorch's fallback for the ops without
+// autograd), so the ATen calls inside them record no graph: they read their inputs without detach(),
+// one tensor less per input on the small calls whose host time counts.
 
 // float64 stays float64; everything else accumulates in float32.
 inline at::ScalarType acc_type(at::ScalarType t) {

@@ -48,9 +48,9 @@ inline std::tuple<at::Tensor, at::Tensor> pairwise_sqdist_backward_products(cons
                                                                             int64_t precision) {
   check_pairwise_sqdist(x_in, c_in, precision);
   const auto acc = acc_type(x_in.scalar_type());
-  const at::Tensor g = grad.detach().to(acc);
-  const at::Tensor x = x_in.detach().to(acc);
-  const at::Tensor c = c_in.detach().to(acc);
+  const at::Tensor g = grad.to(acc);
+  const at::Tensor x = x_in.to(acc);
+  const at::Tensor c = c_in.to(acc);
   at::Tensor gx = at::addmm(x * g.sum(1, /*keepdim=*/true), g, c, /*beta=*/2, /*alpha=*/-2);
   at::Tensor gc = at::addmm(c * g.sum(0).unsqueeze(1), g.t(), x, /*beta=*/2, /*alpha=*/-2);
   return {gx.to(x_in.scalar_type()), gc.to(c_in.scalar_type())};

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend
-from .._validate import RADIUS_MODES, acc_dtype, check_certified_radius
+from .._validate import RADIUS_MODES, acc_dtype, check_certified_radius, int64_ids
 from ..reference import certified_radius as _reference
 from ._library import define
 
@@ -66,7 +66,7 @@ def certified_radius(feats: Tensor, centers: Tensor, center_classes: Tensor, lip
     """
     check_certified_radius(feats, centers, center_classes, lipschitz, mode)
     lip = float(lipschitz.detach().item() if isinstance(lipschitz, Tensor) else lipschitz)
-    classes = center_classes.to(torch.int64).contiguous()
+    classes = int64_ids(center_classes)
     _backend.refresh()
     with torch.no_grad():
         return certified_radius_op(feats.detach(), centers.detach(), classes, lip, RADIUS_MODES.index(mode))

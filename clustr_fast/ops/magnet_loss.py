@@ -410,8 +410,7 @@ def magnet_loss_batch(feats, cluster_ids, cluster_classes, *, alpha=1.0, varianc
     if not _backend.ops_available():
         return reference.magnet_loss_batch(feats, cluster_ids, cluster_classes, alpha=alpha, variance=variance,
                                            eps=eps, reduction=reduction)
-    _backend.refresh()
-    if fused_batch_applies(feats, cluster_classes.shape[0]):
+    if fused_batch_applies(feats, cluster_classes.shape[0]):  # reads the backend choice (_backend.chosen refreshes it)
         return _magnet_loss_batch_fused(feats, cluster_ids, cluster_classes, alpha, variance, eps, reduction)
     f = feats.to(acc_dtype(feats.dtype))
     mu, counts = _batch_means(f, cluster_ids, cluster_classes.shape[0])

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend, reference
-from .._validate import acc_dtype, check_soft_cluster_logits, precision_code
+from .._validate import acc_dtype, check_soft_cluster_logits, int64_ids, precision_code
 from ..reference.pairwise_sqdist import _sqdist
 from ._library import define, triton_kernel
 
@@ -138,9 +138,8 @@ def soft_cluster_logits(feats: Tensor, centers: Tensor, center_classes: Tensor, 
         return reference.soft_cluster_logits(feats, centers, center_classes, num_classes, variance=variance,
                                              top_d=top_d)
     _backend.refresh()
-    classes = center_classes.to(torch.int64).contiguous()
-    out, _ = soft_cluster_logits_op(feats, centers, classes, int(num_classes), _variance_value(variance),
-                                    top_d, code)
+    out, _ = soft_cluster_logits_op(feats, centers, int64_ids(center_classes), int(num_classes),
+                                    _variance_value(variance), top_d, code)
     return out
 
 

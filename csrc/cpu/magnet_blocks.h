@@ -25,7 +25,6 @@
 namespace clustr_fast {
 namespace {
 
-constexpr int64_t kSerialWork = int64_t(1) << 22;  // below ~4M multiply-adds a call runs on one thread
 
 // Rows per block: a [rows, C] product block of about 64K values (it stays in L2), 64 to 512 rows.
 // Large blocks make few, efficient BLAS calls (64-row blocks spent a third of the time in the
@@ -36,7 +35,7 @@ inline int64_t block_rows(int64_t C) {
 
 // Blocks of rows per parallel task, so that small problems (the ClusTR batch) stay serial.
 inline int64_t block_grain(int64_t C, int64_t D) {
-  return std::max<int64_t>(1, kSerialWork / std::max<int64_t>(1, block_rows(C) * C * (D + 8)));
+  return serial_grain(block_rows(C) * C * (D + 8));
 }
 
 // exp for x <= ~88 with ~1 ulp error, written so that simd loops vectorise it (Cephes expf).

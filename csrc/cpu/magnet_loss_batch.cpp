@@ -164,11 +164,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> magnet_loss_batch_cpu(
   const int var_mode = magnet_batch_var_mode(variance, variance_value);
   check_magnet_loss_batch(feats, ids, classes, var_mode, row_weight);
   const auto acc = acc_type(feats.scalar_type());
-  const at::Tensor x = feats.detach().to(acc).contiguous();
-  const at::Tensor a = ids.detach().to(at::kLong).contiguous();
-  const at::Tensor cl = classes.detach().to(at::kLong).contiguous();
+  const at::Tensor x = feats.to(acc).contiguous();
+  const at::Tensor a = ids.to(at::kLong).contiguous();
+  const at::Tensor cl = classes.to(at::kLong).contiguous();
   const int64_t N = x.size(0), D = x.size(1), M = cl.size(0);
-  const double var_value = var_mode == 1 ? variance->detach().item<double>() : var_mode == 2 ? variance_value : 0.0;
+  const double var_value = var_mode == 1 ? variance->item<double>() : var_mode == 2 ? variance_value : 0.0;
   at::Tensor w;
   if (row_weight.has_value()) w = row_weight->detach().to(acc).contiguous();
   const auto opts = x.options();

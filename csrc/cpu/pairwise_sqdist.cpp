@@ -88,8 +88,8 @@ inline void sqdist_rows_any(const double* x, int64_t r0, int64_t rows, const Pac
 at::Tensor pairwise_sqdist_cpu(const at::Tensor& x_in, const at::Tensor& c_in, int64_t precision) {
   check_pairwise_sqdist(x_in, c_in, precision);
   const auto acc = acc_type(x_in.scalar_type());
-  const at::Tensor x = x_in.detach().to(acc).contiguous();
-  const at::Tensor c = c_in.detach().to(acc).contiguous();
+  const at::Tensor x = x_in.to(acc).contiguous();
+  const at::Tensor c = c_in.to(acc).contiguous();
   const int64_t N = x.size(0), K = c.size(0);
   at::Tensor out = at::empty({N, K}, x.options());
   if (N == 0 || K == 0) return out;

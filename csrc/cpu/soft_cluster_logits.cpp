@@ -201,7 +201,7 @@ void soft_forward(const at::Tensor& f_t, const at::Tensor& mu_t, const at::Tenso
                             scale};
   const at::Tensor mut = mu_t.t();
   const int64_t rows = std::max<int64_t>(8, std::min<int64_t>(128, (N + 1) / 2));
-  at::parallel_for(0, (N + rows - 1) / rows, 1, [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, (N + rows - 1) / rows, serial_grain(rows * C * (d + D)), [&](int64_t b0, int64_t b1) {
     at::Tensor blk = all ? at::Tensor() : at::empty({rows, C}, f_t.options());
     SoftScratch<T> scratch(C, D, L);
     for (int64_t b = b0; b < b1; ++b) {
@@ -222,9 +222,9 @@ std::tuple<at::Tensor, at::Tensor> soft_cluster_logits_cpu(const at::Tensor& fea
                                                            double variance, int64_t top_d, int64_t precision) {
   check_soft_cluster_logits(feats, centers, center_classes, num_classes, variance, top_d, precision);
   const auto acc = acc_type(feats.scalar_type());
-  const at::Tensor f = feats.detach().to(acc).contiguous();
-  const at::Tensor mu = centers.detach().to(acc).contiguous();
-  const at::Tensor cls = center_classes.detach().to(at::kLong).contiguous();
+  const at::Tensor f = feats.to(acc).contiguous();
+  const at::Tensor mu = centers.to(acc).contiguous();
+  const at::Tensor cls = center_classes.to(at::kLong).contiguous();
   const int64_t N = f.size(0);
   at::Tensor out = at::empty({N, num_classes}, f.options());
   at::Tensor idx = at::empty({N, top_d}, f.options().dtype(at::kLong));
@@ -303,10 +303,16 @@ void soft_backward(const at::Tensor& g_t, const at::Tensor& out_t, const at::Ten
                              mu_t.data_ptr<T>(),     idx_t.data_ptr<int64_t>(), cls_t.data_ptr<int64_t>(),
                              gf_t.data_ptr<T>(),     d,                       L,
                              D,                      scale};
+  constexpr int64_t kGrain = 16;
   const int nthreads = at::get_num_threads();
+  if (f_t.size(0) <= kGrain || nthreads == 1) {  // one task (as at::parallel_for would run it): no partials
+    std::vector<T> z(D);
+    soft_backward_rows_any(args, 0, f_t.size(0), gmu_t.data_ptr<T>(), z.data());
+    return;
+  }
   at::Tensor partial = at::zeros({nthreads, C, d}, f_t.options());
   T* part = partial.data_ptr<T>();
-  at::parallel_for(0, f_t.size(0), 16, [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, f_t.size(0), kGrain, [&](int64_t i0, int64_t i1) {
     T* gm = part + static_cast<int64_t>(at::get_thread_num()) * C * d;
     std::vector<T> z(D);
     soft_backward_rows_any(args, i0, i1, gm, z.data());
@@ -321,12 +327,12 @@ std::tuple<at::Tensor, at::Tensor> soft_cluster_logits_backward_cpu(const at::Te
                                                                     double variance) {
   check_soft_cluster_logits_backward(grad, out, idx, feats, centers, variance);
   const auto acc = acc_type(feats.scalar_type());
-  const at::Tensor f = feats.detach().to(acc).contiguous();
-  const at::Tensor mu = centers.detach().to(acc).contiguous();
-  const at::Tensor g = grad.detach().to(acc).contiguous();
-  const at::Tensor o = out.detach().to(acc).contiguous();
-  const at::Tensor ix = idx.detach().to(at::kLong).contiguous();
-  const at::Tensor cls = center_classes.detach().to(at::kLong).contiguous();
+  const at::Tensor f = feats.to(acc).contiguous();
+  const at::Tensor mu = centers.to(acc).contiguous();
+  const at::Tensor g = grad.to(acc).contiguous();
+  const at::Tensor o = out.to(acc).contiguous();
+  const at::Tensor ix = idx.to(at::kLong).contiguous();
+  const at::Tensor cls = center_classes.to(at::kLong).contiguous();
   at::Tensor gf = at::empty_like(f);
   at::Tensor gmu = at::zeros_like(mu);
   if (f.size(0) > 0 && ix.size(1) > 0) {
