@@ -146,7 +146,7 @@ SMALL_IDS = 64
 def _int_extrema(ids) -> list:
     """``[min, max]`` of a non-empty integer tensor as Python ints. On the CPU: from the values of a
     small tensor, else one reduction; on a GPU: one reduction and one device sync."""
-    if ids.device.type == "cpu":
+    if ids.is_cpu:
         if ids.numel() <= SMALL_IDS:
             values = ids.tolist()
             return [min(values), max(values)]
