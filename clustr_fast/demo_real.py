@@ -56,7 +56,7 @@ def real_data_row(*, epochs=3, train_size=10000, test_size=2000, seed=0, log=pri
            "lipschitz": rep["lipschitz"], "certified_attacked": rep["certified_attacked"],
            "certified_and_attacked": rep["certified_and_attacked"], "seconds": time.perf_counter() - t0}
     cells = ", ".join(f"{100 * a:.1f}% at {r:g}" for r, a in rep["certified_at"])
-    log(f"  {data} {recipe.name} ({epochs} epoch{"s" if epochs != 1 else ""}, {row['train_size']} images): clean "
+    log(f"  {data} {recipe.name} ({epochs} epoch{'s' if epochs != 1 else ''}, {row['train_size']} images): clean "
         f"{100 * row['clean_acc']:.1f}%, certified {cells}; certified and attacked "
         f"{row['certified_and_attacked']} of {row['certified_attacked']} ({row['seconds']:.0f} s)")
     return row
