@@ -131,23 +131,27 @@ def test_recipe_runs_the_cnn():
     assert res.classifier(x).shape == (40, 4) and res.lipschitz == 1.0
 
 
-def test_fit_adds_the_term_only_when_asked():
+def test_fit_adds_the_term_for_lipschitz_models_and_when_asked():
     from clustr_fast.train import TrainConfig, fit
-    from clustr_fast.train.config import ConfigError
+    from clustr_fast.train.config import LIPSCHITZ_MARGIN_WEIGHT, ConfigError
 
     base = dict(data="digits", method="magnet", model="lip-mlp", epochs_magnet=1, max_steps=2, train_size=200,
                 test_size=50, k=1)
-    plain = fit(TrainConfig(**base))
+    plain = fit(TrainConfig(**base, margin_weight=0.0))
     assert "margin_loss" not in plain.history[-1]
     res = fit(TrainConfig(**base, margin_weight=2.0, margin_radius=0.3))
     rec = res.history[-1]
     assert rec["margin_loss"] > 0
     assert rec["train_loss"] == pytest.approx(rec["magnet_loss"] + 2.0 * rec["margin_loss"], rel=1e-5)
-    assert TrainConfig().margin_weight == 0.0
+    default = fit(TrainConfig(**base))             # a model with a proven bound: on by default
+    assert default.config.margin_weight == LIPSCHITZ_MARGIN_WEIGHT and default.config.margin_radius == 0.8
+    assert default.history[-1]["margin_loss"] > 0
+    assert TrainConfig().resolved().margin_weight == 0.0            # digits' cnn has no proven bound
+    assert TrainConfig(method="ce", model="lip-mlp").resolved().margin_weight == 0.0
     with pytest.raises(ConfigError, match="`margin_radius`"):
         TrainConfig(margin_radius=-1.0).resolved()
     with pytest.raises(ConfigError, match="`margin_weight`"):
-        TrainConfig(margin_weight=None).resolved()
+        TrainConfig(margin_weight=-1.0).resolved()
 
 
 def test_cli_flags_reach_the_config():
@@ -160,5 +164,7 @@ def test_cli_flags_reach_the_config():
     cfg = config_from_args(p.parse_args(["--data", "digits", "--model", "lip-cnn", "--margin-weight", "2",
                                          "--margin-radius", "0.3", "--quiet"]))
     assert (cfg.model, cfg.margin_weight, cfg.margin_radius) == ("lip-cnn", 2.0, 0.3)
-    cfg = config_from_args(p.parse_args(["--data", "digits", "--quiet"]))
-    assert (cfg.margin_weight, cfg.margin_radius) == (0.0, 0.5)
+    cfg = config_from_args(p.parse_args(["--data", "digits", "--quiet"])).resolved()
+    assert (cfg.margin_weight, cfg.margin_radius) == (0.0, 0.8)
+    cfg = config_from_args(p.parse_args(["--data", "digits", "--model", "lip-cnn", "--quiet"])).resolved()
+    assert (cfg.margin_weight, cfg.margin_radius) == (3.0, 0.8)
