@@ -89,3 +89,13 @@ def test_an_attack_registered_once_runs_in_pgd_and_the_evaluation():
             register_attack("toy-2", label="x", reads="x")
     finally:
         ATTACKS.pop(name, None)
+
+
+def test_input_statistics_are_float64_accumulated_so_a_resume_matches_at_any_thread_count():
+    """A resumed run compares its model keywords with the checkpoint's: float32 sums depend on the
+    thread count's order, float64 sums rounded to float32 do not."""
+    x = torch.rand(20000, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    kw = input_keywords("cnn", x)
+    want_mean = float(x.double().mean().float())
+    want_std = float(x.double().std().float())
+    assert kw["mean"] == [want_mean] and kw["std"] == [want_std]

@@ -80,6 +80,17 @@ def register_model(name: str, *, inputs: str, image_sizes=None, image_multiple: 
     return add
 
 
+def _statistics(x: torch.Tensor):
+    """Mean and std per feature (``[N, D]``) or per channel (``[N, C, H, W]``), accumulated in float64
+    and rounded to float32, so they do not depend on the thread count (a resumed run compares its
+    model's keywords with the checkpoint's)."""
+    rows = x.transpose(0, 1).reshape(x.shape[1], -1) if x.dim() > 2 else x.T
+    n = rows.shape[1]
+    mean = rows.sum(1, dtype=torch.float64) / n
+    var = ((rows.double() - mean[:, None]) ** 2).sum(1) / max(n - 1, 1)
+    return mean.float(), var.sqrt().float().clamp_min(1e-6)
+
+
 def input_keywords(name: str, x: torch.Tensor) -> dict:
     """Constructor keywords of model ``name`` for training inputs ``x`` (``[N, D]`` or ``[N, C, S, S]``):
     the input size and the normalisation statistics of ``x``. ValueError when ``x`` does not fit."""
@@ -87,11 +98,7 @@ def input_keywords(name: str, x: torch.Tensor) -> dict:
     why = spec.check_input(tuple(x.shape[1:]))
     if why is not None:
         raise ValueError(f"model {name!r} {why}; got inputs of shape {tuple(x.shape[1:])}")
-    if x.dim() == 2:
-        mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
-    else:
-        mean = x.mean((0, 2, 3))
-        std = x.transpose(0, 1).reshape(x.shape[1], -1).std(1).clamp_min(1e-6)
+    mean, std = _statistics(x)
     if spec.inputs == "any" or x.dim() == 2:
         kw = {"in_dim": int(x[0].numel())}
     else:
