@@ -18,6 +18,7 @@ import platform
 import sys
 
 from .recipes import REAL_DATA_RECIPES
+from .table import _pct, _read
 
 RADII = (0.1, 0.3, 0.5, 1.0, 1.58)
 DEFAULT_JSON = os.path.join("benchmarks", "results", "real_data", "results.json")
@@ -44,24 +45,12 @@ ANCHORS = [
 ]
 
 
-def _read(path):
-    try:
-        with open(path) as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
-        return None
-
-
 def _metrics(path):
     try:
         with open(path) as fh:
             return [json.loads(line) for line in fh if line.strip()]
     except (OSError, ValueError):
         return []
-
-
-def _pct(v):
-    return None if v is None else round(100 * float(v), 2)
 
 
 def _row(out, name, recipe):
